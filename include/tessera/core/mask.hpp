@@ -1,0 +1,174 @@
+// tessera: attention and softmax masks whose meaning is part of their name.
+//
+// PyTorch uses both conventions for boolean masks: nn.MultiheadAttention blocks where a mask is
+// true, F.scaled_dot_product_attention lets a position take part where it is true. tessera never
+// takes a bare boolean mask; the factory says which meaning the booleans carry:
+//
+//   Mask::allowed(m)    true = the position takes part   (F.scaled_dot_product_attention)
+//   Mask::blocked(m)    true = the position is masked out (nn.MultiheadAttention, key_padding_mask)
+//   Mask::additive(f)   f is added to the scores; -inf masks out (float or double)
+//
+// A Mask is a non-owning view: the tensor it was made from must outlive it. Its shape broadcasts
+// against the scores as in NumPy: aligned on the right, each dimension equal or 1.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <limits>
+#include <span>
+#include <string_view>
+#include <type_traits>
+
+#include "tessera/core/error.hpp"
+#include "tessera/core/tensor.hpp"
+
+namespace tessera {
+
+enum class MaskKind { allowed, blocked, additive };
+
+class Mask {
+ public:
+  static constexpr int kMaxRank = 8;
+
+  template <TensorLike M>
+  static Mask allowed(const M& m) {
+    return boolean(m, MaskKind::allowed);
+  }
+  template <TensorLike M>
+  static Mask blocked(const M& m) {
+    return boolean(m, MaskKind::blocked);
+  }
+  template <TensorLike M>
+  static Mask additive(const M& m) {
+    using S = scalar_t<M>;
+    static_assert(std::is_same_v<S, float> || std::is_same_v<S, double>,
+                  "Mask::additive takes a float or double tensor");
+    Mask k(MaskKind::additive, m.data(), std::is_same_v<S, float> ? DType::f32 : DType::f64);
+    k.set_shape(m.shape());
+    return k;
+  }
+
+  MaskKind kind() const noexcept { return kind_; }
+  int rank() const noexcept { return rank_; }
+  std::span<const Index> shape() const noexcept {
+    return {shape_.data(), static_cast<std::size_t>(rank_)};
+  }
+  bool is_boolean() const noexcept { return dtype_ == DType::boolean; }
+
+  // For kernels: a mask resolved against a target of shape [rows..., n] (see detail::MaskRows).
+  enum class DType { boolean, f32, f64 };
+  DType dtype() const noexcept { return dtype_; }
+  const void* data() const noexcept { return data_; }
+
+ private:
+  Mask(MaskKind kind, const void* data, DType dtype) : kind_(kind), dtype_(dtype), data_(data) {}
+
+  template <TensorLike M>
+  static Mask boolean(const M& m, MaskKind kind) {
+    static_assert(std::is_same_v<scalar_t<M>, bool>,
+                  "Mask::allowed and Mask::blocked take a bool tensor");
+    Mask k(kind, m.data(), DType::boolean);
+    k.set_shape(m.shape());
+    return k;
+  }
+  template <std::size_t R>
+  void set_shape(const std::array<Index, R>& s) {
+    static_assert(R <= kMaxRank, "mask rank is limited to 8");
+    rank_ = static_cast<int>(R);
+    for (std::size_t i = 0; i < R; ++i) shape_[i] = s[i];
+  }
+
+  MaskKind kind_;
+  DType dtype_;
+  const void* data_;
+  std::array<Index, kMaxRank> shape_{};
+  int rank_ = 0;
+};
+
+namespace detail {
+
+// A mask broadcast against a target of shape [d0, ..., d(k-1), n], read one target row at a time.
+class MaskRows {
+ public:
+  // Checks the mask broadcasts against `target`; names `fn` and `arg` in the error otherwise.
+  MaskRows(const Mask& mask, std::span<const Index> target, std::string_view fn,
+           std::string_view arg)
+      : mask_(mask) {
+    const int tr = static_cast<int>(target.size());
+    const int mr = mask.rank();
+    bool ok = tr >= 1 && tr <= Mask::kMaxRank && mr <= tr;
+    for (int i = 0; ok && i < mr; ++i) {
+      const Index m = mask.shape()[mr - 1 - i], t = target[tr - 1 - i];
+      ok = (m == t || m == 1);
+    }
+    if (!ok)
+      raise<ShapeError>(fn, "argument '", arg, "' has shape ", shape_string(mask.shape()),
+                        ", expected a shape broadcastable to ", shape_string(target));
+    // Strides of the mask for each target axis (0 where broadcast or absent).
+    lead_ = tr - 1;
+    Index stride = 1;
+    for (int i = 0; i < tr; ++i) {
+      const int t_axis = tr - 1 - i;
+      const int m_axis = mr - 1 - i;
+      Index s = 0;
+      if (m_axis >= 0) {
+        s = mask.shape()[m_axis] == 1 ? 0 : stride;
+        stride *= mask.shape()[m_axis];
+      }
+      if (t_axis == tr - 1)
+        col_stride_ = s;
+      else
+        lead_stride_[t_axis] = s;
+      dims_[t_axis] = target[t_axis];
+    }
+  }
+
+  MaskKind kind() const noexcept { return mask_.kind(); }
+
+  // Element offset of target row r's first mask entry.
+  Index row_offset(Index r) const noexcept {
+    Index off = 0;
+    for (int a = lead_ - 1; a >= 0; --a) {
+      const Index i = r % dims_[a];
+      r /= dims_[a];
+      off += i * lead_stride_[a];
+    }
+    return off;
+  }
+
+  // out[j] = x[j] with the mask applied (-inf where masked out, + mask where additive).
+  template <class T>
+  void apply(Index r, const T* x, T* out, Index n) const {
+    const Index off = row_offset(r);
+    const Index cs = col_stride_;
+    constexpr T ninf = -std::numeric_limits<T>::infinity();
+    switch (mask_.dtype()) {
+      case Mask::DType::boolean: {
+        const bool* m = static_cast<const bool*>(mask_.data()) + off;
+        const bool keep_when = mask_.kind() == MaskKind::allowed;
+        for (Index j = 0; j < n; ++j) out[j] = (m[j * cs] == keep_when) ? x[j] : ninf;
+        break;
+      }
+      case Mask::DType::f32: {
+        const float* m = static_cast<const float*>(mask_.data()) + off;
+        for (Index j = 0; j < n; ++j) out[j] = x[j] + static_cast<T>(m[j * cs]);
+        break;
+      }
+      case Mask::DType::f64: {
+        const double* m = static_cast<const double*>(mask_.data()) + off;
+        for (Index j = 0; j < n; ++j) out[j] = x[j] + static_cast<T>(m[j * cs]);
+        break;
+      }
+    }
+  }
+
+ private:
+  Mask mask_;
+  int lead_ = 0;
+  Index col_stride_ = 0;
+  std::array<Index, Mask::kMaxRank> lead_stride_{};
+  std::array<Index, Mask::kMaxRank> dims_{};
+};
+
+}  // namespace detail
+}  // namespace tessera

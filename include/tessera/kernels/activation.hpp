@@ -1,0 +1,130 @@
+// tessera: element-wise activations, vectorised through Eigen's array expressions.
+//
+//   relu(x)      = max(x, 0)
+//   gelu(x)      = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))                 (Hendrycks & Gimpel
+//   2016) gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))          (PyTorch
+//   approximate='tanh') silu(x)      = x * sigmoid(x) (Elfwing et al. 2018) tanh(x)
+//
+// Every function has a returning form, f(x), and an `_into(x, out)` form that writes into a
+// tensor of the same shape (which may be x itself).
+#pragma once
+
+#include <Eigen/Core>
+#include <string_view>
+#include <unsupported/Eigen/SpecialFunctions>
+
+#include "tessera/core/error.hpp"
+#include "tessera/core/tensor.hpp"
+#include "tessera/core/threading.hpp"
+
+namespace tessera {
+
+enum class Activation { identity, relu, gelu, gelu_tanh, silu, tanh };
+
+inline std::string_view to_string(Activation a) {
+  switch (a) {
+    case Activation::identity:
+      return "identity";
+    case Activation::relu:
+      return "relu";
+    case Activation::gelu:
+      return "gelu";
+    case Activation::gelu_tanh:
+      return "gelu_tanh";
+    case Activation::silu:
+      return "silu";
+    case Activation::tanh:
+      return "tanh";
+  }
+  return "unknown";
+}
+
+namespace detail {
+
+inline constexpr Index kElementwiseGrain = 1 << 15;
+
+inline std::string_view activation_fn_name(Activation a) {
+  switch (a) {
+    case Activation::identity:
+      return "tessera::identity";
+    case Activation::relu:
+      return "tessera::relu";
+    case Activation::gelu:
+      return "tessera::gelu";
+    case Activation::gelu_tanh:
+      return "tessera::gelu_tanh";
+    case Activation::silu:
+      return "tessera::silu";
+    case Activation::tanh:
+      return "tessera::tanh";
+  }
+  return "tessera::activate";
+}
+
+// out = act(x) over n contiguous elements; out may alias x.
+template <class T>
+void activate(Activation act, const T* x, T* out, Index n) {
+  using Arr = Eigen::Array<T, Eigen::Dynamic, 1>;
+  Eigen::Map<const Arr> a(x, n);
+  Eigen::Map<Arr> y(out, n);
+  switch (act) {
+    case Activation::identity:
+      if (out != x) y = a;
+      break;
+    case Activation::relu:
+      y = a.max(T(0));
+      break;
+    case Activation::gelu:
+      y = T(0.5) * a * (T(1) + (a * T(0.70710678118654752440)).erf());
+      break;
+    case Activation::gelu_tanh:
+      y = T(0.5) * a * (T(1) + (T(0.79788456080286535588) * (a + T(0.044715) * a.cube())).tanh());
+      break;
+    case Activation::silu:
+      y = a * a.logistic();
+      break;
+    case Activation::tanh:
+      y = a.tanh();
+      break;
+  }
+}
+
+}  // namespace detail
+
+// out = act(x), element-wise; out has x's shape and may be x.
+template <TensorLike X, class Y>
+void activate_into(Activation act, const X& x, Y&& out) {
+  static_assert(std::is_same_v<scalar_t<X>, scalar_t<Y>>, "input and output scalar types differ");
+  static_assert(std::is_floating_point_v<scalar_t<X>>, "activations need a floating-point tensor");
+  detail::check_shape_equal(detail::activation_fn_name(act), "out", out.shape(), x.shape());
+  const auto* xp = x.data();
+  auto* yp = out.data();
+  parallel_for(cview(x).size(), detail::kElementwiseGrain,
+               [&](Index b, Index e) { detail::activate(act, xp + b, yp + b, e - b); });
+}
+
+template <TensorLike X>
+Tensor<scalar_t<X>, rank_v<X>> activate(Activation act, const X& x) {
+  Tensor<scalar_t<X>, rank_v<X>> out(x.shape(), uninitialized);
+  activate_into(act, x, out);
+  return out;
+}
+
+#define TESSERA_DEFINE_ACTIVATION(name, act)                 \
+  template <TensorLike X>                                    \
+  Tensor<scalar_t<X>, rank_v<X>> name(const X& x) {          \
+    return activate(Activation::act, x);                     \
+  }                                                          \
+  template <TensorLike X, class Y>                           \
+  void name##_into(const X& x, Y&& out) {                    \
+    activate_into(Activation::act, x, std::forward<Y>(out)); \
+  }
+
+TESSERA_DEFINE_ACTIVATION(relu, relu)
+TESSERA_DEFINE_ACTIVATION(gelu, gelu)
+TESSERA_DEFINE_ACTIVATION(gelu_tanh, gelu_tanh)
+TESSERA_DEFINE_ACTIVATION(silu, silu)
+TESSERA_DEFINE_ACTIVATION(tanh, tanh)
+#undef TESSERA_DEFINE_ACTIVATION
+
+}  // namespace tessera

@@ -1,0 +1,42 @@
+# Builds and runs the consumer project in tests/install/ against tessera, either installed into a
+# temporary prefix and found with find_package (MODE=find_package), or pulled in with
+# add_subdirectory (MODE=add_subdirectory). Any failing step fails the test.
+cmake_minimum_required(VERSION 3.20)
+foreach(v TESSERA_SOURCE_DIR WORK_DIR MODE GENERATOR CXX)
+  if(NOT DEFINED ${v})
+    message(FATAL_ERROR "run_consumer.cmake: -D${v}=... is required")
+  endif()
+endforeach()
+
+function(run)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "command failed (${rc}): ${ARGN}\n${out}\n${err}")
+  endif()
+  message(STATUS "${out}")
+endfunction()
+
+file(REMOVE_RECURSE ${WORK_DIR})
+set(prefix ${WORK_DIR}/prefix)
+set(consumer ${TESSERA_SOURCE_DIR}/tests/install/consumer)
+
+if(MODE STREQUAL "find_package")
+  # Configure tessera alone (no tests/benchmarks/examples) and install it into the prefix.
+  run(${CMAKE_COMMAND} -S ${TESSERA_SOURCE_DIR} -B ${WORK_DIR}/tessera-build -G ${GENERATOR}
+      -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_INSTALL_PREFIX=${prefix}
+      -DTESSERA_BUILD_TESTS=OFF -DTESSERA_BUILD_BENCHMARKS=OFF -DTESSERA_BUILD_EXAMPLES=OFF)
+  run(${CMAKE_COMMAND} --install ${WORK_DIR}/tessera-build)
+  if(NOT EXISTS ${prefix}/include/tessera/tessera.hpp)
+    message(FATAL_ERROR "install did not place include/tessera/tessera.hpp under ${prefix}")
+  endif()
+  run(${CMAKE_COMMAND} -S ${consumer} -B ${WORK_DIR}/consumer-build -G ${GENERATOR}
+      -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_PREFIX_PATH=${prefix} -DCONSUMER_MODE=find_package)
+elseif(MODE STREQUAL "add_subdirectory")
+  run(${CMAKE_COMMAND} -S ${consumer} -B ${WORK_DIR}/consumer-build -G ${GENERATOR}
+      -DCMAKE_CXX_COMPILER=${CXX} -DCONSUMER_MODE=add_subdirectory
+      -DTESSERA_SOURCE_DIR=${TESSERA_SOURCE_DIR})
+else()
+  message(FATAL_ERROR "MODE must be find_package or add_subdirectory, got '${MODE}'")
+endif()
+run(${CMAKE_COMMAND} --build ${WORK_DIR}/consumer-build)
+run(${WORK_DIR}/consumer-build/consumer)

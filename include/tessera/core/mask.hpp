@@ -12,8 +12,10 @@
 // against the scores as in NumPy: aligned on the right, each dimension equal or 1.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <span>
 #include <string_view>
@@ -46,6 +48,27 @@ class Mask {
     Mask k(MaskKind::additive, m.data(), std::is_same_v<S, float> ? DType::f32 : DType::f64);
     k.set_shape(m.shape());
     return k;
+  }
+
+  // The same mask data seen with another shape of the same size, e.g. PyTorch's 3-D attn_mask
+  // [batch * heads, Lq, Lk] as [batch, heads, Lq, Lk].
+  Mask with_shape(std::span<const Index> shape,
+                  std::string_view fn = "tessera::Mask::with_shape") const {
+    Index have = 1, want = 1;
+    for (Index d : this->shape()) have *= d;
+    for (Index d : shape) want *= d;
+    if (shape.size() > static_cast<std::size_t>(kMaxRank) || have != want)
+      detail::raise<ShapeError>(fn, "cannot view a mask of shape ",
+                                detail::shape_string(this->shape()), " as shape ",
+                                detail::shape_string(shape));
+    Mask m = *this;
+    m.rank_ = static_cast<int>(shape.size());
+    std::copy(shape.begin(), shape.end(), m.shape_.begin());
+    return m;
+  }
+  Mask with_shape(std::initializer_list<Index> shape,
+                  std::string_view fn = "tessera::Mask::with_shape") const {
+    return with_shape(std::span<const Index>(shape.begin(), shape.size()), fn);
   }
 
   MaskKind kind() const noexcept { return kind_; }

@@ -1,0 +1,62 @@
+// tessera: nn::FeedForward, the transformer's position-wise block: linear1 -> activation ->
+// linear2. Its parameters are named linear1.* and linear2.*, as in PyTorch's transformer layers,
+// which hold it with an empty prefix.
+#pragma once
+
+#include <cstdint>
+
+#include "tessera/core/tensor.hpp"
+#include "tessera/kernels/activation.hpp"
+#include "tessera/nn/linear.hpp"
+#include "tessera/nn/module.hpp"
+
+namespace tessera::nn {
+
+struct FeedForwardOptions {
+  Index d_model = 0;
+  Index dim_feedforward = 0;
+  Activation activation = Activation::relu;
+  bool bias = true;
+  std::uint64_t seed = 0;
+};
+
+template <class T>
+class FeedForward : public Module<FeedForward<T>> {
+ public:
+  Linear<T> linear1;  // [dim_feedforward, d_model]
+  Linear<T> linear2;  // [d_model, dim_feedforward]
+
+  FeedForward() = default;
+  explicit FeedForward(const FeedForwardOptions& o)
+      : linear1({.in_features = o.d_model,
+                 .out_features = o.dim_feedforward,
+                 .bias = o.bias,
+                 .seed = o.seed}),
+        linear2({.in_features = o.dim_feedforward,
+                 .out_features = o.d_model,
+                 .bias = o.bias,
+                 .seed = o.seed + 1}),
+        options_(o) {}
+
+  const FeedForwardOptions& options() const noexcept { return options_; }
+
+  // x: [..., d_model] -> [..., d_model]
+  template <TensorLike X>
+  Tensor<T, rank_v<X>> forward(const X& x) const {
+    // hidden: [..., dim_feedforward]
+    auto hidden = linear1.forward(x);
+    activate_into(options_.activation, hidden, hidden);
+    return linear2.forward(hidden);
+  }
+
+  template <class Self, class F>
+  static void visit(Self& self, F&& f, const std::string& prefix) {
+    Linear<T>::visit(self.linear1, f, prefix + "linear1.");
+    Linear<T>::visit(self.linear2, f, prefix + "linear2.");
+  }
+
+ private:
+  FeedForwardOptions options_{};
+};
+
+}  // namespace tessera::nn

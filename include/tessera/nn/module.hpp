@@ -1,0 +1,114 @@
+// tessera: what every module shares — walking its parameters under PyTorch's state_dict names,
+// loading them from a StateDict (strict by default, as PyTorch's load_state_dict), and saving them.
+//
+// A module derives from Module<Derived> and defines one template,
+//
+//   template <class Self, class F>
+//   static void visit(Self& self, F&& f, const std::string& prefix);
+//
+// that calls f(prefix + "name", self.param) for each of its Parameters and forwards to its child
+// modules with prefix + "child.". `Self` is the module or a const module, so one definition
+// serves loading (mutable) and saving or counting (const).
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tessera/core/error.hpp"
+#include "tessera/io/state_dict.hpp"
+#include "tessera/nn/parameter.hpp"
+
+namespace tessera::nn {
+
+template <class Derived>
+class Module {
+ public:
+  // Calls f(name, parameter) for every parameter, names prefixed by `prefix`.
+  template <class F>
+  void for_each_parameter(F&& f, const std::string& prefix = "") {
+    Derived::visit(static_cast<Derived&>(*this), f, prefix);
+  }
+  template <class F>
+  void for_each_parameter(F&& f, const std::string& prefix = "") const {
+    Derived::visit(static_cast<const Derived&>(*this), f, prefix);
+  }
+
+  // Number of learnable scalars.
+  Index num_parameters() const {
+    Index n = 0;
+    for_each_parameter([&](const std::string&, const auto& p) { n += p.size(); });
+    return n;
+  }
+
+  // Copies every parameter from `dict[prefix + name]`, converting the stored dtype to the
+  // module's scalar type. A stored shape that differs throws ShapeError naming the key. With
+  // `strict`, keys the module lacks and keys under `prefix` that the module does not have are
+  // listed together in one ValueError, as PyTorch's strict loading does; nothing is changed then.
+  void load_state_dict(const io::StateDict& dict, const std::string& prefix = "",
+                       bool strict = true) {
+    std::vector<std::string> missing;
+    std::set<std::string> used;
+    // First pass: check everything, so a failed load leaves the module as it was.
+    for_each_parameter(
+        [&](const std::string& name, auto& p) {
+          const io::StoredTensor* st = dict.find(name);
+          if (!st) {
+            missing.push_back(name);
+            return;
+          }
+          used.insert(name);
+          const std::span<const Index> expected(p.value.shape().data(), p.value.shape().size());
+          if (st->shape.size() != expected.size() ||
+              !std::equal(st->shape.begin(), st->shape.end(), expected.begin()))
+            detail::raise<ShapeError>("tessera::nn::Module::load_state_dict", "key '", name,
+                                      "' has shape ", detail::shape_string(st->shape),
+                                      " in the state dict, the module expects ",
+                                      detail::shape_string(expected));
+        },
+        prefix);
+    std::vector<std::string> unexpected;
+    for (const auto& [key, st] : dict)
+      if (key.compare(0, prefix.size(), prefix) == 0 && !used.count(key)) unexpected.push_back(key);
+    if (strict && (!missing.empty() || !unexpected.empty())) {
+      std::ostringstream os;
+      os << "error loading the state dict";
+      if (!missing.empty()) {
+        os << "; missing keys:";
+        for (const auto& k : missing) os << " '" << k << "'";
+      }
+      if (!unexpected.empty()) {
+        os << "; unexpected keys:";
+        for (const auto& k : unexpected) os << " '" << k << "'";
+      }
+      detail::raise<ValueError>("tessera::nn::Module::load_state_dict", os.str());
+    }
+    for_each_parameter(
+        [&](const std::string& name, auto& p) {
+          if (const io::StoredTensor* st = dict.find(name)) st->copy_to(p.value.data());
+        },
+        prefix);
+  }
+
+  // Every parameter's value under its PyTorch name (prefixed).
+  io::StateDict state_dict(const std::string& prefix = "") const {
+    io::StateDict dict;
+    for_each_parameter([&](const std::string& name, const auto& p) { dict.insert(name, p.value); },
+                       prefix);
+    return dict;
+  }
+
+  // Allocates and zeroes every parameter's gradient.
+  void zero_grad() {
+    for_each_parameter([](const std::string&, auto& p) { p.zero_grad(); });
+  }
+
+ protected:
+  Module() = default;
+};
+
+}  // namespace tessera::nn

@@ -1,0 +1,405 @@
+// tessera: nn::MultiheadAttention, torch.nn.MultiheadAttention with batch_first=True.
+//
+//   q = query W_q^T + b_q,  k = key W_k^T + b_k,  v = value W_v^T + b_v      (one product each,
+//   head_i = attention(q_i, k_i, v_i)  for i < num_heads, q_i = columns [i*hd, (i+1)*hd)
+//   out = concat(head_0, ..., head_{H-1}) W_o^T + b_o                        (Vaswani et al. 2017)
+//
+// Heads are never copied apart: attention reads head i of the projected [batch, seq, embed]
+// tensors through strides and writes its output into the columns of head i of one
+// [batch, seq, embed] buffer, which is the out projection's input. Self-attention (query, key and
+// value the same tensor) projects all three with one [3E, E] product.
+//
+// State dict names are PyTorch's: in_proj_weight [3E, E] when kdim == vdim == embed_dim, otherwise
+// q_proj_weight [E, E], k_proj_weight [E, kdim], v_proj_weight [E, vdim]; in_proj_bias [3E];
+// out_proj.weight [E, E], out_proj.bias [E]; bias_k, bias_v [1, 1, E] with add_bias_kv.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "tessera/core/error.hpp"
+#include "tessera/core/mask.hpp"
+#include "tessera/core/tensor.hpp"
+#include "tessera/kernels/attention.hpp"
+#include "tessera/kernels/linear.hpp"
+#include "tessera/nn/linear.hpp"
+#include "tessera/nn/module.hpp"
+
+namespace tessera::nn {
+
+struct MultiheadAttentionOptions {
+  Index embed_dim = 0;
+  Index num_heads = 1;
+  bool bias = true;            // in_proj_bias and out_proj.bias
+  bool add_bias_kv = false;    // learned bias_k, bias_v appended to the keys and values
+  bool add_zero_attn = false;  // a zero key and value appended (after bias_kv)
+  Index kdim = 0;              // key features; 0 means embed_dim
+  Index vdim = 0;              // value features; 0 means embed_dim
+  std::uint64_t seed = 0;      // initialisation, with PyTorch's distributions
+};
+
+struct MultiheadAttentionForwardOptions {
+  // [batch, Lk]. PyTorch's boolean key_padding_mask (true = padding) is Mask::blocked(pad).
+  std::optional<Mask> key_padding_mask;
+  // [Lq, Lk] or [batch * num_heads, Lq, Lk]. PyTorch's boolean attn_mask (true = not allowed) is
+  // Mask::blocked(m); a float attn_mask is Mask::additive(m).
+  std::optional<Mask> attn_mask;
+  bool need_weights = false;         // PyTorch defaults to true; weights cost O(Lq * Lk) memory
+  bool average_attn_weights = true;  // weights averaged over heads: [batch, Lq, Lk]
+  bool is_causal = false;            // also mask keys j > i (top-left aligned)
+};
+
+template <class T>
+struct MultiheadAttentionOutput {
+  Tensor<T, 3> output;                                // [batch, Lq, embed_dim]
+  std::optional<Tensor<T, 3>> attn_weights;           // [batch, Lq, Lk'] when averaged
+  std::optional<Tensor<T, 4>> attn_weights_per_head;  // [batch, heads, Lq, Lk'] otherwise
+};
+
+// Projected keys and values kept between calls, for incremental decoding: generating token t
+// projects only that token and attends over the t cached keys, O(t) work instead of O(t^2).
+template <class T>
+struct KVCache {
+  Tensor<T, 3> k;  // [batch, capacity, embed_dim], rows [0, length) in use
+  Tensor<T, 3> v;
+  Index length = 0;  // keys held
+  void clear() noexcept { length = 0; }
+};
+
+template <class T>
+class MultiheadAttention : public Module<MultiheadAttention<T>> {
+ public:
+  Parameter<T, 2> in_proj_weight;  // [3E, E] (packed) or empty
+  Parameter<T, 2> q_proj_weight;   // [E, E] (separate) or empty
+  Parameter<T, 2> k_proj_weight;   // [E, kdim]
+  Parameter<T, 2> v_proj_weight;   // [E, vdim]
+  Parameter<T, 1> in_proj_bias;    // [3E] or empty
+  Parameter<T, 3> bias_k;          // [1, 1, E] with add_bias_kv
+  Parameter<T, 3> bias_v;
+  Linear<T> out_proj;  // [E, E] (+ [E])
+
+  MultiheadAttention() = default;
+  explicit MultiheadAttention(const MultiheadAttentionOptions& o) : options_(o) {
+    constexpr std::string_view fn = "tessera::nn::MultiheadAttention";
+    const Index E = o.embed_dim;
+    if (E <= 0) detail::raise<ValueError>(fn, "embed_dim is ", E, ", expected a value > 0");
+    if (o.num_heads <= 0 || E % o.num_heads != 0)
+      detail::raise<ValueError>(fn, "num_heads is ", o.num_heads,
+                                ", expected a positive divisor of embed_dim = ", E);
+    if (o.kdim < 0 || o.vdim < 0)
+      detail::raise<ValueError>(fn, "kdim and vdim are ", o.kdim, " and ", o.vdim,
+                                ", expected values >= 0");
+    options_.kdim = o.kdim ? o.kdim : E;
+    options_.vdim = o.vdim ? o.vdim : E;
+    // PyTorch: xavier_uniform_ on the projection weights, zero biases, xavier_normal_ on bias_k/v.
+    auto xavier = [](Parameter<T, 2>& w, std::uint64_t seed) {
+      const double bound = std::sqrt(6.0 / static_cast<double>(w.shape()[0] + w.shape()[1]));
+      w.value.setRandom(seed, -bound, bound);
+    };
+    if (packed()) {
+      in_proj_weight = Parameter<T, 2>(Shape<2>{3 * E, E});
+      xavier(in_proj_weight, o.seed + 1);
+    } else {
+      q_proj_weight = Parameter<T, 2>(Shape<2>{E, E});
+      k_proj_weight = Parameter<T, 2>(Shape<2>{E, options_.kdim});
+      v_proj_weight = Parameter<T, 2>(Shape<2>{E, options_.vdim});
+      xavier(q_proj_weight, o.seed + 1);
+      xavier(k_proj_weight, o.seed + 2);
+      xavier(v_proj_weight, o.seed + 3);
+    }
+    if (o.bias) in_proj_bias = Parameter<T, 1>(Shape<1>{3 * E});
+    if (o.add_bias_kv) {
+      bias_k = Parameter<T, 3>(Shape<3>{1, 1, E});
+      bias_v = Parameter<T, 3>(Shape<3>{1, 1, E});
+      const double std = std::sqrt(2.0 / static_cast<double>(E + 1));
+      bias_k.value.setRandomNormal(o.seed + 4, 0.0, std);
+      bias_v.value.setRandomNormal(o.seed + 5, 0.0, std);
+    }
+    out_proj = Linear<T>({.in_features = E, .out_features = E, .bias = o.bias, .seed = o.seed + 6});
+    if (o.bias) out_proj.bias.value.setZero();
+  }
+
+  const MultiheadAttentionOptions& options() const noexcept { return options_; }
+  Index embed_dim() const noexcept { return options_.embed_dim; }
+  Index num_heads() const noexcept { return options_.num_heads; }
+  Index head_dim() const noexcept { return options_.embed_dim / options_.num_heads; }
+  // Whether the projections are one packed in_proj_weight (kdim == vdim == embed_dim).
+  bool packed() const noexcept {
+    return options_.kdim == options_.embed_dim && options_.vdim == options_.embed_dim;
+  }
+
+  // query [batch, Lq, E], key [batch, Lk, kdim], value [batch, Lk, vdim] -> [batch, Lq, E].
+  template <TensorLike Qx, TensorLike Kx, TensorLike Vx>
+  MultiheadAttentionOutput<T> forward(const Qx& query, const Kx& key, const Vx& value,
+                                      const MultiheadAttentionForwardOptions& fo = {}) const;
+
+  // Projects key [batch, n, kdim] and value [batch, n, vdim] and appends them to `cache`.
+  template <TensorLike Kx, TensorLike Vx>
+  void append_kv(KVCache<T>& cache, const Kx& key, const Vx& value) const;
+
+  // Attends query [batch, Lq, E] over every key in `cache`. Masks cover the cached keys
+  // ([batch, length] padding, [Lq, length] attn_mask); with is_causal, query i sees the keys
+  // j <= length - Lq + i, so a block of new tokens appended just before attends causally.
+  template <TensorLike Qx>
+  MultiheadAttentionOutput<T> attend(const Qx& query, const KVCache<T>& cache,
+                                     const MultiheadAttentionForwardOptions& fo = {}) const;
+
+  template <class Self, class F>
+  static void visit(Self& self, F&& f, const std::string& prefix) {
+    if (self.packed()) {
+      f(prefix + "in_proj_weight", self.in_proj_weight);
+    } else {
+      f(prefix + "q_proj_weight", self.q_proj_weight);
+      f(prefix + "k_proj_weight", self.k_proj_weight);
+      f(prefix + "v_proj_weight", self.v_proj_weight);
+    }
+    if (self.options_.bias) f(prefix + "in_proj_bias", self.in_proj_bias);
+    if (self.options_.add_bias_kv) {
+      f(prefix + "bias_k", self.bias_k);
+      f(prefix + "bias_v", self.bias_v);
+    }
+    Linear<T>::visit(self.out_proj, f, prefix + "out_proj.");
+  }
+
+ private:
+  // Rows [part*E, (part+1)*E) of the packed weight (or the separate weight), and its bias slice.
+  TensorMap<const T, 2> proj_weight(int part) const {
+    const Index E = options_.embed_dim;
+    if (packed()) return TensorMap<const T, 2>(in_proj_weight.value.data() + part * E * E, {E, E});
+    const auto& w = part == 0 ? q_proj_weight : part == 1 ? k_proj_weight : v_proj_weight;
+    return cview(w.value);
+  }
+  tessera::LinearOptions<T> proj_bias(int part, Index parts = 1) const {
+    tessera::LinearOptions<T> lo;
+    if (options_.bias)
+      lo.bias = TensorMap<const T, 1>(in_proj_bias.value.data() + part * options_.embed_dim,
+                                      {parts * options_.embed_dim});
+    return lo;
+  }
+
+  // Masks, attention over already projected q/k/v (read through strides), output projection.
+  // Lk keys can be masked; Lk2 >= Lk keys are attended (the rest were appended).
+  MultiheadAttentionOutput<T> attend_projected(const detail::Strided<const T>& qs,
+                                               const detail::Strided<const T>& ks,
+                                               const detail::Strided<const T>& vs, Index B,
+                                               Index Lq, Index Lk, Index Lk2, Index causal_offset,
+                                               const MultiheadAttentionForwardOptions& fo) const;
+
+  MultiheadAttentionOptions options_{};
+};
+
+template <class T>
+template <TensorLike Qx, TensorLike Kx, TensorLike Vx>
+MultiheadAttentionOutput<T> MultiheadAttention<T>::forward(
+    const Qx& query, const Kx& key, const Vx& value,
+    const MultiheadAttentionForwardOptions& fo) const {
+  static_assert(rank_v<Qx> == 3 && rank_v<Kx> == 3 && rank_v<Vx> == 3,
+                "nn::MultiheadAttention takes batch-first [batch, seq, features] tensors");
+  static_assert(std::is_same_v<scalar_t<Qx>, T> && std::is_same_v<scalar_t<Kx>, T> &&
+                    std::is_same_v<scalar_t<Vx>, T>,
+                "nn::MultiheadAttention: input scalar types differ from the module's");
+  constexpr std::string_view fn = "tessera::nn::MultiheadAttention::forward";
+  const auto qv = cview(query);
+  const auto kv = cview(key);
+  const auto vv = cview(value);
+  const Index E = options_.embed_dim, H = options_.num_heads, hd = head_dim();
+  const Index B = qv.dim(0), Lq = qv.dim(1), Lk = kv.dim(1);
+  if (qv.dim(2) != E)
+    detail::raise<ShapeError>(fn, "argument 'query' has shape ", detail::shape_string(qv.shape()),
+                              ", expected [batch, Lq, ", E, "] (embed_dim)");
+  const Index k_expected[] = {B, Lk, options_.kdim};
+  detail::check_shape_equal(fn, "key", kv.shape(), k_expected);
+  const Index v_expected[] = {B, Lk, options_.vdim};
+  detail::check_shape_equal(fn, "value", vv.shape(), v_expected);
+
+  // ---- projections: [batch * seq, E] each, one product for all heads ----
+  const bool self_attention = packed() && qv.data() == kv.data() && kv.data() == vv.data() &&
+                              qv.shape() == kv.shape() && kv.shape() == vv.shape();
+  Tensor<T, 3> qkv_buf, q_buf, kv_buf, k_buf, v_buf;
+  detail::Strided<const T> qs, ks, vs;
+  if (self_attention) {
+    // qkv: [B, L, 3E] = x [B, L, E] x in_proj_weight^T [E, 3E]
+    qkv_buf = linear(qv, in_proj_weight.value, proj_bias(0, 3));
+    qs = {qkv_buf.data(), Lq * 3 * E, hd, 3 * E};
+    ks = {qkv_buf.data() + E, Lk * 3 * E, hd, 3 * E};
+    vs = {qkv_buf.data() + 2 * E, Lk * 3 * E, hd, 3 * E};
+  } else {
+    // q: [B, Lq, E]
+    q_buf = linear(qv, proj_weight(0), proj_bias(0));
+    qs = {q_buf.data(), Lq * E, hd, E};
+    if (packed() && kv.data() == vv.data() && kv.shape() == vv.shape()) {
+      // kv: [B, Lk, 2E] = key x (rows E..3E of in_proj_weight)^T
+      const TensorMap<const T, 2> w_kv(in_proj_weight.value.data() + E * E, {2 * E, E});
+      kv_buf = linear(kv, w_kv, proj_bias(1, 2));
+      ks = {kv_buf.data(), Lk * 2 * E, hd, 2 * E};
+      vs = {kv_buf.data() + E, Lk * 2 * E, hd, 2 * E};
+    } else {
+      // k: [B, Lk, E], v: [B, Lk, E]
+      k_buf = linear(kv, proj_weight(1), proj_bias(1));
+      v_buf = linear(vv, proj_weight(2), proj_bias(2));
+      ks = {k_buf.data(), Lk * E, hd, E};
+      vs = {v_buf.data(), Lk * E, hd, E};
+    }
+  }
+
+  // ---- extra keys: bias_k / bias_v, then a zero key and value (PyTorch's order) ----
+  const Index extra = (options_.add_bias_kv ? 1 : 0) + (options_.add_zero_attn ? 1 : 0);
+  const Index Lk2 = Lk + extra;
+  Tensor<T, 3> k_ext, v_ext;
+  if (extra) {
+    // k_ext, v_ext: [B, Lk + extra, E]; the appended rows hold bias_k / bias_v, then zeros.
+    k_ext = Tensor<T, 3>(Shape<3>{B, Lk2, E});
+    v_ext = Tensor<T, 3>(Shape<3>{B, Lk2, E});
+    for (Index b = 0; b < B; ++b) {
+      for (Index j = 0; j < Lk; ++j) {
+        std::copy_n(ks.base + b * ks.batch + j * ks.row, E, &k_ext(b, j, 0));
+        std::copy_n(vs.base + b * vs.batch + j * vs.row, E, &v_ext(b, j, 0));
+      }
+      if (options_.add_bias_kv) {
+        std::copy_n(bias_k.value.data(), E, &k_ext(b, Lk, 0));
+        std::copy_n(bias_v.value.data(), E, &v_ext(b, Lk, 0));
+      }
+    }
+    ks = {k_ext.data(), Lk2 * E, hd, E};
+    vs = {v_ext.data(), Lk2 * E, hd, E};
+  }
+
+  return attend_projected(qs, ks, vs, B, Lq, Lk, Lk2, 0, fo);
+}
+
+template <class T>
+template <TensorLike Kx, TensorLike Vx>
+void MultiheadAttention<T>::append_kv(KVCache<T>& cache, const Kx& key, const Vx& value) const {
+  static_assert(rank_v<Kx> == 3 && rank_v<Vx> == 3, "append_kv takes [batch, n, features] tensors");
+  constexpr std::string_view fn = "tessera::nn::MultiheadAttention::append_kv";
+  if (options_.add_bias_kv || options_.add_zero_attn)
+    detail::raise<ValueError>(fn,
+                              "a key/value cache does not support add_bias_kv or add_zero_attn");
+  const auto kv = cview(key);
+  const auto vv = cview(value);
+  const Index B = kv.dim(0), n = kv.dim(1), E = options_.embed_dim;
+  if (kv.dim(2) != options_.kdim)
+    detail::raise<ShapeError>(fn, "argument 'key' has shape ", detail::shape_string(kv.shape()),
+                              ", expected [batch, n, ", options_.kdim, "] (kdim)");
+  const Index v_expected[] = {B, n, options_.vdim};
+  detail::check_shape_equal(fn, "value", vv.shape(), v_expected);
+  if (cache.length > 0 && cache.k.dim(0) != B)
+    detail::raise<ShapeError>(fn, "argument 'key' has batch ", B, ", the cache holds batch ",
+                              cache.k.dim(0));
+  // k_new, v_new: [B, n, E]
+  const auto k_new = linear(kv, proj_weight(1), proj_bias(1));
+  const auto v_new = linear(vv, proj_weight(2), proj_bias(2));
+  const Index need = cache.length + n;
+  if (cache.k.dim(0) != B || cache.k.dim(1) < need || cache.k.dim(2) != E) {
+    // Grow geometrically so that appending one token at a time costs O(1) amortised copies.
+    const Index cap = std::max<Index>(need, std::max<Index>(16, 2 * cache.k.dim(1)));
+    Tensor<T, 3> k2(Shape<3>{B, cap, E}, uninitialized), v2(Shape<3>{B, cap, E}, uninitialized);
+    if (cache.k.dim(0) == B && cache.k.dim(2) == E)
+      for (Index b = 0; b < B; ++b) {
+        std::copy_n(&cache.k(b, 0, 0), cache.length * E, &k2(b, 0, 0));
+        std::copy_n(&cache.v(b, 0, 0), cache.length * E, &v2(b, 0, 0));
+      }
+    cache.k = std::move(k2);
+    cache.v = std::move(v2);
+  }
+  for (Index b = 0; b < B; ++b) {
+    std::copy_n(&k_new(b, 0, 0), n * E, &cache.k(b, cache.length, 0));
+    std::copy_n(&v_new(b, 0, 0), n * E, &cache.v(b, cache.length, 0));
+  }
+  cache.length = need;
+}
+
+template <class T>
+template <TensorLike Qx>
+MultiheadAttentionOutput<T> MultiheadAttention<T>::attend(
+    const Qx& query, const KVCache<T>& cache, const MultiheadAttentionForwardOptions& fo) const {
+  static_assert(rank_v<Qx> == 3, "attend takes a [batch, Lq, embed_dim] query");
+  constexpr std::string_view fn = "tessera::nn::MultiheadAttention::attend";
+  const auto qv = cview(query);
+  const Index E = options_.embed_dim, hd = head_dim();
+  const Index B = qv.dim(0), Lq = qv.dim(1), Lk = cache.length;
+  if (qv.dim(2) != E)
+    detail::raise<ShapeError>(fn, "argument 'query' has shape ", detail::shape_string(qv.shape()),
+                              ", expected [batch, Lq, ", E, "] (embed_dim)");
+  if (Lk > 0 && cache.k.dim(0) != B)
+    detail::raise<ShapeError>(fn, "argument 'query' has batch ", B, ", the cache holds batch ",
+                              cache.k.dim(0));
+  // q: [B, Lq, E]
+  const auto q = linear(qv, proj_weight(0), proj_bias(0));
+  const Index cap = cache.k.dim(1);
+  const detail::Strided<const T> qs{q.data(), Lq * E, hd, E};
+  const detail::Strided<const T> ks{cache.k.data(), cap * E, hd, E};
+  const detail::Strided<const T> vs{cache.v.data(), cap * E, hd, E};
+  return attend_projected(qs, ks, vs, B, Lq, Lk, Lk, Lk - Lq, fo);
+}
+
+template <class T>
+MultiheadAttentionOutput<T> MultiheadAttention<T>::attend_projected(
+    const detail::Strided<const T>& qs, const detail::Strided<const T>& ks,
+    const detail::Strided<const T>& vs, Index B, Index Lq, Index Lk, Index Lk2, Index causal_offset,
+    const MultiheadAttentionForwardOptions& fo) const {
+  constexpr std::string_view fn = "tessera::nn::MultiheadAttention::forward";
+  const Index E = options_.embed_dim, H = options_.num_heads, hd = head_dim();
+  // ---- masks, resolved against the scores [B, H, Lq, Lk] ----
+  const Index target[] = {B, H, Lq, Lk};
+  std::optional<detail::MaskRows> attn_rows, pad_rows;
+  if (fo.attn_mask) {
+    const auto s = fo.attn_mask->shape();
+    const bool two_d = s.size() == 2 && s[0] == Lq && s[1] == Lk;
+    const bool three_d = s.size() == 3 && s[0] == B * H && s[1] == Lq && s[2] == Lk;
+    if (!two_d && !three_d)
+      detail::raise<ShapeError>(fn, "argument 'attn_mask' has shape ", detail::shape_string(s),
+                                ", expected [", Lq, ", ", Lk, "] or [", B * H, ", ", Lq, ", ", Lk,
+                                "] ([Lq, Lk] or [batch * num_heads, Lq, Lk])");
+    attn_rows.emplace(three_d ? fo.attn_mask->with_shape({B, H, Lq, Lk}, fn) : *fo.attn_mask,
+                      target, fn, "attn_mask");
+  }
+  if (fo.key_padding_mask) {
+    const auto s = fo.key_padding_mask->shape();
+    if (s.size() != 2 || s[0] != B || s[1] != Lk)
+      detail::raise<ShapeError>(fn, "argument 'key_padding_mask' has shape ",
+                                detail::shape_string(s), ", expected [", B, ", ", Lk,
+                                "] ([batch, Lk])");
+    pad_rows.emplace(fo.key_padding_mask->with_shape({B, 1, 1, Lk}, fn), target, fn,
+                     "key_padding_mask");
+  }
+
+  // ---- attention per (batch, head), written into the heads' columns of attn [B, Lq, E] ----
+  Tensor<T, 3> attn(Shape<3>{B, Lq, E}, uninitialized);
+  std::optional<Tensor<T, 4>> weights;
+  if (fo.need_weights) weights.emplace(Shape<4>{B, H, Lq, Lk2}, uninitialized);
+  detail::AttentionProblem<T> p;
+  p.batch = B, p.heads = H, p.lq = Lq, p.lk = Lk2, p.d = hd, p.dv = hd;
+  p.q = qs, p.k = ks, p.v = vs;
+  p.out = {attn.data(), Lq * E, hd, E};
+  p.scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
+  p.causal = fo.is_causal;
+  p.causal_offset = causal_offset;
+  p.masks[0] = attn_rows ? &*attn_rows : nullptr;
+  p.masks[1] = pad_rows ? &*pad_rows : nullptr;
+  p.mask_lk = Lk;
+  p.weights = weights ? weights->data() : nullptr;
+  detail::attention_reference(p);
+
+  // ---- output projection: [B, Lq, E] ----
+  MultiheadAttentionOutput<T> result{out_proj.forward(attn), std::nullopt, std::nullopt};
+  if (weights) {
+    if (fo.average_attn_weights) {
+      // mean over heads: [B, Lq, Lk']
+      Tensor<T, 3> avg(Shape<3>{B, Lq, Lk2});
+      for (Index b = 0; b < B; ++b) {
+        auto a = avg[b].as_matrix();
+        for (Index h = 0; h < H; ++h) a += (*weights)[b][h].as_matrix();
+        a /= static_cast<T>(H);
+      }
+      result.attn_weights = std::move(avg);
+    } else {
+      result.attn_weights_per_head = std::move(weights);
+    }
+  }
+  return result;
+}
+
+}  // namespace tessera::nn

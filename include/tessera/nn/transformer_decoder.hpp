@@ -1,0 +1,114 @@
+// tessera: nn::TransformerDecoder, a stack of TransformerDecoderLayer with an optional final
+// LayerNorm, as torch.nn.TransformerDecoder (parameters layers.<i>.*, norm.*), plus cached
+// incremental decoding for generation.
+#pragma once
+
+#include <vector>
+
+#include "tessera/nn/layer_norm.hpp"
+#include "tessera/nn/module.hpp"
+#include "tessera/nn/transformer_decoder_layer.hpp"
+
+namespace tessera::nn {
+
+struct TransformerDecoderOptions {
+  TransformerLayerOptions layer;
+  Index num_layers = 1;
+  bool final_norm = false;
+};
+
+// Generation state of a whole decoder: one cache per layer, and the memory padding mask.
+template <class T>
+struct DecoderCache {
+  std::vector<DecoderLayerCache<T>> layers;
+  std::optional<Mask> memory_key_padding_mask;
+  Index length() const noexcept { return layers.empty() ? 0 : layers.front().self_kv.length; }
+};
+
+template <class T>
+class TransformerDecoder : public Module<TransformerDecoder<T>> {
+ public:
+  std::vector<TransformerDecoderLayer<T>> layers;
+  LayerNorm<T> norm;  // used when options.final_norm
+
+  TransformerDecoder() = default;
+  explicit TransformerDecoder(const TransformerDecoderOptions& o) : options_(o) {
+    if (o.num_layers < 1)
+      detail::raise<ValueError>("tessera::nn::TransformerDecoder", "num_layers is ", o.num_layers,
+                                ", expected a value >= 1");
+    for (Index i = 0; i < o.num_layers; ++i) {
+      TransformerLayerOptions lo = o.layer;
+      lo.seed = o.layer.seed + 1000 * static_cast<std::uint64_t>(i);
+      layers.emplace_back(lo);
+    }
+    if (o.final_norm)
+      norm = LayerNorm<T>({.normalized_shape = o.layer.d_model,
+                           .eps = o.layer.layer_norm_eps,
+                           .bias = o.layer.bias});
+  }
+
+  const TransformerDecoderOptions& options() const noexcept { return options_; }
+
+  // tgt: [batch, Lt, d_model], memory: [batch, Lm, d_model] -> [batch, Lt, d_model]
+  template <TensorLike X, TensorLike M>
+  Tensor<T, 3> forward(const X& tgt, const M& memory,
+                       const TransformerDecoderLayerForwardOptions& fo = {}) const {
+    Tensor<T, 3> x = layers.front().forward(tgt, memory, fo);
+    for (std::size_t i = 1; i < layers.size(); ++i) x = layers[i].forward(x, memory, fo);
+    if (options_.final_norm) norm.forward_into(x, x);
+    return x;
+  }
+
+  // Starts generation against `memory` [batch, Lm, d_model]: projects it once per layer. The
+  // padding mask ([batch, Lm]) is a view: its tensor must outlive the cache.
+  template <TensorLike M>
+  DecoderCache<T> make_cache(
+      const M& memory, const std::optional<Mask>& memory_key_padding_mask = std::nullopt) const {
+    DecoderCache<T> cache;
+    cache.memory_key_padding_mask = memory_key_padding_mask;
+    for (const auto& layer : layers) cache.layers.push_back(layer.make_cache(memory));
+    return cache;
+  }
+
+  // Runs the next target positions tgt [batch, n, d_model] through every layer, appending to the
+  // cache; returns their outputs [batch, n, d_model]. Equal to the causal forward over all
+  // positions so far, restricted to the new ones.
+  template <TensorLike X>
+  Tensor<T, 3> step(const X& tgt, DecoderCache<T>& cache) const {
+    if (cache.layers.size() != layers.size())
+      detail::raise<ValueError>("tessera::nn::TransformerDecoder::step", "the cache has ",
+                                cache.layers.size(), " layers, the decoder ", layers.size(),
+                                " (make it with make_cache)");
+    Tensor<T, 3> x = layers.front().step(tgt, cache.layers.front(), cache.memory_key_padding_mask);
+    for (std::size_t i = 1; i < layers.size(); ++i)
+      x = layers[i].step(x, cache.layers[i], cache.memory_key_padding_mask);
+    if (options_.final_norm) norm.forward_into(x, x);
+    return x;
+  }
+
+  template <class Self, class F>
+  static void visit(Self& self, F&& f, const std::string& prefix) {
+    for (std::size_t i = 0; i < self.layers.size(); ++i)
+      TransformerDecoderLayer<T>::visit(self.layers[i], f,
+                                        prefix + "layers." + std::to_string(i) + ".");
+    if (self.options_.final_norm) LayerNorm<T>::visit(self.norm, f, prefix + "norm.");
+  }
+
+ private:
+  TransformerDecoderOptions options_{};
+};
+
+// PyTorch's nn.Transformer.generate_square_subsequent_mask as an additive mask [n, n]:
+// 0 on and below the diagonal, -inf above. Use it with Mask::additive.
+template <class T>
+Tensor<T, 2> generate_square_subsequent_mask(Index n) {
+  if (n < 0)
+    detail::raise<ValueError>("tessera::nn::generate_square_subsequent_mask", "argument 'n' is ", n,
+                              ", expected a value >= 0");
+  Tensor<T, 2> m(n, n);
+  for (Index i = 0; i < n; ++i)
+    for (Index j = i + 1; j < n; ++j) m(i, j) = -std::numeric_limits<T>::infinity();
+  return m;
+}
+
+}  // namespace tessera::nn

@@ -1,0 +1,64 @@
+// tessera: nn::TransformerEncoder, a stack of TransformerEncoderLayer with an optional final
+// LayerNorm, as torch.nn.TransformerEncoder (parameters layers.<i>.*, norm.*).
+#pragma once
+
+#include <vector>
+
+#include "tessera/nn/layer_norm.hpp"
+#include "tessera/nn/module.hpp"
+#include "tessera/nn/transformer_encoder_layer.hpp"
+
+namespace tessera::nn {
+
+struct TransformerEncoderOptions {
+  TransformerLayerOptions layer;
+  Index num_layers = 1;
+  bool final_norm = false;  // PyTorch's norm=LayerNorm(d_model)
+};
+
+template <class T>
+class TransformerEncoder : public Module<TransformerEncoder<T>> {
+ public:
+  std::vector<TransformerEncoderLayer<T>> layers;
+  LayerNorm<T> norm;  // used when options.final_norm
+
+  TransformerEncoder() = default;
+  explicit TransformerEncoder(const TransformerEncoderOptions& o) : options_(o) {
+    if (o.num_layers < 1)
+      detail::raise<ValueError>("tessera::nn::TransformerEncoder", "num_layers is ", o.num_layers,
+                                ", expected a value >= 1");
+    for (Index i = 0; i < o.num_layers; ++i) {
+      TransformerLayerOptions lo = o.layer;
+      lo.seed = o.layer.seed + 1000 * static_cast<std::uint64_t>(i);
+      layers.emplace_back(lo);
+    }
+    if (o.final_norm)
+      norm = LayerNorm<T>({.normalized_shape = o.layer.d_model,
+                           .eps = o.layer.layer_norm_eps,
+                           .bias = o.layer.bias});
+  }
+
+  const TransformerEncoderOptions& options() const noexcept { return options_; }
+
+  // src: [batch, L, d_model] -> [batch, L, d_model]
+  template <TensorLike X>
+  Tensor<T, 3> forward(const X& src, const TransformerEncoderLayerForwardOptions& fo = {}) const {
+    Tensor<T, 3> x = layers.front().forward(src, fo);
+    for (std::size_t i = 1; i < layers.size(); ++i) x = layers[i].forward(x, fo);
+    if (options_.final_norm) norm.forward_into(x, x);
+    return x;
+  }
+
+  template <class Self, class F>
+  static void visit(Self& self, F&& f, const std::string& prefix) {
+    for (std::size_t i = 0; i < self.layers.size(); ++i)
+      TransformerEncoderLayer<T>::visit(self.layers[i], f,
+                                        prefix + "layers." + std::to_string(i) + ".");
+    if (self.options_.final_norm) LayerNorm<T>::visit(self.norm, f, prefix + "norm.");
+  }
+
+ private:
+  TransformerEncoderOptions options_{};
+};
+
+}  // namespace tessera::nn

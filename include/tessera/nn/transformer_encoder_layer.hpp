@@ -1,0 +1,110 @@
+// tessera: nn::TransformerEncoderLayer, torch.nn.TransformerEncoderLayer with batch_first=True:
+//
+//   norm_first = false (post-norm):  x = norm1(x + self_attn(x));  x = norm2(x + ff(x))
+//   norm_first = true  (pre-norm):   x = x + self_attn(norm1(x));  x = x + ff(norm2(x))
+//
+// Parameters under PyTorch's names: self_attn.*, linear1.*, linear2.*, norm1.*, norm2.*.
+// Dropout is not applied (inference).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "tessera/core/mask.hpp"
+#include "tessera/core/tensor.hpp"
+#include "tessera/kernels/activation.hpp"
+#include "tessera/nn/feed_forward.hpp"
+#include "tessera/nn/layer_norm.hpp"
+#include "tessera/nn/module.hpp"
+#include "tessera/nn/multihead_attention.hpp"
+
+namespace tessera::nn {
+
+struct TransformerLayerOptions {
+  Index d_model = 0;
+  Index nhead = 1;
+  Index dim_feedforward = 2048;
+  Activation activation = Activation::relu;  // PyTorch offers relu and gelu
+  double layer_norm_eps = 1e-5;
+  bool norm_first = false;
+  bool bias = true;  // biases of every Linear, of the attention and of the LayerNorms
+  std::uint64_t seed = 0;
+};
+
+struct TransformerEncoderLayerForwardOptions {
+  std::optional<Mask> src_mask;              // [L, L] or [batch * nhead, L, L]
+  std::optional<Mask> src_key_padding_mask;  // [batch, L]; PyTorch's bool = Mask::blocked
+  bool is_causal = false;
+};
+
+// Checks what the attention and norm constructors do not. (Not in a nested `detail`
+// namespace: that would hide tessera::detail inside tessera::nn.)
+inline void check_transformer_layer_options(std::string_view fn, const TransformerLayerOptions& o) {
+  if (o.activation != Activation::relu && o.activation != Activation::gelu &&
+      o.activation != Activation::gelu_tanh && o.activation != Activation::silu)
+    detail::raise<ValueError>(fn, "activation is ", to_string(o.activation),
+                              ", expected relu, gelu, gelu_tanh or silu");
+  if (o.dim_feedforward <= 0)
+    detail::raise<ValueError>(fn, "dim_feedforward is ", o.dim_feedforward,
+                              ", expected a value > 0");
+}
+
+template <class T>
+class TransformerEncoderLayer : public Module<TransformerEncoderLayer<T>> {
+ public:
+  MultiheadAttention<T> self_attn;
+  FeedForward<T> ff;  // linear1, linear2
+  LayerNorm<T> norm1, norm2;
+
+  TransformerEncoderLayer() = default;
+  explicit TransformerEncoderLayer(const TransformerLayerOptions& o) : options_(o) {
+    check_transformer_layer_options("tessera::nn::TransformerEncoderLayer", o);
+    self_attn = MultiheadAttention<T>(
+        {.embed_dim = o.d_model, .num_heads = o.nhead, .bias = o.bias, .seed = o.seed});
+    ff = FeedForward<T>({.d_model = o.d_model,
+                         .dim_feedforward = o.dim_feedforward,
+                         .activation = o.activation,
+                         .bias = o.bias,
+                         .seed = o.seed + 100});
+    const LayerNormOptions ln{
+        .normalized_shape = o.d_model, .eps = o.layer_norm_eps, .bias = o.bias};
+    norm1 = LayerNorm<T>(ln);
+    norm2 = LayerNorm<T>(ln);
+  }
+
+  const TransformerLayerOptions& options() const noexcept { return options_; }
+
+  // src: [batch, L, d_model] -> [batch, L, d_model]
+  template <TensorLike X>
+  Tensor<T, 3> forward(const X& src, const TransformerEncoderLayerForwardOptions& fo = {}) const {
+    static_assert(rank_v<X> == 3, "TransformerEncoderLayer takes [batch, L, d_model]");
+    Tensor<T, 3> x(cview(src));
+    const MultiheadAttentionForwardOptions sa{.key_padding_mask = fo.src_key_padding_mask,
+                                              .attn_mask = fo.src_mask,
+                                              .is_causal = fo.is_causal};
+    if (options_.norm_first) {
+      const auto h = norm1.forward(x);
+      x.as_array() += self_attn.forward(h, h, h, sa).output.as_array();
+      x.as_array() += ff.forward(norm2.forward(x)).as_array();
+    } else {
+      x.as_array() += self_attn.forward(x, x, x, sa).output.as_array();
+      norm1.forward_into(x, x);
+      x.as_array() += ff.forward(x).as_array();
+      norm2.forward_into(x, x);
+    }
+    return x;
+  }
+
+  template <class Self, class F>
+  static void visit(Self& self, F&& f, const std::string& prefix) {
+    MultiheadAttention<T>::visit(self.self_attn, f, prefix + "self_attn.");
+    FeedForward<T>::visit(self.ff, f, prefix);
+    LayerNorm<T>::visit(self.norm1, f, prefix + "norm1.");
+    LayerNorm<T>::visit(self.norm2, f, prefix + "norm2.");
+  }
+
+ private:
+  TransformerLayerOptions options_{};
+};
+
+}  // namespace tessera::nn

@@ -204,7 +204,7 @@ MultiheadAttentionOutput<T> MultiheadAttention<T>::forward(
   const auto qv = cview(query);
   const auto kv = cview(key);
   const auto vv = cview(value);
-  const Index E = options_.embed_dim, H = options_.num_heads, hd = head_dim();
+  const Index E = options_.embed_dim, hd = head_dim();
   const Index B = qv.dim(0), Lq = qv.dim(1), Lk = kv.dim(1);
   if (qv.dim(2) != E)
     detail::raise<ShapeError>(fn, "argument 'query' has shape ", detail::shape_string(qv.shape()),

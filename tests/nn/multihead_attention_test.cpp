@@ -1,0 +1,319 @@
+#include "tessera/nn/multihead_attention.hpp"
+
+#include <gtest/gtest.h>
+
+#include <thread>
+#include <vector>
+
+#include "fixture.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+using tessera::Index;
+using tessera::Mask;
+using tessera::Shape;
+using tessera::Tensor;
+using tessera::nn::MultiheadAttention;
+using tessera::nn::MultiheadAttentionOptions;
+
+template <class T>
+class MultiheadAttentionTest : public ::testing::Test {};
+TYPED_TEST_SUITE(MultiheadAttentionTest, tessera::test::Scalars);
+
+MultiheadAttentionOptions options_from(const nlohmann::json& j) {
+  return {.embed_dim = j.at("embed_dim").get<Index>(),
+          .num_heads = j.at("num_heads").get<Index>(),
+          .bias = j.value("bias", true),
+          .add_bias_kv = j.value("add_bias_kv", false),
+          .add_zero_attn = j.value("add_zero_attn", false),
+          .kdim = j.value("kdim", Index{0}),
+          .vdim = j.value("vdim", Index{0})};
+}
+
+// Plain-loop multi-head attention in long double, for tests that have no fixture.
+template <class T>
+Tensor<T, 3> reference_mha(const MultiheadAttention<T>& m, const Tensor<T, 3>& q,
+                           const Tensor<T, 3>& kv, const Tensor<bool, 2>* pad_blocked,
+                           bool causal) {
+  const Index E = m.embed_dim(), H = m.num_heads(), hd = m.head_dim();
+  const Index B = q.dim(0), Lq = q.dim(1), Lk = kv.dim(1);
+  auto proj = [&](const Tensor<T, 3>& x, int part) {
+    Tensor<long double, 3> y(x.dim(0), x.dim(1), E);
+    for (Index b = 0; b < x.dim(0); ++b)
+      for (Index i = 0; i < x.dim(1); ++i)
+        for (Index o = 0; o < E; ++o) {
+          long double acc = m.options().bias ? m.in_proj_bias.value(part * E + o) : 0;
+          for (Index c = 0; c < E; ++c)
+            acc += (long double)m.in_proj_weight.value(part * E + o, c) * x(b, i, c);
+          y(b, i, o) = acc;
+        }
+    return y;
+  };
+  const auto Q = proj(q, 0), K = proj(kv, 1), V = proj(kv, 2);
+  Tensor<long double, 3> heads(B, Lq, E);
+  for (Index b = 0; b < B; ++b)
+    for (Index h = 0; h < H; ++h)
+      for (Index i = 0; i < Lq; ++i) {
+        std::vector<long double> s(Lk);
+        long double mx = -INFINITY;
+        for (Index j = 0; j < Lk; ++j) {
+          long double a = 0;
+          for (Index d = 0; d < hd; ++d) a += Q(b, i, h * hd + d) * K(b, j, h * hd + d);
+          a /= std::sqrt((long double)hd);
+          if ((pad_blocked && (*pad_blocked)(b, j)) || (causal && j > i)) a = -INFINITY;
+          s[j] = a;
+          mx = std::max(mx, a);
+        }
+        long double z = 0;
+        for (auto& v : s) z += (v = (mx == -INFINITY ? 0 : std::exp(v - mx)));
+        for (Index d = 0; d < hd; ++d) {
+          long double acc = 0;
+          for (Index j = 0; j < Lk; ++j) acc += (z > 0 ? s[j] / z : 0) * V(b, j, h * hd + d);
+          heads(b, i, h * hd + d) = acc;
+        }
+      }
+  Tensor<T, 3> out(B, Lq, E);
+  for (Index b = 0; b < B; ++b)
+    for (Index i = 0; i < Lq; ++i)
+      for (Index o = 0; o < E; ++o) {
+        long double acc = m.options().bias ? m.out_proj.bias.value(o) : 0;
+        for (Index c = 0; c < E; ++c)
+          acc += (long double)m.out_proj.weight.value(o, c) * heads(b, i, c);
+        out(b, i, o) = static_cast<T>(acc);
+      }
+  return out;
+}
+
+TYPED_TEST(MultiheadAttentionTest, MatchesPyTorchFixtures) {
+  using T = TypeParam;
+  const auto names = tessera::test::fixtures_with_prefix("mha_");
+  ASSERT_GE(names.size(), 10u) << "PyTorch fixtures for MultiheadAttention are missing";
+  for (const auto& name : names) {
+    SCOPED_TRACE(name);
+    const tessera::test::Fixture fx(name);
+    MultiheadAttention<T> mha(options_from(fx.options));
+    mha.load_state_dict(fx.dict, "module.", /*strict=*/false);
+    // Strict loading of exactly the module's keys must also succeed.
+    tessera::io::StateDict only_module;
+    for (const auto& [key, st] : fx.dict)
+      if (key.rfind("module.", 0) == 0) only_module.insert(key, st);
+    mha.load_state_dict(only_module, "module.");
+
+    const auto query = fx.input<T, 3>("query");
+    const bool self = fx.forward.value("self_attention", false);
+    const auto key = self ? query : fx.input<T, 3>("key");
+    const auto value = self ? query : fx.input<T, 3>("value");
+    Tensor<bool, 2> pad_b;
+    Tensor<T, 2> pad_f;
+    Tensor<bool, 3> am_b3;
+    Tensor<T, 3> am_f3;
+    Tensor<bool, 2> am_b2;
+    Tensor<T, 2> am_f2;
+    tessera::nn::MultiheadAttentionForwardOptions fo;
+    fo.key_padding_mask = fx.mask<T, 2>("key_padding_mask", pad_b, pad_f);
+    if (fx.has_input("attn_mask")) {
+      if (fx.dict.at("input.attn_mask").shape.size() == 3)
+        fo.attn_mask = fx.mask<T, 3>("attn_mask", am_b3, am_f3);
+      else
+        fo.attn_mask = fx.mask<T, 2>("attn_mask", am_b2, am_f2);
+    }
+    fo.need_weights = fx.forward.value("need_weights", false);
+    fo.average_attn_weights = fx.forward.value("average_attn_weights", true);
+    fo.is_causal = fx.forward.value("is_causal", false);
+
+    const auto out =
+        self ? mha.forward(query, query, query, fo) : mha.forward(query, key, value, fo);
+    tessera::test::expect_tensor_near(out.output, fx.expected<T, 3>("output"),
+                                      tessera::test::parity_tol<T>(), name + " output");
+    if (fo.need_weights) {
+      if (fo.average_attn_weights) {
+        ASSERT_TRUE(out.attn_weights.has_value());
+        tessera::test::expect_tensor_near(*out.attn_weights, fx.expected<T, 3>("attn_weights"),
+                                          tessera::test::parity_tol<T>(), name + " weights");
+      } else {
+        ASSERT_TRUE(out.attn_weights_per_head.has_value());
+        tessera::test::expect_tensor_near(*out.attn_weights_per_head,
+                                          fx.expected<T, 4>("attn_weights"),
+                                          tessera::test::parity_tol<T>(), name + " weights");
+      }
+    }
+  }
+}
+
+TYPED_TEST(MultiheadAttentionTest, MatchesPlainLoopWithPaddingAndCausal) {
+  using T = TypeParam;
+  MultiheadAttention<T> mha({.embed_dim = 12, .num_heads = 3, .seed = 5});
+  mha.in_proj_bias.value.setRandom(6);
+  mha.out_proj.bias.value.setRandom(7);
+  Tensor<T, 3> x(2, 6, 12);
+  x.setRandom(8);
+  Tensor<bool, 2> pad(2, 6);
+  pad(1, 4) = pad(1, 5) = true;
+  const auto ref = reference_mha(mha, x, x, &pad, /*causal=*/true);
+  const auto out =
+      mha.forward(x, x, x, {.key_padding_mask = Mask::blocked(pad), .is_causal = true});
+  tessera::test::expect_tensor_near(out.output, ref, T(50) * tessera::test::tol<T>(),
+                                    "padded causal");
+}
+
+TYPED_TEST(MultiheadAttentionTest, SelfAttentionPathEqualsSeparateProjections) {
+  using T = TypeParam;
+  MultiheadAttention<T> mha({.embed_dim = 16, .num_heads = 4, .seed = 1});
+  mha.in_proj_bias.value.setRandom(2);
+  Tensor<T, 3> x(3, 5, 16);
+  x.setRandom(3);
+  const Tensor<T, 3> k_copy(x), v_copy(x);
+  const auto fused = mha.forward(x, x, x).output;                // one [3E, E] product
+  const auto kv_shared = mha.forward(x, k_copy, k_copy).output;  // q alone, then [2E, E]
+  const auto separate = mha.forward(x, k_copy, v_copy).output;   // three products
+  tessera::test::expect_tensor_near(kv_shared, fused, tessera::test::tol<T>() * 10, "kv shared");
+  tessera::test::expect_tensor_near(separate, fused, tessera::test::tol<T>() * 10, "separate");
+}
+
+TYPED_TEST(MultiheadAttentionTest, WeightsAverageEqualsMeanOfHeads) {
+  using T = TypeParam;
+  MultiheadAttention<T> mha({.embed_dim = 8, .num_heads = 2, .seed = 4});
+  Tensor<T, 3> q(2, 3, 8), kv(2, 5, 8);
+  q.setRandom(1);
+  kv.setRandom(2);
+  const auto avg = mha.forward(q, kv, kv, {.need_weights = true});
+  const auto per = mha.forward(q, kv, kv, {.need_weights = true, .average_attn_weights = false});
+  ASSERT_TRUE(avg.attn_weights && per.attn_weights_per_head);
+  EXPECT_FALSE(avg.attn_weights_per_head.has_value());
+  for (Index b = 0; b < 2; ++b)
+    for (Index i = 0; i < 3; ++i) {
+      T row_sum = 0;
+      for (Index j = 0; j < 5; ++j) {
+        const T mean =
+            ((*per.attn_weights_per_head)(b, 0, i, j) + (*per.attn_weights_per_head)(b, 1, i, j)) /
+            2;
+        EXPECT_NEAR((*avg.attn_weights)(b, i, j), mean, tessera::test::tol<T>());
+        row_sum += (*avg.attn_weights)(b, i, j);
+      }
+      EXPECT_NEAR(row_sum, T(1), 10 * tessera::test::tol<T>());
+    }
+}
+
+TYPED_TEST(MultiheadAttentionTest, FullyMaskedQueryGivesBiasOnlyNoNaN) {
+  using T = TypeParam;
+  MultiheadAttention<T> mha({.embed_dim = 8, .num_heads = 2, .seed = 4});
+  mha.out_proj.bias.value.setRandom(9);
+  Tensor<T, 3> x(2, 4, 8);
+  x.setRandom(1);
+  Tensor<bool, 2> pad(2, 4);
+  pad.setConstant(true);  // batch 0 and 1: every key is padding
+  const auto out =
+      mha.forward(x, x, x, {.key_padding_mask = Mask::blocked(pad), .need_weights = true});
+  for (Index b = 0; b < 2; ++b)
+    for (Index i = 0; i < 4; ++i)
+      for (Index o = 0; o < 8; ++o) {
+        // Zero attention output, so only the output projection's bias remains.
+        EXPECT_NEAR(out.output(b, i, o), mha.out_proj.bias.value(o), tessera::test::tol<T>());
+      }
+  for (Index k = 0; k < out.attn_weights->size(); ++k) EXPECT_EQ(out.attn_weights->data()[k], T(0));
+}
+
+TYPED_TEST(MultiheadAttentionTest, CachedAttendEqualsCausalForward) {
+  using T = TypeParam;
+  MultiheadAttention<T> mha({.embed_dim = 12, .num_heads = 3, .seed = 11});
+  mha.in_proj_bias.value.setRandom(12);
+  Tensor<T, 3> x(2, 7, 12);
+  x.setRandom(13);
+  const auto full = mha.forward(x, x, x, {.is_causal = true}).output;
+  tessera::nn::KVCache<T> cache;
+  // Prefill three tokens at once, then one at a time.
+  Index t = 0;
+  for (Index n : {3, 1, 1, 1, 1}) {
+    Tensor<T, 3> chunk(2, n, 12);
+    for (Index b = 0; b < 2; ++b)
+      for (Index i = 0; i < n; ++i)
+        for (Index e = 0; e < 12; ++e) chunk(b, i, e) = x(b, t + i, e);
+    mha.append_kv(cache, chunk, chunk);
+    const auto y = mha.attend(chunk, cache, {.is_causal = true}).output;
+    for (Index b = 0; b < 2; ++b)
+      for (Index i = 0; i < n; ++i)
+        for (Index e = 0; e < 12; ++e)
+          EXPECT_NEAR(y(b, i, e), full(b, t + i, e), 20 * tessera::test::tol<T>()) << "t=" << t + i;
+    t += n;
+  }
+  EXPECT_EQ(cache.length, 7);
+}
+
+TYPED_TEST(MultiheadAttentionTest, ConcurrentForwardIsIdenticalToSingleCall) {
+  using T = TypeParam;
+  MultiheadAttention<T> mha({.embed_dim = 32, .num_heads = 4, .seed = 21});
+  Tensor<T, 3> x(2, 33, 32);
+  x.setRandom(22);
+  Tensor<bool, 2> pad(2, 33);
+  pad(0, 30) = true;
+  const tessera::nn::MultiheadAttentionForwardOptions fo{.key_padding_mask = Mask::blocked(pad),
+                                                         .need_weights = true};
+  const auto single = mha.forward(x, x, x, fo);
+  std::vector<std::thread> threads;
+  std::vector<Tensor<T, 3>> outs(8);
+  for (int t = 0; t < 8; ++t)
+    threads.emplace_back([&, t] { outs[t] = mha.forward(x, x, x, fo).output; });
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 8; ++t) {
+    ASSERT_EQ(outs[t].shape(), single.output.shape());
+    for (Index i = 0; i < single.output.size(); ++i)
+      ASSERT_EQ(outs[t].data()[i], single.output.data()[i]) << "thread " << t;
+  }
+}
+
+TYPED_TEST(MultiheadAttentionTest, RejectsBadShapesAndOptions) {
+  using T = TypeParam;
+  using tessera::ShapeError;
+  using tessera::ValueError;
+  TESSERA_EXPECT_THROW_MSG(MultiheadAttention<T>({.embed_dim = 0, .num_heads = 1}), ValueError,
+                           "tessera::nn::MultiheadAttention", "embed_dim is 0");
+  TESSERA_EXPECT_THROW_MSG(MultiheadAttention<T>({.embed_dim = 10, .num_heads = 3}), ValueError,
+                           "num_heads is 3", "divisor of embed_dim = 10");
+  MultiheadAttention<T> mha({.embed_dim = 8, .num_heads = 2});
+  Tensor<T, 3> q(2, 3, 8), k(2, 5, 8), bad_q(2, 3, 7), bad_k(2, 5, 6), bad_v(2, 4, 8);
+  TESSERA_EXPECT_THROW_MSG(mha.forward(bad_q, k, k), ShapeError, "'query'", "[2, 3, 7]",
+                           "[batch, Lq, 8]");
+  TESSERA_EXPECT_THROW_MSG(mha.forward(q, bad_k, k), ShapeError, "'key'", "[2, 5, 6]", "[2, 5, 8]");
+  TESSERA_EXPECT_THROW_MSG(mha.forward(q, k, bad_v), ShapeError, "'value'", "[2, 4, 8]",
+                           "[2, 5, 8]");
+  Tensor<bool, 2> pad(2, 4), am(3, 4);
+  TESSERA_EXPECT_THROW_MSG(mha.forward(q, k, k, {.key_padding_mask = Mask::blocked(pad)}),
+                           ShapeError, "'key_padding_mask'", "[2, 4]", "[2, 5]");
+  TESSERA_EXPECT_THROW_MSG(mha.forward(q, k, k, {.attn_mask = Mask::blocked(am)}), ShapeError,
+                           "'attn_mask'", "[3, 4]", "[3, 5]", "[4, 3, 5]");
+  MultiheadAttention<T> with_bias_kv({.embed_dim = 8, .num_heads = 2, .add_bias_kv = true});
+  tessera::nn::KVCache<T> cache;
+  TESSERA_EXPECT_THROW_MSG(with_bias_kv.append_kv(cache, k, k), ValueError, "append_kv",
+                           "add_bias_kv");
+  Tensor<T, 3> k1(1, 5, 8);
+  mha.append_kv(cache, k, k);
+  TESSERA_EXPECT_THROW_MSG(mha.append_kv(cache, k1, k1), ShapeError, "batch 1", "batch 2");
+  TESSERA_EXPECT_THROW_MSG(mha.attend(Tensor<T, 3>(1, 1, 8), cache), ShapeError, "batch 1",
+                           "batch 2");
+}
+
+TYPED_TEST(MultiheadAttentionTest, StateDictNamesAndStrictLoading) {
+  using T = TypeParam;
+  MultiheadAttention<T> packed({.embed_dim = 8, .num_heads = 2, .add_bias_kv = true});
+  const auto keys = packed.state_dict().keys();
+  const std::vector<std::string> expected = {"bias_k",         "bias_v",        "in_proj_bias",
+                                             "in_proj_weight", "out_proj.bias", "out_proj.weight"};
+  EXPECT_EQ(keys, expected);
+  MultiheadAttention<T> separate(
+      {.embed_dim = 8, .num_heads = 2, .bias = false, .kdim = 5, .vdim = 3});
+  const std::vector<std::string> expected_sep = {"k_proj_weight", "out_proj.weight",
+                                                 "q_proj_weight", "v_proj_weight"};
+  EXPECT_EQ(separate.state_dict().keys(), expected_sep);
+  EXPECT_EQ(separate.k_proj_weight.shape(), (Shape<2>{8, 5}));
+  TESSERA_EXPECT_THROW_MSG(separate.load_state_dict(packed.state_dict()), tessera::ValueError,
+                           "missing keys:", "'q_proj_weight'",
+                           "unexpected keys:", "'in_proj_weight'");
+  auto sd = packed.state_dict("attn.");
+  ASSERT_TRUE(sd.erase("attn.in_proj_bias"));
+  sd.insert("attn.in_proj_bias", Tensor<T, 1>(23));
+  TESSERA_EXPECT_THROW_MSG(packed.load_state_dict(sd, "attn."), tessera::ShapeError,
+                           "'attn.in_proj_bias'", "[23]", "[24]");
+}
+
+}  // namespace

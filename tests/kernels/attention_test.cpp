@@ -1,0 +1,228 @@
+#include "tessera/kernels/attention.hpp"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "fixture.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+using tessera::Index;
+using tessera::Mask;
+using tessera::Shape;
+using tessera::Tensor;
+
+template <class T>
+class AttentionKernelTest : public ::testing::Test {};
+TYPED_TEST_SUITE(AttentionKernelTest, tessera::test::Scalars);
+
+// softmax(scale q k^T + mask) v with plain loops in long double; `keep(b, h, i, j)` says whether
+// key j takes part for query i, `add` adds to the score.
+template <class T, class Keep, class Add>
+Tensor<T, 4> reference(const Tensor<T, 4>& q, const Tensor<T, 4>& k, const Tensor<T, 4>& v,
+                       double scale, Keep keep, Add add, Tensor<T, 4>* weights = nullptr) {
+  const Index B = q.dim(0), H = q.dim(1), Lq = q.dim(2), D = q.dim(3), Lk = k.dim(2), Dv = v.dim(3);
+  Tensor<T, 4> out(B, H, Lq, Dv);
+  for (Index b = 0; b < B; ++b)
+    for (Index h = 0; h < H; ++h)
+      for (Index i = 0; i < Lq; ++i) {
+        std::vector<long double> s(Lk);
+        long double mx = -INFINITY;
+        for (Index j = 0; j < Lk; ++j) {
+          long double a = 0;
+          for (Index d = 0; d < D; ++d) a += (long double)q(b, h, i, d) * k(b, h, j, d);
+          a = a * scale + add(b, h, i, j);
+          if (!keep(b, h, i, j)) a = -INFINITY;
+          s[j] = a;
+          mx = std::max(mx, a);
+        }
+        long double z = 0;
+        for (auto& x : s) z += (x = (mx == -INFINITY ? 0.0L : std::exp(x - mx)));
+        for (Index j = 0; j < Lk; ++j) {
+          s[j] = z > 0 ? s[j] / z : 0;
+          if (weights) (*weights)(b, h, i, j) = static_cast<T>(s[j]);
+        }
+        for (Index e = 0; e < Dv; ++e) {
+          long double acc = 0;
+          for (Index j = 0; j < Lk; ++j) acc += s[j] * v(b, h, j, e);
+          out(b, h, i, e) = static_cast<T>(acc);
+        }
+      }
+  return out;
+}
+
+template <class T>
+T kernel_tol() {
+  return std::is_same_v<T, float> ? T(1e-5) : T(1e-12);
+}
+
+TYPED_TEST(AttentionKernelTest, MatchesPyTorchFixtures) {
+  using T = TypeParam;
+  const auto names = tessera::test::fixtures_with_prefix("sdpa_");
+  ASSERT_GE(names.size(), 6u) << "PyTorch fixtures for scaled_dot_product_attention are missing";
+  for (const auto& name : names) {
+    SCOPED_TRACE(name);
+    const tessera::test::Fixture fx(name);
+    tessera::SDPAOptions opts;
+    opts.causal = fx.forward.value("causal", false);
+    if (fx.forward.contains("scale")) opts.scale = fx.forward.at("scale").get<double>();
+    Tensor<bool, 2> b2;
+    Tensor<T, 2> f2;
+    Tensor<bool, 4> b4;
+    Tensor<T, 4> f4;
+    if (fx.has_input("mask")) {
+      if (fx.dict.at("input.mask").shape.size() == 4)
+        opts.mask = fx.mask<T, 4>("mask", b4, f4);
+      else
+        opts.mask = fx.mask<T, 2>("mask", b2, f2);
+    }
+    const auto r = tessera::scaled_dot_product_attention_with_weights(
+        fx.input<T, 4>("q"), fx.input<T, 4>("k"), fx.input<T, 4>("v"), opts);
+    tessera::test::expect_tensor_near(r.output, fx.expected<T, 4>("output"),
+                                      tessera::test::parity_tol<T>(), name);
+    tessera::test::expect_tensor_near(r.weights, fx.expected<T, 4>("weights"),
+                                      tessera::test::parity_tol<T>(), name + " weights");
+    // The output alone (no weights requested) is the same.
+    const auto o = tessera::scaled_dot_product_attention(fx.input<T, 4>("q"), fx.input<T, 4>("k"),
+                                                         fx.input<T, 4>("v"), opts);
+    for (Index i = 0; i < o.size(); ++i) ASSERT_EQ(o.data()[i], r.output.data()[i]);
+  }
+}
+
+TYPED_TEST(AttentionKernelTest, OddSizesAgainstReference) {
+  using T = TypeParam;
+  for (Index L : {1, 7, 63, 65, 130}) {
+    for (Index D : {1, 8, 33}) {
+      Tensor<T, 4> q(2, 2, L, D), k(2, 2, L + 3, D), v(2, 2, L + 3, 5);
+      q.setRandom(L * 7 + D);
+      k.setRandom(L * 11 + D);
+      v.setRandom(L * 13 + D);
+      const double scale = 1.0 / std::sqrt(double(D));
+      const auto ref = reference(
+          q, k, v, scale, [](auto...) { return true; }, [](auto...) { return 0.0; });
+      const auto out = tessera::scaled_dot_product_attention(q, k, v);
+      tessera::test::expect_tensor_near(out, ref, kernel_tol<T>(),
+                                        "L=" + std::to_string(L) + " D=" + std::to_string(D));
+      // Causal (top-left aligned: query i sees keys j <= i).
+      const auto ref_c = reference(
+          q, k, v, scale, [](Index, Index, Index i, Index j) { return j <= i; },
+          [](auto...) { return 0.0; });
+      const auto out_c = tessera::scaled_dot_product_attention(q, k, v, {.causal = true});
+      tessera::test::expect_tensor_near(out_c, ref_c, kernel_tol<T>(),
+                                        "causal L=" + std::to_string(L));
+    }
+  }
+}
+
+TYPED_TEST(AttentionKernelTest, MasksOfEveryKindAndBroadcast) {
+  using T = TypeParam;
+  const Index B = 2, H = 3, Lq = 5, Lk = 9, D = 4;
+  Tensor<T, 4> q(B, H, Lq, D), k(B, H, Lk, D), v(B, H, Lk, 6);
+  q.setRandom(1);
+  k.setRandom(2);
+  v.setRandom(3);
+  const double scale = 0.5;
+  // allowed [Lq, Lk]
+  Tensor<bool, 2> allow(Lq, Lk);
+  for (Index i = 0; i < Lq; ++i)
+    for (Index j = 0; j < Lk; ++j) allow(i, j) = (i * 3 + j) % 4 != 0;
+  auto ref = reference(
+      q, k, v, scale, [&](Index, Index, Index i, Index j) { return allow(i, j); },
+      [](auto...) { return 0.0; });
+  tessera::test::expect_tensor_near(tessera::scaled_dot_product_attention(
+                                        q, k, v, {.mask = Mask::allowed(allow), .scale = scale}),
+                                    ref, kernel_tol<T>(), "allowed");
+  // blocked [B, 1, 1, Lk] (key padding)
+  Tensor<bool, 4> pad(B, 1, 1, Lk);
+  pad(1, 0, 0, 7) = pad(1, 0, 0, 8) = pad(0, 0, 0, 0) = true;
+  ref = reference(
+      q, k, v, scale, [&](Index b, Index, Index, Index j) { return !pad(b, 0, 0, j); },
+      [](auto...) { return 0.0; });
+  tessera::test::expect_tensor_near(
+      tessera::scaled_dot_product_attention(q, k, v, {.mask = Mask::blocked(pad), .scale = scale}),
+      ref, kernel_tol<T>(), "blocked");
+  // additive per batch and head, in double even for float scores
+  Tensor<double, 4> add(B, H, Lq, Lk);
+  add.setRandom(9, -2.0, 2.0);
+  add(0, 1, 2, 3) = -INFINITY;
+  ref = reference(
+      q, k, v, scale, [](auto...) { return true; },
+      [&](Index b, Index h, Index i, Index j) { return add(b, h, i, j); });
+  tessera::test::expect_tensor_near(
+      tessera::scaled_dot_product_attention(q, k, v, {.mask = Mask::additive(add), .scale = scale}),
+      ref, kernel_tol<T>(), "additive");
+}
+
+TYPED_TEST(AttentionKernelTest, FullyMaskedRowsGiveZerosNotNaN) {
+  using T = TypeParam;
+  Tensor<T, 4> q(1, 2, 4, 8), k(1, 2, 6, 8), v(1, 2, 6, 3);
+  q.setRandom(1);
+  k.setRandom(2);
+  v.setRandom(3);
+  Tensor<bool, 2> allow(4, 6);
+  allow.setConstant(true);
+  for (Index j = 0; j < 6; ++j) allow(2, j) = false;  // query 2 sees nothing
+  const auto r =
+      tessera::scaled_dot_product_attention_with_weights(q, k, v, {.mask = Mask::allowed(allow)});
+  for (Index h = 0; h < 2; ++h) {
+    for (Index e = 0; e < 3; ++e) EXPECT_EQ(r.output(0, h, 2, e), T(0));
+    for (Index j = 0; j < 6; ++j) EXPECT_EQ(r.weights(0, h, 2, j), T(0));
+    for (Index e = 0; e < 3; ++e) EXPECT_FALSE(std::isnan(r.output(0, h, 1, e)));
+  }
+}
+
+TYPED_TEST(AttentionKernelTest, EmptyKeysAndQueries) {
+  using T = TypeParam;
+  Tensor<T, 4> q(1, 1, 3, 4), k(1, 1, 0, 4), v(1, 1, 0, 2);
+  q.setRandom(1);
+  const auto out = tessera::scaled_dot_product_attention(q, k, v);
+  for (Index i = 0; i < out.size(); ++i) EXPECT_EQ(out.data()[i], T(0));
+  Tensor<T, 4> q0(1, 1, 0, 4), k1(1, 1, 5, 4), v1(1, 1, 5, 2);
+  EXPECT_EQ(tessera::scaled_dot_product_attention(q0, k1, v1).size(), 0);
+}
+
+TYPED_TEST(AttentionKernelTest, SameResultAcrossThreadCounts) {
+  using T = TypeParam;
+  Tensor<T, 4> q(2, 4, 100, 16), k(2, 4, 120, 16), v(2, 4, 120, 16);
+  q.setRandom(1);
+  k.setRandom(2);
+  v.setRandom(3);
+  tessera::set_num_threads(1);
+  const auto one = tessera::scaled_dot_product_attention(q, k, v, {.causal = true});
+  tessera::set_num_threads(2);
+  const auto two = tessera::scaled_dot_product_attention(q, k, v, {.causal = true});
+  tessera::set_num_threads(tessera::max_threads());
+  for (Index i = 0; i < one.size(); ++i) ASSERT_EQ(one.data()[i], two.data()[i]);
+}
+
+TYPED_TEST(AttentionKernelTest, RejectsBadShapes) {
+  using T = TypeParam;
+  using tessera::ShapeError;
+  Tensor<T, 4> q(2, 3, 5, 8), k(2, 3, 7, 8), v(2, 3, 7, 4);
+  TESSERA_EXPECT_THROW_MSG(tessera::scaled_dot_product_attention(q, Tensor<T, 4>(2, 3, 7, 6), v),
+                           ShapeError, "tessera::scaled_dot_product_attention", "'key'",
+                           "[2, 3, 7, 6]", "[2, 3, 7, 8]");
+  TESSERA_EXPECT_THROW_MSG(tessera::scaled_dot_product_attention(q, k, Tensor<T, 4>(2, 3, 6, 4)),
+                           ShapeError, "'value'", "[2, 3, 6, 4]", "[2, 3, 7, 4]");
+  TESSERA_EXPECT_THROW_MSG(tessera::scaled_dot_product_attention(q, Tensor<T, 4>(1, 3, 7, 8), v),
+                           ShapeError, "'key'", "[1, 3, 7, 8]");
+  Tensor<T, 4> out(2, 3, 5, 5);
+  TESSERA_EXPECT_THROW_MSG(tessera::scaled_dot_product_attention_into(q, k, v, out), ShapeError,
+                           "'out'", "[2, 3, 5, 5]", "[2, 3, 5, 4]");
+  Tensor<bool, 2> m(5, 6);
+  TESSERA_EXPECT_THROW_MSG(
+      tessera::scaled_dot_product_attention(q, k, v, {.mask = Mask::allowed(m)}), ShapeError,
+      "'mask'", "[5, 6]", "[2, 3, 5, 7]");
+  Tensor<T, 4> o2(2, 3, 5, 4);
+  Tensor<T, 4> w(2, 3, 5, 6);
+  tessera::TensorMap<T, 4> wv(w);
+  TESSERA_EXPECT_THROW_MSG(tessera::scaled_dot_product_attention_into(q, k, v, o2, {}, &wv),
+                           ShapeError, "'weights'", "[2, 3, 5, 6]", "[2, 3, 5, 7]");
+  TESSERA_EXPECT_THROW_MSG(tessera::scaled_dot_product_attention(
+                               q, k, v, {.scale = std::numeric_limits<double>::infinity()}),
+                           tessera::ValueError, "'scale'", "finite");
+}
+
+}  // namespace

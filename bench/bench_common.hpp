@@ -1,0 +1,100 @@
+// tessera benchmarks: helpers shared by every bench_*.cpp binary.
+//
+//   tessera_bench::single_thread()      pin tessera's kernels and Eigen's products to one thread
+//   tessera_bench::set_traffic(...)     items/s (SetItemsProcessed) and a "GB/s" counter
+//   tessera_bench::set_gflops(...)      a "GFLOPS" counter
+//   tessera_bench::random_tensor<T>()   a seeded, uniformly filled tensor
+//   tessera_bench::BM_PeakFMA<Acc>      single-thread FP32 FMA throughput through tessera::simd
+//   tessera_bench::BM_Copy<T>           memcpy bandwidth of a [rows, n] buffer of T (read + write)
+//
+// Counters are rates in decimal units: "GB/s" is 1e9 bytes per second, "GFLOPS" 1e9 flops per
+// second. Each binary registers the templates it wants, e.g.
+//
+//   BENCHMARK_TEMPLATE(tessera_bench::BM_PeakFMA, 16);
+//   BENCHMARK_TEMPLATE(tessera_bench::BM_Copy, float)->Args({64, 1024});
+#pragma once
+
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <cstring>
+#include <tessera/core/tensor.hpp>
+#include <tessera/core/threading.hpp>
+#include <tessera/kernels/simd.hpp>
+
+namespace tessera_bench {
+
+using tessera::Index;
+
+// Every tessera benchmark is single-threaded: call this first in each benchmark function.
+inline void single_thread() { tessera::set_num_threads(1); }
+
+// Per-iteration work: `items` elements processed and `bytes` of minimum memory traffic.
+inline void set_traffic(benchmark::State& state, double items, double bytes) {
+  const auto it = static_cast<double>(state.iterations());
+  state.SetItemsProcessed(static_cast<std::int64_t>(it * items));
+  state.counters["GB/s"] = benchmark::Counter(it * bytes * 1e-9, benchmark::Counter::kIsRate);
+}
+
+// Per-iteration floating-point operations (an FMA counts as 2).
+inline void set_gflops(benchmark::State& state, double flops) {
+  const auto it = static_cast<double>(state.iterations());
+  state.counters["GFLOPS"] = benchmark::Counter(it * flops * 1e-9, benchmark::Counter::kIsRate);
+}
+
+template <class T, int Rank>
+tessera::Tensor<T, Rank> random_tensor(const tessera::Shape<Rank>& shape, std::uint64_t seed,
+                                       double lo = -1.0, double hi = 1.0) {
+  tessera::Tensor<T, Rank> t(shape, tessera::uninitialized);
+  t.setRandom(seed, lo, hi);
+  return t;
+}
+
+// Peak single-thread FP32 FMA throughput: Acc independent chains of acc = acc * a + b on full
+// tessera::simd packets (zmm on AVX-512). Acc must cover FMA latency x FMA ports (4 x 2 on
+// Sapphire Rapids), and stay under the 32 vector registers. Each state iteration runs kReps
+// rounds of Acc FMAs: 2 * width * Acc * kReps flops.
+template <int Acc>
+void BM_PeakFMA(benchmark::State& state) {
+  single_thread();
+  using P = tessera::simd::Packet<float>;
+  constexpr Index W = tessera::simd::width<float>;
+  constexpr int kReps = 256;
+  // acc converges to b / (1 - a) ~ 0.1: no overflow, no denormals. a and b are read through
+  // volatiles so the compiler cannot fold the chains. (Not benchmark::DoNotOptimize on the two
+  // floats: with GCC 12 and benchmark 1.7.1 its "+m,r" operand was compiled as a read of a stack
+  // slot that was never written, so a and b were garbage, often denormal, and every FMA took a
+  // microcode assist: 0.7 GFLOPS instead of ~170.)
+  volatile float va = 0.999999f, vb = 1e-7f;
+  const P a = tessera::simd::set1<float>(va);
+  const P b = tessera::simd::set1<float>(vb);
+  P acc[Acc];
+  for (int i = 0; i < Acc; ++i) acc[i] = tessera::simd::set1<float>(0.01f * static_cast<float>(i));
+  for (auto _ : state) {
+    for (int r = 0; r < kReps; ++r) {
+#pragma GCC unroll 32
+      for (int i = 0; i < Acc; ++i) acc[i] = tessera::simd::fmadd(acc[i], a, b);
+    }
+  }
+  for (int i = 0; i < Acc; ++i) benchmark::DoNotOptimize(acc[i]);
+  set_gflops(state, 2.0 * W * Acc * kReps);
+  state.counters["lanes"] = static_cast<double>(W);
+}
+
+// memcpy of a [rows, n] buffer of T: the copy bandwidth baseline. GB/s counts read + write.
+template <class T>
+void BM_Copy(benchmark::State& state) {
+  single_thread();
+  const Index rows = state.range(0), n = state.range(1);
+  const auto src = random_tensor<T, 2>({rows, n}, 1);
+  tessera::Tensor<T, 2> dst({rows, n}, tessera::uninitialized);
+  const std::size_t bytes = sizeof(T) * static_cast<std::size_t>(rows * n);
+  for (auto _ : state) {
+    std::memcpy(dst.data(), src.data(), bytes);
+    benchmark::DoNotOptimize(dst.data());
+    benchmark::ClobberMemory();
+  }
+  set_traffic(state, static_cast<double>(rows * n), 2.0 * static_cast<double>(bytes));
+}
+
+}  // namespace tessera_bench

@@ -23,6 +23,10 @@ struct DecoderCache {
   std::vector<DecoderLayerCache<T>> layers;
   std::optional<Mask> memory_key_padding_mask;
   Index length() const noexcept { return layers.empty() ? 0 : layers.front().self_kv.length; }
+  // Makes every step record each layer's cross-attention weights (layers[i].cross_attention).
+  void record_cross_attention(bool on = true) {
+    for (auto& l : layers) l.record_cross_attention = on;
+  }
 };
 
 template <class T>

@@ -36,6 +36,10 @@ template <class T>
 struct DecoderLayerCache {
   KVCache<T> self_kv;    // keys/values of the target positions so far
   KVCache<T> memory_kv;  // the memory, projected once
+  // When set, each step leaves its cross-attention weights (averaged over heads) here:
+  // [batch, n, Lm] for the n positions of that step.
+  bool record_cross_attention = false;
+  Tensor<T, 3> cross_attention;
 };
 
 template <class T>
@@ -102,14 +106,19 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
     static_assert(rank_v<X> == 3, "TransformerDecoderLayer::step takes [batch, n, d_model]");
     Tensor<T, 3> x(cview(tgt));
     const MultiheadAttentionForwardOptions sa{.is_causal = true};
-    const MultiheadAttentionForwardOptions ca{.key_padding_mask = memory_key_padding_mask};
+    const MultiheadAttentionForwardOptions ca{.key_padding_mask = memory_key_padding_mask,
+                                              .need_weights = cache.record_cross_attention};
     return run(
         x,
         [&](const auto& h) {
           self_attn.append_kv(cache.self_kv, h, h);
           return self_attn.attend(h, cache.self_kv, sa).output;
         },
-        [&](const auto& h) { return multihead_attn.attend(h, cache.memory_kv, ca).output; });
+        [&](const auto& h) {
+          auto r = multihead_attn.attend(h, cache.memory_kv, ca);
+          if (r.attn_weights) cache.cross_attention = std::move(*r.attn_weights);
+          return std::move(r.output);
+        });
   }
 
   template <class Self, class F>

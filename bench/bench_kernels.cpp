@@ -10,12 +10,6 @@
 //   ./bench_kernels --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 //       --benchmark_min_time=0.2
 
-// GCC 12 reports a false -Wuninitialized inside its own AVX-512 intrinsics
-// (_mm512_extractf64x4_pd's _mm256_undefined_pd) when Eigen's double predux is inlined.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <limits>

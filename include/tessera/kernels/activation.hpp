@@ -10,6 +10,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <string_view>
 #include <unsupported/Eigen/SpecialFunctions>
 
@@ -99,8 +100,15 @@ void activate_into(Activation act, const X& x, Y&& out) {
   detail::check_shape_equal(detail::activation_fn_name(act), "out", out.shape(), x.shape());
   const auto* xp = x.data();
   auto* yp = out.data();
-  parallel_for(cview(x).size(), detail::kElementwiseGrain,
-               [&](Index b, Index e) { detail::activate(act, xp + b, yp + b, e - b); });
+  // Split into 64-element blocks so that every thread count cuts the data at the same packet
+  // boundaries: the vector and scalar-tail code paths then see the same elements every time.
+  constexpr Index kBlock = 64;
+  const Index n = cview(x).size();
+  parallel_for((n + kBlock - 1) / kBlock, detail::kElementwiseGrain / kBlock,
+               [&](Index b, Index e) {
+                 const Index begin = b * kBlock, end = std::min(n, e * kBlock);
+                 detail::activate(act, xp + begin, yp + begin, end - begin);
+               });
 }
 
 template <TensorLike X>

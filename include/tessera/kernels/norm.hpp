@@ -40,9 +40,12 @@ void check_norm_params(std::string_view fn, Index n, const std::optional<TensorM
   const Index expected[] = {n};
   if (w) check_shape_equal(fn, "weight", w->shape(), expected);
   if (b) check_shape_equal(fn, "bias", b->shape(), expected);
-  if (!(eps > 0) || !std::isfinite(eps))
+  // Checked in T: an eps that rounds to 0 in float would turn a constant row into NaN.
+  const T eps_t = static_cast<T>(eps);
+  if (!(eps_t > 0) || !std::isfinite(eps_t))
     raise<ValueError>(fn, "argument 'eps' is ", eps,
-                      ", expected a finite value > 0 (eps = 0 turns a constant row into NaN)");
+                      ", expected a finite value > 0 in the tensor's scalar type (eps = 0 turns a "
+                      "constant row into NaN)");
 }
 
 // y = (x - shift) * scale * w + b for one row, each of w and b optional. y may alias x.

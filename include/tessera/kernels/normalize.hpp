@@ -22,7 +22,9 @@ void l2_normalize_row(const T* x, T* y, Index n, T eps) {
   using Arr = Eigen::Array<T, Eigen::Dynamic, 1>;
   Eigen::Map<const Arr> xa(x, n);
   const T norm = std::sqrt(xa.square().sum());
-  Eigen::Map<Arr>(y, n) = xa * (T(1) / std::max(norm, eps));
+  // A division, not a multiplication by 1 / max(norm, eps): that reciprocal overflows for a
+  // subnormal eps and would turn a zero row into 0 * inf = NaN.
+  Eigen::Map<Arr>(y, n) = xa / std::max(norm, eps);
 }
 
 }  // namespace detail
@@ -33,8 +35,9 @@ void l2_normalize_into(const X& x, Y&& out, const L2NormalizeOptions& opts = {})
   using T = scalar_t<X>;
   constexpr std::string_view fn = "tessera::l2_normalize";
   detail::check_rowwise_io(fn, x, out);
-  if (!(opts.eps > 0) || !std::isfinite(opts.eps))
-    detail::raise<ValueError>(fn, "argument 'eps' is ", opts.eps, ", expected a finite value > 0");
+  if (!(static_cast<T>(opts.eps) > 0) || !std::isfinite(static_cast<T>(opts.eps)))
+    detail::raise<ValueError>(fn, "argument 'eps' is ", opts.eps,
+                              ", expected a finite value > 0 in the tensor's scalar type");
   const auto xv = cview(x);
   auto yv = mview(out);
   const Index rows = xv.rows(), n = xv.cols();

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <type_traits>
 
 #include "tessera/core/config.hpp"
 
@@ -49,10 +50,19 @@ template <class P>
 EIGEN_STRONG_INLINE P max(const P& a, const P& b) {
   return Eigen::internal::pmax(a, b);
 }
-// e^x, Eigen's vectorised exp (a Cody-Waite range reduction and a polynomial, about 1 ulp).
+// e^x, Eigen's vectorised exp (a Cody-Waite range reduction and a polynomial, about 1 ulp),
+// made exact at the bottom: Eigen clamps its argument (double: at -709.78), so e^-inf would come
+// out as the smallest normal number; here every x whose e^x is below the smallest subnormal,
+// -inf included, gives exactly 0, as std::exp does.
 template <class P>
 EIGEN_STRONG_INLINE P exp(const P& x) {
-  return Eigen::internal::pexp(x);
+  using T = typename Eigen::internal::unpacket_traits<P>::type;
+  // log(denorm_min): e^x rounds to 0 below it.
+  const P lowest =
+      Eigen::internal::pset1<P>(std::is_same_v<T, float> ? T(-103.972084) : T(-745.13321910194122));
+  const P e = Eigen::internal::pexp(x);
+  return Eigen::internal::pselect(Eigen::internal::pcmp_lt(x, lowest), Eigen::internal::pzero(e),
+                                  e);
 }
 template <class P>
 EIGEN_STRONG_INLINE auto reduce_sum(const P& v) {

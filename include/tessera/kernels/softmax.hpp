@@ -101,14 +101,16 @@ void scale_row(T* y, Index n, T a) {
   for (; j < n; ++j) y[j] *= a;
 }
 
+// y_j = (x_j - m) - c: the two subtractions in this order keep log-softmax exact to a few ulp
+// when |m| is large (m + c rounded first would lose most of c).
 template <class T>
-void shift_row(const T* x, T* y, Index n, T a) {
+void shift_row(const T* x, T* y, Index n, T m, T c) {
   using P = simd::Packet<T>;
   constexpr Index W = simd::width<T>;
-  const P pa = simd::set1<T>(a);
+  const P pm = simd::set1<T>(m), pc = simd::set1<T>(c);
   Index j = 0;
-  for (; j + W <= n; j += W) simd::store(y + j, simd::add(simd::load(x + j), pa));
-  for (; j < n; ++j) y[j] = x[j] + a;
+  for (; j + W <= n; j += W) simd::store(y + j, simd::sub(simd::sub(simd::load(x + j), pm), pc));
+  for (; j < n; ++j) y[j] = (x[j] - m) - c;
 }
 
 // One row of softmax; y may alias x.
@@ -132,7 +134,7 @@ void log_softmax_row(const T* x, T* y, Index n) {
     return;
   }
   const T s = exp_shifted<T>(x, nullptr, n, m);
-  shift_row(x, y, n, -(m + std::log(s)));
+  shift_row(x, y, n, m, std::log(s));
 }
 
 template <class T>

@@ -48,7 +48,9 @@ double sdpa_flops(Index B, Index H, Index L, Index D, bool causal) {
   return 4.0 * B * H * double(L) * double(L) * D * (causal ? 0.5 : 1.0);
 }
 
-void BM_SDPA(benchmark::State& state) {
+// impl: 0 = fused (the default path), 1 = the blocked reference path (Eigen products over blocks
+// of 64 query rows, scores for one block at a time).
+void sdpa_bench(benchmark::State& state, tessera::AttentionImpl impl) {
   tessera_bench::single_thread();
   const Index B = state.range(0), H = state.range(1), L = state.range(2), D = state.range(3);
   const bool causal = state.range(4) != 0;
@@ -57,11 +59,16 @@ void BM_SDPA(benchmark::State& state) {
   const auto v = random_tensor<float, 4>({B, H, L, D}, 3);
   Tensor<float, 4> out({B, H, L, D}, tessera::uninitialized);
   for (auto _ : state) {
-    tessera::scaled_dot_product_attention_into(q, k, v, out, {.causal = causal});
+    tessera::scaled_dot_product_attention_into(q, k, v, out, {.causal = causal, .impl = impl});
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
   set_gflops(state, sdpa_flops(B, H, L, D, causal));
+}
+
+void BM_SDPA_Fused(benchmark::State& state) { sdpa_bench(state, tessera::AttentionImpl::fused); }
+void BM_SDPA_Blocked(benchmark::State& state) {
+  sdpa_bench(state, tessera::AttentionImpl::reference);
 }
 
 void BM_SDPA_Reference(benchmark::State& state) {
@@ -218,7 +225,8 @@ void layer_args(benchmark::internal::Benchmark* b) {
 
 using tessera_bench::BM_PeakFMA;
 BENCHMARK_TEMPLATE(BM_PeakFMA, 16);
-BENCHMARK(BM_SDPA)->Apply(sdpa_args);
+BENCHMARK(BM_SDPA_Fused)->Apply(sdpa_args);
+BENCHMARK(BM_SDPA_Blocked)->Apply(sdpa_args);
 BENCHMARK(BM_SDPA_Reference)->Apply(sdpa_args);
 BENCHMARK(BM_MultiheadAttention)->Apply(length_args);
 BENCHMARK(BM_MultiheadAttention_Reference)->Apply(length_args);

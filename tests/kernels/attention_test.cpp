@@ -84,10 +84,11 @@ TYPED_TEST(AttentionKernelTest, MatchesPyTorchFixtures) {
                                       tessera::test::parity_tol<T>(), name);
     tessera::test::expect_tensor_near(r.weights, fx.expected<T, 4>("weights"),
                                       tessera::test::parity_tol<T>(), name + " weights");
-    // The output alone (no weights requested) is the same.
+    // The output alone (no weights requested) comes from the fused kernel; it matches too.
     const auto o = tessera::scaled_dot_product_attention(fx.input<T, 4>("q"), fx.input<T, 4>("k"),
                                                          fx.input<T, 4>("v"), opts);
-    for (Index i = 0; i < o.size(); ++i) ASSERT_EQ(o.data()[i], r.output.data()[i]);
+    tessera::test::expect_tensor_near(o, fx.expected<T, 4>("output"),
+                                      tessera::test::parity_tol<T>(), name + " fused");
   }
 }
 
@@ -171,6 +172,61 @@ TYPED_TEST(AttentionKernelTest, FullyMaskedRowsGiveZerosNotNaN) {
     for (Index j = 0; j < 6; ++j) EXPECT_EQ(r.weights(0, h, 2, j), T(0));
     for (Index e = 0; e < 3; ++e) EXPECT_FALSE(std::isnan(r.output(0, h, 1, e)));
   }
+}
+
+// The fused kernel against the reference path on every mask kind, causal with Lq != Lk, odd
+// lengths and head dims 32-256 with Dv != D.
+TYPED_TEST(AttentionKernelTest, FusedEqualsReference) {
+  using T = TypeParam;
+  using tessera::AttentionImpl;
+  const T tol = std::is_same_v<T, float> ? T(2e-6) : T(1e-13);
+  auto check = [&](const Tensor<T, 4>& q, const Tensor<T, 4>& k, const Tensor<T, 4>& v,
+                   tessera::SDPAOptions o, const std::string& what) {
+    o.impl = AttentionImpl::reference;
+    const auto ref = tessera::scaled_dot_product_attention(q, k, v, o);
+    o.impl = AttentionImpl::fused;
+    const auto fused = tessera::scaled_dot_product_attention(q, k, v, o);
+    tessera::test::expect_tensor_near(fused, ref, tol, what);
+  };
+  for (Index L : {1, 7, 63, 65, 1000}) {
+    const Index D = L == 1000 ? 64 : 32;
+    Tensor<T, 4> q(1, 2, L, D), k(1, 2, L, D), v(1, 2, L, D + 8);
+    q.setRandom(L);
+    k.setRandom(L + 1);
+    v.setRandom(L + 2);
+    check(q, k, v, {}, "L=" + std::to_string(L));
+    check(q, k, v, {.causal = true}, "causal L=" + std::to_string(L));
+  }
+  for (Index D : {32, 64, 80, 128, 256}) {
+    Tensor<T, 4> q(2, 1, 37, D), k(2, 1, 129, D), v(2, 1, 129, D / 2 + 3);
+    q.setRandom(D);
+    k.setRandom(D + 1);
+    v.setRandom(D + 2);
+    check(q, k, v, {}, "D=" + std::to_string(D));
+    check(q, k, v, {.causal = true}, "causal Lq<Lk D=" + std::to_string(D));
+  }
+  Tensor<T, 4> q(2, 3, 70, 16), k(2, 3, 90, 16), v(2, 3, 90, 16);
+  q.setRandom(1);
+  k.setRandom(2);
+  v.setRandom(3);
+  Tensor<bool, 2> allow(70, 90);
+  for (Index i = 0; i < 70; ++i)
+    for (Index j = 0; j < 90; ++j)
+      allow(i, j) = (i + 2 * j) % 5 != 0 && i != 13;  // row 13: nothing
+  check(q, k, v, {.mask = Mask::allowed(allow)}, "allowed with a fully masked row");
+  Tensor<bool, 4> pad(2, 1, 1, 90);
+  for (Index j = 60; j < 90; ++j) pad(1, 0, 0, j) = true;
+  check(q, k, v, {.mask = Mask::blocked(pad), .causal = true}, "key padding + causal");
+  Tensor<float, 4> add(2, 3, 70, 90);
+  add.setRandom(4, -3.0, 3.0);
+  for (Index j = 0; j < 90; j += 7) add(1, 2, 5, j) = -INFINITY;
+  check(q, k, v, {.mask = Mask::additive(add), .scale = 0.2}, "additive");
+  // The fused path cannot hand out weights.
+  tessera::Tensor<T, 4> out(2, 3, 70, 16), w(2, 3, 70, 90);
+  tessera::TensorMap<T, 4> wv(w);
+  TESSERA_EXPECT_THROW_MSG(
+      tessera::scaled_dot_product_attention_into(q, k, v, out, {.impl = AttentionImpl::fused}, &wv),
+      tessera::ValueError, "fused path cannot return the attention weights");
 }
 
 TYPED_TEST(AttentionKernelTest, EmptyKeysAndQueries) {

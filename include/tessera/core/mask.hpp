@@ -162,7 +162,12 @@ class MaskRows {
   // out[j] = x[j] with the mask applied (-inf where masked out, + mask where additive).
   template <class T>
   void apply(Index r, const T* x, T* out, Index n) const {
-    const Index off = row_offset(r);
+    apply_range(r, 0, x, out, n);
+  }
+  // The same for columns [col0, col0 + n) of row r; x and out point at column col0.
+  template <class T>
+  void apply_range(Index r, Index col0, const T* x, T* out, Index n) const {
+    const Index off = row_offset(r) + col0 * col_stride_;
     const Index cs = col_stride_;
     constexpr T ninf = -std::numeric_limits<T>::infinity();
     switch (mask_.dtype()) {

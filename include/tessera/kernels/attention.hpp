@@ -21,45 +21,24 @@
 #include "tessera/core/mask.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/core/threading.hpp"
+#include "tessera/kernels/attention_problem.hpp"
+#include "tessera/kernels/flash_attention.hpp"
 #include "tessera/kernels/softmax.hpp"
 
 namespace tessera {
+
+// Which implementation computes attention. `automatic` takes the fused kernel unless the weights
+// are requested (they need the materialised scores).
+enum class AttentionImpl { automatic, fused, reference };
 
 struct SDPAOptions {
   std::optional<Mask> mask;     // broadcast against the scores [batch, heads, Lq, Lk]
   bool causal = false;          // key j visible to query i only when j <= i
   std::optional<double> scale;  // default 1 / sqrt(head_dim)
+  AttentionImpl impl = AttentionImpl::automatic;
 };
 
 namespace detail {
-
-// Where element (b, h, i, 0) of a [batch, heads, seq, dim] operand lives: base + b * batch +
-// h * head + i * row. Lets one routine read [B, H, L, D] tensors and the [B, L, H * D] layout that
-// multi-head attention projects into, without copying heads apart.
-template <class P>
-struct Strided {
-  P* base = nullptr;
-  Index batch = 0, head = 0, row = 0;
-  P* at(Index b, Index h) const { return base + b * batch + h * head; }
-};
-
-template <class T>
-struct AttentionProblem {
-  Index batch = 0, heads = 0, lq = 0, lk = 0, d = 0, dv = 0;
-  Strided<const T> q, k, v;
-  Strided<T> out;
-  T scale = 1;
-  bool causal = false;
-  // With causal, query i sees keys j <= i + causal_offset (the offset is the number of keys that
-  // precede the first query, e.g. the cached length in incremental decoding).
-  Index causal_offset = 0;
-  // Up to two masks (e.g. attn_mask and key_padding_mask), each resolved against
-  // [batch, heads, lq, mask_lk]; they cover the first mask_lk keys (extra keys appended by
-  // add_bias_kv / add_zero_attn are never masked).
-  const MaskRows* masks[2] = {nullptr, nullptr};
-  Index mask_lk = 0;
-  T* weights = nullptr;  // optional [batch, heads, lq, lk] output of the softmax weights
-};
 
 // Query rows per block: enough rows for an efficient product, few enough that the score block
 // ([rows, Lk]) stays in L2 for moderate Lk.
@@ -109,6 +88,15 @@ void attention_reference(const AttentionProblem<T>& p) {
       }
     }
   });
+}
+
+// Runs the problem on the fused kernel when it can (no weights requested), else the reference.
+template <class T>
+void attention_run(const AttentionProblem<T>& p, AttentionImpl impl = AttentionImpl::automatic) {
+  if (p.weights || impl == AttentionImpl::reference)
+    attention_reference(p);
+  else
+    attention_fused(p);
 }
 
 }  // namespace detail
@@ -166,7 +154,11 @@ void scaled_dot_product_attention_into(const Q& q, const K& k, const V& v, O&& o
     mrows.emplace(*opts.mask, target, fn, "mask");
     p.masks[0] = &*mrows;
   }
-  detail::attention_reference(p);
+  if (weights && opts.impl == AttentionImpl::fused)
+    detail::raise<ValueError>(fn,
+                              "the fused path cannot return the attention weights; use "
+                              "AttentionImpl::automatic or ::reference with weights");
+  detail::attention_run(p, opts.impl);
 }
 
 template <TensorLike Q, TensorLike K, TensorLike V>

@@ -381,7 +381,7 @@ MultiheadAttentionOutput<T> MultiheadAttention<T>::attend_projected(
   p.masks[1] = pad_rows ? &*pad_rows : nullptr;
   p.mask_lk = Lk;
   p.weights = weights ? weights->data() : nullptr;
-  detail::attention_reference(p);
+  detail::attention_run(p);  // fused unless the weights are requested
 
   // ---- output projection: [B, Lq, E] ----
   MultiheadAttentionOutput<T> result{out_proj.forward(attn), std::nullopt, std::nullopt};

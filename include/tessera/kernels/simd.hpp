@@ -50,20 +50,23 @@ template <class P>
 EIGEN_STRONG_INLINE P max(const P& a, const P& b) {
   return Eigen::internal::pmax(a, b);
 }
-// e^x, Eigen's vectorised exp (a Cody-Waite range reduction and a polynomial, about 1 ulp),
-// made exact at the bottom: Eigen clamps its argument (double: at -709.78), so e^-inf would come
-// out as the smallest normal number; here every x whose e^x is below the smallest subnormal,
-// -inf included, gives exactly 0, as std::exp does.
+// e^x, Eigen's vectorised exp (a Cody-Waite range reduction and a polynomial, about 1 ulp).
+// Eigen's double exp clamps its argument at -709.78, so e^-inf would come out as 5.6e-309; for
+// double every x whose e^x is below the smallest subnormal, -inf included, gives exactly 0 here,
+// as std::exp does. (Eigen's float exp already returns 0 there, so float pays nothing.)
 template <class P>
 EIGEN_STRONG_INLINE P exp(const P& x) {
   using T = typename Eigen::internal::unpacket_traits<P>::type;
-  // log(denorm_min): e^x rounds to 0 below it.
-  const P lowest =
-      Eigen::internal::pset1<P>(std::is_same_v<T, float> ? T(-103.972084) : T(-745.13321910194122));
   const P e = Eigen::internal::pexp(x);
-  return Eigen::internal::pselect(Eigen::internal::pcmp_lt(x, lowest), Eigen::internal::pzero(e),
-                                  e);
+  if constexpr (std::is_same_v<T, double> && Eigen::internal::unpacket_traits<P>::size > 1) {
+    const P lowest = Eigen::internal::pset1<P>(-745.13321910194122);  // log(denorm_min)
+    return Eigen::internal::pselect(Eigen::internal::pcmp_lt(x, lowest), Eigen::internal::pzero(e),
+                                    e);
+  } else {
+    return e;
+  }
 }
+
 template <class P>
 EIGEN_STRONG_INLINE auto reduce_sum(const P& v) {
   return Eigen::internal::predux(v);

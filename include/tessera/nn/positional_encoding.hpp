@@ -1,0 +1,162 @@
+// tessera: position information added to a sequence of embeddings [batch, L, d].
+//
+// nn::SinusoidalPositionalEncoding, fixed (Vaswani et al. 2017, "Attention is all you need"):
+//
+//   PE[pos, 2i]     = sin(pos / 10000^(2i / d))
+//   PE[pos, 2i + 1] = cos(pos / 10000^(2i / d))
+//
+// computed once in double for positions [0, max_len) and rounded to T. An odd d is handled: the
+// last column, 2i = d - 1, is a sine. There are no parameters (an empty state dict).
+//
+// nn::LearnedPositionalEmbedding, learned (as BERT and GPT-2): a parameter `weight`
+// [max_len, d] initialised N(0, 0.02). State dict key: "weight".
+//
+// Both add positions [start, start + L) to x: out[b, t, :] = x[b, t, :] + table[start + t, :].
+// `start` (default 0) is for incremental decoding, where the new tokens follow `start` earlier
+// ones. start + L > max_len throws ShapeError.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "tessera/core/error.hpp"
+#include "tessera/core/tensor.hpp"
+#include "tessera/core/threading.hpp"
+#include "tessera/nn/module.hpp"
+
+namespace tessera::detail {
+
+// Helpers of nn::SinusoidalPositionalEncoding and nn::LearnedPositionalEmbedding.
+
+inline void check_positional_options(std::string_view fn, Index max_len, Index embed_dim) {
+  if (max_len <= 0) raise<ValueError>(fn, "max_len is ", max_len, ", expected a value > 0");
+  if (embed_dim <= 0) raise<ValueError>(fn, "embed_dim is ", embed_dim, ", expected a value > 0");
+}
+
+// out = x + table[start : start + L] broadcast over the batch. x: [batch, L, d], table:
+// [max_len, d].
+template <class T, TensorLike X>
+Tensor<T, 3> add_positional_table(std::string_view fn, const X& x, TensorMap<const T, 2> table,
+                                  Index start) {
+  static_assert(rank_v<X> == 3, "positional encodings take [batch, L, embed_dim] inputs");
+  static_assert(std::is_same_v<scalar_t<X>, T>,
+                "positional encoding: input scalar type differs from the module's");
+  const auto xv = cview(x);
+  const Index max_len = table.dim(0), d = table.dim(1);
+  const Index B = xv.dim(0), L = xv.dim(1);
+  if (xv.dim(2) != d)
+    raise<ShapeError>(fn, "argument 'x' has shape ", shape_string(xv.shape()),
+                      ", expected [batch, L, ", d, "] (embed_dim = ", d, ")");
+  if (start < 0) raise<ValueError>(fn, "argument 'start' is ", start, ", expected a value >= 0");
+  if (L > max_len - start)
+    raise<ShapeError>(fn, "argument 'x' has shape ", shape_string(xv.shape()), ": positions [",
+                      start, ", ", start + L, ") do not fit in max_len = ", max_len,
+                      " (start = ", start, ", L = ", L, ")");
+  Tensor<T, 3> out(xv.shape(), uninitialized);
+  const T* xp = xv.data();
+  const T* pp = table.data() + start * d;
+  T* op = out.data();
+  parallel_for(B * L, std::max<Index>(1, Index{16384} / d), [&](Index r0, Index r1) {
+    for (Index r = r0; r < r1; ++r) {
+      const Index t = r % L;
+      VectorMap<T>(op + r * d, d) =
+          VectorMap<const T>(xp + r * d, d) + VectorMap<const T>(pp + t * d, d);
+    }
+  });
+  return out;
+}
+
+}  // namespace tessera::detail
+
+namespace tessera::nn {
+
+struct SinusoidalPositionalEncodingOptions {
+  Index max_len = 0;    // positions available, > 0
+  Index embed_dim = 0;  // d, > 0
+};
+
+struct LearnedPositionalEmbeddingOptions {
+  Index max_len = 0;       // positions available, > 0
+  Index embed_dim = 0;     // d, > 0
+  std::uint64_t seed = 0;  // initialisation: N(0, 0.02)
+};
+
+template <class T>
+class SinusoidalPositionalEncoding : public Module<SinusoidalPositionalEncoding<T>> {
+ public:
+  SinusoidalPositionalEncoding() = default;
+  explicit SinusoidalPositionalEncoding(const SinusoidalPositionalEncodingOptions& o)
+      : options_(o) {
+    detail::check_positional_options("tessera::nn::SinusoidalPositionalEncoding", o.max_len,
+                                     o.embed_dim);
+    table_ = Tensor<T, 2>(Shape<2>{o.max_len, o.embed_dim}, uninitialized);
+    const double d = static_cast<double>(o.embed_dim);
+    for (Index j = 0; j < o.embed_dim; ++j) {
+      // 1 / 10000^(2i / d) for the pair (2i, 2i + 1) that column j belongs to.
+      const double freq = std::pow(10000.0, -static_cast<double>(j - j % 2) / d);
+      for (Index pos = 0; pos < o.max_len; ++pos) {
+        const double angle = static_cast<double>(pos) * freq;
+        table_(pos, j) = static_cast<T>(j % 2 == 0 ? std::sin(angle) : std::cos(angle));
+      }
+    }
+  }
+
+  const SinusoidalPositionalEncodingOptions& options() const noexcept { return options_; }
+  Index max_len() const noexcept { return options_.max_len; }
+  Index embed_dim() const noexcept { return options_.embed_dim; }
+
+  // The whole table PE: [max_len, embed_dim].
+  const Tensor<T, 2>& table() const noexcept { return table_; }
+
+  // x: [batch, L, embed_dim] -> x + PE[start : start + L].
+  template <TensorLike X>
+  Tensor<T, 3> forward(const X& x, Index start = 0) const {
+    return detail::add_positional_table<T>("tessera::nn::SinusoidalPositionalEncoding::forward", x,
+                                           cview(table_), start);
+  }
+
+  // No parameters.
+  template <class Self, class F>
+  static void visit(Self&, F&&, const std::string&) {}
+
+ private:
+  SinusoidalPositionalEncodingOptions options_{};
+  Tensor<T, 2> table_;
+};
+
+template <class T>
+class LearnedPositionalEmbedding : public Module<LearnedPositionalEmbedding<T>> {
+ public:
+  Parameter<T, 2> weight;  // [max_len, embed_dim]
+
+  LearnedPositionalEmbedding() = default;
+  explicit LearnedPositionalEmbedding(const LearnedPositionalEmbeddingOptions& o) : options_(o) {
+    detail::check_positional_options("tessera::nn::LearnedPositionalEmbedding", o.max_len,
+                                     o.embed_dim);
+    weight = Parameter<T, 2>(Shape<2>{o.max_len, o.embed_dim});
+    weight.value.setRandomNormal(o.seed, 0.0, 0.02);
+  }
+
+  const LearnedPositionalEmbeddingOptions& options() const noexcept { return options_; }
+  Index max_len() const noexcept { return options_.max_len; }
+  Index embed_dim() const noexcept { return options_.embed_dim; }
+
+  // x: [batch, L, embed_dim] -> x + weight[start : start + L].
+  template <TensorLike X>
+  Tensor<T, 3> forward(const X& x, Index start = 0) const {
+    return detail::add_positional_table<T>("tessera::nn::LearnedPositionalEmbedding::forward", x,
+                                           cview(weight.value), start);
+  }
+
+  template <class Self, class F>
+  static void visit(Self& self, F&& f, const std::string& prefix) {
+    f(prefix + "weight", self.weight);
+  }
+
+ private:
+  LearnedPositionalEmbeddingOptions options_{};
+};
+
+}  // namespace tessera::nn

@@ -1,6 +1,7 @@
 // Uses tessera through its umbrella header and checks one result, so a broken package fails.
 #include <cmath>
 #include <cstdio>
+#include <string>
 #include <tessera/tessera.hpp>
 
 int main() {
@@ -11,6 +12,21 @@ int main() {
     std::printf("consumer: wrong softmax %f %f\n", p(0, 2), p(1, 1));
     return 1;
   }
+  // Modules and safetensors through the installed package: save a module's weights, load them
+  // into another module, and get the same output.
+  tessera::nn::MultiheadAttention<float> a({.embed_dim = 8, .num_heads = 2, .seed = 1});
+  tessera::nn::MultiheadAttention<float> b({.embed_dim = 8, .num_heads = 2, .seed = 2});
+  const std::string path = "consumer_weights.safetensors";
+  tessera::io::save_safetensors(path, a.state_dict());
+  b.load_state_dict(tessera::io::load_safetensors(path));
+  tessera::Tensor<float, 3> x(1, 3, 8);
+  x.setRandom(3);
+  const auto ya = a.forward(x, x, x).output, yb = b.forward(x, x, x).output;
+  for (tessera::Index i = 0; i < ya.size(); ++i)
+    if (ya.data()[i] != yb.data()[i]) {
+      std::printf("consumer: loaded weights give a different output\n");
+      return 1;
+    }
   std::printf("consumer: tessera %d.%d.%d works (softmax row 0 = %.4f %.4f %.4f)\n",
               TESSERA_VERSION_MAJOR, TESSERA_VERSION_MINOR, TESSERA_VERSION_PATCH, p(0, 0), p(0, 1),
               p(0, 2));

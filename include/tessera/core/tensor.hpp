@@ -451,12 +451,6 @@ class Tensor : public detail::TensorBase<Tensor<T, Rank>, Rank> {
   T* data() noexcept { return data_; }
   const T* data() const noexcept { return data_; }
 
-  // Implicit views, so a Tensor can be passed wherever a TensorMap is taken.
-  operator TensorMap<T, Rank>() { return TensorMap<T, Rank>(data_, this->shape_); }
-  operator TensorMap<const T, Rank>() const {
-    return TensorMap<const T, Rank>(data_, this->shape_);
-  }
-
  private:
   T* data_ = nullptr;
 };

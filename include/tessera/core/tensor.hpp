@@ -14,6 +14,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <concepts>
 #include <cstdint>
 #include <cstring>
@@ -139,10 +140,10 @@ class TensorBase {
   static constexpr int rank = Rank;
 
   const Shape<Rank>& shape() const noexcept { return shape_; }
-  Index dim(int axis) const {
-    if (axis < 0) axis += Rank;
+  Index dim(int axis_in) const {
+    const int axis = axis_in < 0 ? axis_in + Rank : axis_in;
     if (axis < 0 || axis >= Rank)
-      raise<IndexError>("tessera::Tensor::dim", "argument 'axis' is ", axis,
+      raise<IndexError>("tessera::Tensor::dim", "argument 'axis' is ", axis_in,
                         ", expected a value in [", -Rank, ", ", Rank, ")");
     return shape_[static_cast<std::size_t>(axis)];
   }
@@ -224,7 +225,11 @@ class TensorBase {
     std::mt19937_64 gen(seed);
     std::uniform_real_distribution<double> dist(lo, hi);
     E* p = self().data();
-    for (Index i = 0, n = size(); i < n; ++i) p[i] = static_cast<E>(dist(gen));
+    const E top = static_cast<E>(hi), below_top = std::nextafter(top, static_cast<E>(lo));
+    for (Index i = 0, n = size(); i < n; ++i) {
+      const E v = static_cast<E>(dist(gen));  // a double just below hi may round up to hi
+      p[i] = v < top ? v : below_top;
+    }
     return self();
   }
   // Normal(mean, stddev) samples, e.g. for initialising weights.
@@ -303,7 +308,8 @@ class TensorBase {
         inferred = a;
       } else if (s[a] < 0) {
         raise<ShapeError>("tessera::Tensor::reshape", "argument 'shape' ", shape_string(s),
-                          " may hold at most one -1 and no other negative size");
+                          " may hold at most one -1 and no other negative size (tensor of shape ",
+                          shape_string(shape_), ")");
       } else {
         known *= s[a];
       }
@@ -366,6 +372,8 @@ class TensorMap : public detail::TensorBase<TensorMap<T, Rank>, Rank> {
   template <class U = T>
   requires std::is_const_v<U> TensorMap(const Tensor<Scalar, Rank>& t)
       : TensorMap(t.data(), t.shape()) {}
+  // A view of a temporary tensor would dangle once the statement ends.
+  TensorMap(const Tensor<Scalar, Rank>&&) = delete;
 
   T* data() const noexcept { return data_; }
 
@@ -426,8 +434,15 @@ class Tensor : public detail::TensorBase<Tensor<T, Rank>, Rank> {
     if (this->size())
       std::memcpy(data_, other.data_, sizeof(T) * static_cast<std::size_t>(this->size()));
   }
-  Tensor(Tensor&& other) noexcept : Base(other.shape_), data_(std::exchange(other.data_, nullptr)) {
-    other.shape_ = Shape<Rank>{};
+  // Moving leaves `other` empty; a rank-0 tensor always holds its one element, so it is copied.
+  Tensor(Tensor&& other) noexcept(Rank > 0) : Base(other.shape_) {
+    if constexpr (Rank == 0) {
+      data_ = detail::aligned_new<T>(1);
+      *data_ = *other.data_;
+    } else {
+      data_ = std::exchange(other.data_, nullptr);
+      other.shape_ = Shape<Rank>{};
+    }
   }
   Tensor& operator=(const Tensor& other) {
     if (this != &other) {
@@ -436,9 +451,11 @@ class Tensor : public detail::TensorBase<Tensor<T, Rank>, Rank> {
     }
     return *this;
   }
-  Tensor& operator=(Tensor&& other) noexcept {
-    Tensor moved(std::move(other));
-    swap(moved);
+  Tensor& operator=(Tensor&& other) noexcept(Rank > 0) {
+    if (this != &other) {
+      Tensor moved(std::move(other));
+      swap(moved);
+    }
     return *this;
   }
   ~Tensor() { detail::aligned_delete(data_); }
@@ -488,6 +505,8 @@ template <class T, int Rank>
 template <class Src>
 void TensorMap<T, Rank>::assign(const Src& src) const {
   static_assert(!std::is_const_v<T>, "assign needs a writable view");
+  static_assert(std::is_same_v<typename Src::Scalar, std::remove_const_t<T>>,
+                "assign copies between tensors of the same scalar type");
   if (src.shape() != this->shape())
     detail::raise<ShapeError>("tessera::TensorMap::assign", "argument 'src' has shape ",
                               detail::shape_string(src.shape()), ", expected ",

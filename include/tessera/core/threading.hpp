@@ -59,6 +59,7 @@ inline int num_threads() {
 template <class Body>
 void parallel_for(Index n, Index grain, Body&& body) {
   if (n <= 0) return;
+  (void)grain;  // unused without OpenMP
 #ifdef _OPENMP
   const Index threads =
       std::min<Index>(num_threads(), std::max<Index>(1, n / std::max<Index>(grain, 1)));

@@ -102,6 +102,62 @@ void sdpa_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"B", "H", "L", "D", "causal"})->Unit(benchmark::kMillisecond);
 }
 
+// ---- threads: the fused kernel on 1 and 2 threads (wall-clock time) ----
+
+void BM_SDPA_Fused_Threads(benchmark::State& state) {
+  const Index B = state.range(0), H = state.range(1), L = state.range(2), D = state.range(3);
+  const bool causal = state.range(4) != 0;
+  tessera::set_num_threads(static_cast<int>(state.range(5)));
+  const auto q = random_tensor<float, 4>({B, H, L, D}, 1);
+  const auto k = random_tensor<float, 4>({B, H, L, D}, 2);
+  const auto v = random_tensor<float, 4>({B, H, L, D}, 3);
+  Tensor<float, 4> out({B, H, L, D}, tessera::uninitialized);
+  for (auto _ : state) {
+    tessera::scaled_dot_product_attention_into(q, k, v, out, {.causal = causal});
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  set_gflops(state, sdpa_flops(B, H, L, D, causal));
+  tessera_bench::single_thread();
+}
+
+void thread_args(benchmark::internal::Benchmark* b) {
+  for (Index L : {1024, 4096})
+    for (int causal : {0, 1})
+      for (int threads : {1, 2}) b->Args({1, kHeads, L, kHeadDim, causal, threads});
+  b->ArgNames({"B", "H", "L", "D", "causal", "threads"})
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
+}
+
+// ---- decoding: one query against a long key/value cache ----
+// With fewer heads than threads the keys are split across threads and the partial softmax
+// states merged; with H = 8 the heads alone keep both threads busy.
+
+void BM_SDPA_Decode(benchmark::State& state) {
+  const Index H = state.range(0), Lk = state.range(1), D = kHeadDim;
+  tessera::set_num_threads(static_cast<int>(state.range(2)));
+  const auto q = random_tensor<float, 4>({1, H, 1, D}, 1);
+  const auto k = random_tensor<float, 4>({1, H, Lk, D}, 2);
+  const auto v = random_tensor<float, 4>({1, H, Lk, D}, 3);
+  Tensor<float, 4> out({1, H, 1, D}, tessera::uninitialized);
+  for (auto _ : state) {
+    tessera::scaled_dot_product_attention_into(q, k, v, out);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  set_gflops(state, 4.0 * H * double(Lk) * D);
+  // K and V are read once: a memory-bound kernel, so bandwidth says more than GFLOPS.
+  tessera_bench::set_traffic(state, double(H * Lk), 2.0 * sizeof(float) * double(H * Lk * D));
+  tessera_bench::single_thread();
+}
+
+void decode_args(benchmark::internal::Benchmark* b) {
+  for (Index H : {1, 8})
+    for (int threads : {1, 2}) b->Args({H, 16384, threads});
+  b->ArgNames({"H", "Lk", "threads"})->Unit(benchmark::kMicrosecond)->UseRealTime();
+}
+
 // ---- MultiheadAttention, self-attention on [1, L, 512] ----
 
 double mha_flops(Index L) {
@@ -228,6 +284,8 @@ BENCHMARK_TEMPLATE(BM_PeakFMA, 16);
 BENCHMARK(BM_SDPA_Fused)->Apply(sdpa_args);
 BENCHMARK(BM_SDPA_Blocked)->Apply(sdpa_args);
 BENCHMARK(BM_SDPA_Reference)->Apply(sdpa_args);
+BENCHMARK(BM_SDPA_Fused_Threads)->Apply(thread_args);
+BENCHMARK(BM_SDPA_Decode)->Apply(decode_args);
 BENCHMARK(BM_MultiheadAttention)->Apply(length_args);
 BENCHMARK(BM_MultiheadAttention_Reference)->Apply(length_args);
 BENCHMARK(BM_TransformerEncoderLayer)->Apply(layer_args);

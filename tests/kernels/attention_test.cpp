@@ -253,6 +253,99 @@ TYPED_TEST(AttentionKernelTest, SameResultAcrossThreadCounts) {
   for (Index i = 0; i < one.size(); ++i) ASSERT_EQ(one.data()[i], two.data()[i]);
 }
 
+// Runs the fused kernel directly on [B, H, L, D] tensors with the keys split into `splits`
+// ranges (1: no split), optionally with a key-padding mask and a causal offset; returns the output
+// and fills `lse` [B, H, Lq].
+template <class T>
+Tensor<T, 4> fused_with_splits(const Tensor<T, 4>& q, const Tensor<T, 4>& k, const Tensor<T, 4>& v,
+                               Index splits, bool causal, Index causal_offset,
+                               const tessera::detail::MaskRows* mask, std::vector<T>& lse) {
+  const Index B = q.dim(0), H = q.dim(1), Lq = q.dim(2), D = q.dim(3), Lk = k.dim(2);
+  const Index Dv = v.dim(3);
+  Tensor<T, 4> out(B, H, Lq, Dv);
+  lse.assign(static_cast<std::size_t>(B * H * Lq), T(0));
+  tessera::detail::AttentionProblem<T> p;
+  p.batch = B, p.heads = H, p.lq = Lq, p.lk = Lk, p.d = D, p.dv = Dv;
+  p.q = {q.data(), H * Lq * D, Lq * D, D};
+  p.k = {k.data(), H * Lk * D, Lk * D, D};
+  p.v = {v.data(), H * Lk * Dv, Lk * Dv, Dv};
+  p.out = {out.data(), H * Lq * Dv, Lq * Dv, Dv};
+  p.scale = T(1) / std::sqrt(T(D));
+  p.causal = causal;
+  p.causal_offset = causal_offset;
+  p.masks[0] = mask;
+  p.mask_lk = Lk;
+  p.lse = lse.data();
+  p.key_splits = splits;
+  tessera::detail::attention_fused(p);
+  return out;
+}
+
+// Split keys (the decoding path: few query rows, long keys, partial softmax states merged
+// afterwards) give what one pass over the keys gives, with and without masks and causal offsets,
+// including ranges that see no visible key; the merged logsumexp matches a direct one.
+TYPED_TEST(AttentionKernelTest, KeySplitsMatchOnePass) {
+  using T = TypeParam;
+  const T tol = std::is_same_v<T, float> ? T(2e-6) : T(1e-13);
+  for (Index lq : {1, 3, 70}) {
+    const Index lk = 640, D = 32;
+    Tensor<T, 4> q(2, 2, lq, D), k(2, 2, lk, D), v(2, 2, lk, 24);
+    q.setRandom(lq);
+    k.setRandom(lq + 1);
+    v.setRandom(lq + 2);
+    // Batch 1 pads away its last 440 keys: most key ranges of that batch see nothing.
+    Tensor<bool, 2> pad(2, lk);
+    for (Index j = 200; j < lk; ++j) pad(1, j) = true;
+    const Index target[] = {2, 2, lq, lk};
+    const tessera::detail::MaskRows mrows(Mask::blocked(pad).with_shape({2, 1, 1, lk}), target,
+                                          "test", "mask");
+    for (bool causal : {false, true})
+      for (const tessera::detail::MaskRows* mask : {static_cast<decltype(&mrows)>(nullptr), &mrows}) {
+        const Index offset = causal ? lk - lq : 0;  // queries are the last lq positions
+        std::vector<T> lse1, lse_s;
+        const auto one = fused_with_splits(q, k, v, 1, causal, offset, mask, lse1);
+        // Reference for the output (long double loops).
+        const auto ref = reference(
+            q, k, v, 1.0 / std::sqrt(double(D)),
+            [&](Index b, Index, Index i, Index j) {
+              return (!causal || j <= i + offset) && !(mask && pad(b, j));
+            },
+            [](auto...) { return 0.0; });
+        const std::string what = "lq=" + std::to_string(lq) + (causal ? " causal" : "") +
+                                 (mask ? " padded" : "");
+        tessera::test::expect_tensor_near(one, ref, kernel_tol<T>(), what);
+        for (Index splits : {2, 3, 7, 16, 5000}) {
+          const auto split = fused_with_splits(q, k, v, splits, causal, offset, mask, lse_s);
+          tessera::test::expect_tensor_near(split, one, tol,
+                                            what + " splits=" + std::to_string(splits));
+          for (std::size_t r = 0; r < lse1.size(); ++r)
+            ASSERT_TRUE(tessera::test::close(lse_s[r], lse1[r], tol, tol))
+                << what << " splits=" << splits << " lse row " << r;
+        }
+      }
+  }
+}
+
+// Decoding: one query over a long cache uses the key split when there are more threads than
+// heads; the result matches the single-thread one.
+TYPED_TEST(AttentionKernelTest, DecodingAcrossThreadCounts) {
+  using T = TypeParam;
+  const T tol = std::is_same_v<T, float> ? T(2e-6) : T(1e-13);
+  Tensor<T, 4> q(1, 1, 1, 64), k(1, 1, 4096, 64), v(1, 1, 4096, 64);
+  q.setRandom(1);
+  k.setRandom(2);
+  v.setRandom(3);
+  tessera::set_num_threads(1);
+  const auto one = tessera::scaled_dot_product_attention(q, k, v);
+  tessera::set_num_threads(2);
+  const auto two = tessera::scaled_dot_product_attention(q, k, v);
+  tessera::set_num_threads(tessera::max_threads());
+  tessera::test::expect_tensor_near(two, one, tol, "decoding on 2 threads");
+  EXPECT_EQ(tessera::detail::flash_key_splits<T>(1, 4096, 2), 2);
+  EXPECT_EQ(tessera::detail::flash_key_splits<T>(8, 4096, 2), 1);
+  EXPECT_EQ(tessera::detail::flash_key_splits<T>(1, 100, 8), 1);  // too few keys to split
+}
+
 TYPED_TEST(AttentionKernelTest, RejectsBadShapes) {
   using T = TypeParam;
   using tessera::ShapeError;

@@ -34,6 +34,9 @@ struct AttentionProblem {
   Index mask_lk = 0;
   T* weights = nullptr;  // optional [batch, heads, lq, lk] output of the softmax weights
   T* lse = nullptr;      // optional [batch, heads, lq] per-row logsumexp (fused path only)
+  // Fused path: into how many ranges each head's keys are split (partial results merged after);
+  // 0 chooses from the thread count (split only when there are fewer work items than threads).
+  Index key_splits = 0;
 };
 
 }  // namespace tessera::detail

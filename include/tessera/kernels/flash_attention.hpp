@@ -17,6 +17,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -52,25 +53,37 @@ struct FlashTile {
   static constexpr Index kValuePackets = 4;        // value columns per P V pass: 4 packets
 };
 
-// A head's K packed transposed ([D, Lk_pad], keys contiguous) and V packed ([Lk_pad, Dv_pad]),
-// both zero-padded: Lk to a multiple of kKeys, Dv to a multiple of the packet width.
+// Keys [key_begin, key_end) of one head: K packed transposed ([D, n_pad], keys contiguous) and V
+// packed ([n_pad, Dv_pad]), both zero-padded: the key count n to a multiple of kKeys, Dv to a
+// multiple of the packet width.
 template <class T>
 struct PackedHead {
   std::vector<T> kt, v;
   Index lk_pad = 0, dv_pad = 0;
-  Index packed_index = -1;  // which (batch * heads + head) is packed
+  Index key_begin = 0, key_end = 0;
+  Index packed_index = -1;  // which (batch * heads + head) * splits + range is packed; -1 none
 
-  void pack(const T* k, Index k_row, const T* vv, Index v_row, Index lk, Index d, Index dv) {
+  // k and vv point at key 0 of the head; rows k_row and v_row apart.
+  void pack(const T* k, Index k_row, const T* vv, Index v_row, Index kb, Index ke, Index d,
+            Index dv) {
     using Tile = FlashTile<T>;
-    lk_pad = (lk + Tile::kKeys - 1) / Tile::kKeys * Tile::kKeys;
-    dv_pad = (dv + Tile::W - 1) / Tile::W * Tile::W;
+    key_begin = kb;
+    key_end = ke;
+    const Index n = ke - kb;
+    lk_pad = (n + Tile::kKeys - 1) / Tile::kKeys * Tile::kKeys;
+    dv_pad = padded_value_dim(dv);
     kt.assign(static_cast<std::size_t>(d * lk_pad), T(0));
     v.assign(static_cast<std::size_t>(lk_pad * dv_pad), T(0));
-    for (Index j = 0; j < lk; ++j) {
-      const T* kr = k + j * k_row;
+    for (Index j = 0; j < n; ++j) {
+      const T* kr = k + (kb + j) * k_row;
       for (Index c = 0; c < d; ++c) kt[static_cast<std::size_t>(c * lk_pad + j)] = kr[c];
-      std::copy_n(vv + j * v_row, dv, v.data() + j * dv_pad);
+      std::copy_n(vv + (kb + j) * v_row, dv, v.data() + j * dv_pad);
     }
+  }
+
+  static Index padded_value_dim(Index dv) {
+    constexpr Index W = FlashTile<T>::W;
+    return (dv + W - 1) / W * W;
   }
 };
 
@@ -156,18 +169,18 @@ void pv_block(const T* p_tile, const T* v, Index dv_pad, T* o) {
   }
 }
 
-// Updates the running state of rows [i0, i0 + R) with the key block at j0: scores, masks,
-// online softmax (m, l, rescaled accumulator), then acc += P V.
+// The online-softmax step for rows [i0, i0 + R) on a tile of raw scores s (R x kKeys, keys j0..;
+// `valid` of them real): scale, padding, masks and causal horizon, then per row the new maximum,
+// the rescale of l and of the accumulator by exp(m_old - m_new), and s replaced by the
+// probabilities exp(s - m_new) (zeros for a row that sees nothing here). Returns whether any row
+// saw a key, i.e. whether acc += P V is needed.
 template <class T, int R, class ApplyMasks>
-EIGEN_STRONG_INLINE void flash_tile(const AttentionProblem<T>& p, const PackedHead<T>& ph,
-                                    const T* const* q, Index i0, Index j0, T* m, T* l, T* acc,
-                                    const ApplyMasks& apply_masks) {
+EIGEN_STRONG_INLINE bool online_softmax_tile(const AttentionProblem<T>& p, T* s, Index i0, Index j0,
+                                             Index valid, T* m, T* l, T* acc, Index acc_row,
+                                             const ApplyMasks& apply_masks) {
   using Tile = FlashTile<T>;
   constexpr Index W = Tile::W;
   constexpr T ninf = -std::numeric_limits<T>::infinity();
-  alignas(64) T s[Tile::kRows * Tile::kKeys];
-  score_tile<T, R>(q, ph.kt.data() + j0, ph.lk_pad, p.d, s);
-  const Index valid = std::min(Tile::kKeys, p.lk - j0);
   const auto ps = simd::set1<T>(p.scale);
   bool any_visible = false;
   for (int r = 0; r < R; ++r) {
@@ -194,86 +207,228 @@ EIGEN_STRONG_INLINE void flash_tile(const AttentionProblem<T>& p, const PackedHe
     const T tile_sum = exp_shifted(srow, srow, Tile::kKeys, m_new);
     l[r] = l[r] * alpha + tile_sum;
     m[r] = m_new;
-    if (alpha != T(1)) scale_row(acc + r * ph.dv_pad, ph.dv_pad, alpha);
+    if (alpha != T(1)) scale_row(acc + r * acc_row, acc_row, alpha);
   }
-  if (any_visible) pv_block<T, R>(s, ph.v.data() + j0 * ph.dv_pad, ph.dv_pad, acc);
+  return any_visible;
 }
 
-// Query rows [i_begin, i_end) of one head (at most kQueryBlock rows): key blocks outermost, so a
-// block of K^T and V (2 x 64 x D values) stays in L1 while every row of the query block uses it.
-template <class T, class ApplyMasks>
-void flash_query_block(const AttentionProblem<T>& p, const PackedHead<T>& ph, Index b, Index h,
-                       Index i_begin, Index i_end, T* m, T* l, T* acc, T* lse,
-                       const ApplyMasks& apply_masks) {
+// Updates the running state of rows [i0, i0 + R) with the packed key block at j0: scores from
+// the packed K^T, the online-softmax step, then acc += P V from the packed V.
+template <class T, int R, class ApplyMasks>
+EIGEN_STRONG_INLINE void flash_tile(const AttentionProblem<T>& p, const PackedHead<T>& ph,
+                                    const T* const* q, Index i0, Index j0, T* m, T* l, T* acc,
+                                    const ApplyMasks& apply_masks) {
+  using Tile = FlashTile<T>;
+  alignas(64) T s[Tile::kRows * Tile::kKeys];
+  const Index local = j0 - ph.key_begin;  // offset of the block in the packed range
+  score_tile<T, R>(q, ph.kt.data() + local, ph.lk_pad, p.d, s);
+  const Index valid = std::min(Tile::kKeys, ph.key_end - j0);
+  if (online_softmax_tile<T, R>(p, s, i0, j0, valid, m, l, acc, ph.dv_pad, apply_masks))
+    pv_block<T, R>(s, ph.v.data() + local * ph.dv_pad, ph.dv_pad, acc);
+}
+
+// The same step reading K and V where they are, without packing: for a handful of query rows
+// (decoding) packing a head would cost as much as attending over it. Scores are dot products
+// along D; acc += P V runs along the rows of V.
+template <class T, int R, class ApplyMasks>
+void direct_tile(const AttentionProblem<T>& p, Index b, Index h, const T* const* q, Index i0,
+                 Index j0, Index j_end, T* m, T* l, T* acc, Index acc_row,
+                 const ApplyMasks& apply_masks) {
+  using Tile = FlashTile<T>;
+  using P = simd::Packet<T>;
+  constexpr Index W = Tile::W;
+  alignas(64) T s[Tile::kRows * Tile::kKeys];
+  const Index valid = std::min(Tile::kKeys, j_end - j0);
+  const Index d_vec = p.d / W * W, dv_vec = p.dv / W * W;
+  const T* kh = p.k.at(b, h);
+  for (Index j = 0; j < valid; ++j) {
+    const T* kr = kh + (j0 + j) * p.k.row;
+    P a[R];
+    for (int r = 0; r < R; ++r) a[r] = simd::set1<T>(0);
+    for (Index c = 0; c < d_vec; c += W) {
+      const P kp = simd::load(kr + c);
+      for (int r = 0; r < R; ++r) a[r] = simd::fmadd(simd::load(q[r] + c), kp, a[r]);
+    }
+    for (int r = 0; r < R; ++r) {
+      T dot = simd::reduce_sum(a[r]);
+      for (Index c = d_vec; c < p.d; ++c) dot += q[r][c] * kr[c];
+      s[r * Tile::kKeys + j] = dot;
+    }
+  }
+  for (int r = 0; r < R; ++r) std::fill(s + r * Tile::kKeys + valid, s + (r + 1) * Tile::kKeys, T(0));
+  if (!online_softmax_tile<T, R>(p, s, i0, j0, valid, m, l, acc, acc_row, apply_masks)) return;
+  const T* vh = p.v.at(b, h);
+  for (Index j = 0; j < valid; ++j) {
+    const T* vr = vh + (j0 + j) * p.v.row;
+    for (int r = 0; r < R; ++r) {
+      const T pj = s[r * Tile::kKeys + j];
+      if (pj == T(0)) continue;
+      const P pp = simd::set1<T>(pj);
+      T* ar = acc + r * acc_row;
+      for (Index c = 0; c < dv_vec; c += W)
+        simd::store(ar + c, simd::fmadd(pp, simd::load(vr + c), simd::load(ar + c)));
+      for (Index c = dv_vec; c < p.dv; ++c) ar[c] += pj * vr[c];
+    }
+  }
+}
+
+// Streams keys [key_begin, key_end) through the running softmax state of query rows
+// [i_begin, i_end) of one head (at most kQueryBlock rows): row maxima m, row sums l and the
+// unnormalised output acc [rows, acc_row], all reset first. Key blocks are outermost, so a block
+// of K^T and V (2 x 64 x D values) stays in L1 while every row of the query block uses it.
+// step.template operator()<R>(q, i0, j0, m, l, acc) applies one key block to R <= kRows rows.
+template <class T, class Step>
+void flash_rows(const AttentionProblem<T>& p, Index b, Index h, Index i_begin, Index i_end,
+                Index key_begin, Index key_end, Index acc_row, T* m, T* l, T* acc,
+                const Step& step) {
   using Tile = FlashTile<T>;
   constexpr T ninf = -std::numeric_limits<T>::infinity();
   const Index rows = i_end - i_begin;
   std::fill(m, m + rows, ninf);
   std::fill(l, l + rows, T(0));
-  std::fill(acc, acc + rows * ph.dv_pad, T(0));
+  std::fill(acc, acc + rows * acc_row, T(0));
   // Causal: keys past the last row's horizon are hidden from every row of the block. (Keys
   // appended after the maskable ones, mask_lk < lk, stay visible: then nothing is skipped.)
-  Index lk_end = p.lk;
+  Index lk_end = key_end;
   if (p.causal && p.mask_lk == p.lk)
-    lk_end = std::min(p.lk, std::max<Index>(0, i_end + p.causal_offset));
+    lk_end = std::min(lk_end, std::max<Index>(0, i_end + p.causal_offset));
   const T* q[Tile::kRows];
-  for (Index j0 = 0; j0 < lk_end; j0 += Tile::kKeys) {
+  for (Index j0 = key_begin; j0 < lk_end; j0 += Tile::kKeys) {
     for (Index r0 = 0; r0 < rows; r0 += Tile::kRows) {
       const Index i0 = i_begin + r0;
       const int R = static_cast<int>(std::min(Tile::kRows, rows - r0));
       // Rows whose horizon ends before this block see none of it.
       if (p.causal && p.mask_lk == p.lk && i0 + R - 1 + p.causal_offset < j0) continue;
       for (int r = 0; r < R; ++r) q[r] = p.q.at(b, h) + (i0 + r) * p.q.row;
-      T* a = acc + r0 * ph.dv_pad;
+      T* a = acc + r0 * acc_row;
       switch (R) {
         case 4:
-          flash_tile<T, 4>(p, ph, q, i0, j0, m + r0, l + r0, a, apply_masks);
+          step.template operator()<4>(q, i0, j0, m + r0, l + r0, a);
           break;
         case 3:
-          flash_tile<T, 3>(p, ph, q, i0, j0, m + r0, l + r0, a, apply_masks);
+          step.template operator()<3>(q, i0, j0, m + r0, l + r0, a);
           break;
         case 2:
-          flash_tile<T, 2>(p, ph, q, i0, j0, m + r0, l + r0, a, apply_masks);
+          step.template operator()<2>(q, i0, j0, m + r0, l + r0, a);
           break;
         default:
-          flash_tile<T, 1>(p, ph, q, i0, j0, m + r0, l + r0, a, apply_masks);
+          step.template operator()<1>(q, i0, j0, m + r0, l + r0, a);
           break;
       }
     }
   }
-  for (Index r = 0; r < rows; ++r) {
-    const T inv = l[r] > 0 ? T(1) / l[r] : T(0);  // a fully masked row gives zeros
-    const T* a = acc + r * ph.dv_pad;
-    T* out = p.out.at(b, h) + (i_begin + r) * p.out.row;
-    for (Index c = 0; c < p.dv; ++c) out[c] = a[c] * inv;
-    if (lse) lse[i_begin + r] = l[r] > 0 ? m[r] + std::log(l[r]) : ninf;
-  }
 }
 
-// The fused path for a whole problem: work items are (batch, head, block of query rows), split
-// across threads; each thread packs a head's K and V once and reuses them for consecutive items.
+// Writes one output row from a finished state: acc / l (zeros when every key was masked), and
+// its logsumexp m + log l when the problem asks for it.
+template <class T>
+void flash_write_row(const AttentionProblem<T>& p, Index b, Index h, Index i, T m, T l,
+                     const T* acc) {
+  constexpr T ninf = -std::numeric_limits<T>::infinity();
+  const T inv = l > 0 ? T(1) / l : T(0);
+  T* out = p.out.at(b, h) + i * p.out.row;
+  for (Index c = 0; c < p.dv; ++c) out[c] = acc[c] * inv;
+  if (p.lse) p.lse[(b * p.heads + h) * p.lq + i] = l > 0 ? m + std::log(l) : ninf;
+}
+
+inline constexpr Index kFlashQueryBlock = 64;  // query rows per work item
+inline constexpr Index kDirectMaxRows = 4;     // at most this many queries: no packing
+
+// How many ranges the keys are split into. Work items are (batch, head, query block); when there
+// are fewer of them than threads (single-token decoding over a long cache is the extreme: one
+// item per head), each item's keys are split so that every thread has work, each range at least
+// four key tiles long; the partial states are merged afterwards.
+template <class T>
+Index flash_key_splits(Index items, Index lk, Index threads) {
+  if (threads <= 1 || items >= threads) return 1;
+  const Index want = (threads + items - 1) / items;
+  const Index most = std::max<Index>(1, lk / (4 * FlashTile<T>::kKeys));
+  return std::min(want, most);
+}
+
+// The fused path for a whole problem. Work items are (batch, head, query block[, key range]),
+// handed to threads one at a time from a shared counter (causal items differ in cost); a thread
+// packs a head's K and V once and reuses them while its items stay on that head. With key splits
+// each item leaves its partial (m, l, acc) in a buffer, and a second pass merges the ranges:
+// m = max_s m_s, l = sum_s l_s exp(m_s - m), acc = sum_s acc_s exp(m_s - m).
 template <class T>
 void attention_fused(const AttentionProblem<T>& p) {
-  constexpr Index kQueryBlock = 64;
+  constexpr Index QB = kFlashQueryBlock;
+  constexpr T ninf = -std::numeric_limits<T>::infinity();
   const Index bh = p.batch * p.heads;
-  const Index nqb = (p.lq + kQueryBlock - 1) / kQueryBlock;
+  const Index nqb = (p.lq + QB - 1) / QB;
   if (bh == 0 || p.lq == 0) return;
-  parallel_for(bh * nqb, 1, [&](Index w0, Index w1) {
+  const Index items = bh * nqb;
+  const Index splits =
+      p.key_splits > 0 ? std::max<Index>(1, std::min(p.key_splits, std::max<Index>(p.lk, 1)))
+                       : flash_key_splits<T>(items, p.lk, num_threads());
+  const Index tiles = (p.lk + FlashTile<T>::kKeys - 1) / FlashTile<T>::kKeys;
+  const Index chunk = (tiles + splits - 1) / splits * FlashTile<T>::kKeys;  // keys per range
+  const Index dv_pad = PackedHead<T>::padded_value_dim(p.dv);
+  // A few query rows (decoding) read K and V in place; more rows amortise packing the head.
+  const bool direct = p.lq <= kDirectMaxRows;
+  const Index state_size = QB * (2 + dv_pad);  // m, l, acc of one item and key range
+  std::vector<T> partial(splits > 1 ? static_cast<std::size_t>(items * splits * state_size) : 0);
+
+  const Index n_work = items * splits;
+  std::atomic<Index> next{0};
+  parallel_for(std::min<Index>(num_threads(), n_work), 1, [&](Index, Index) {
     PackedHead<T> ph;
-    std::vector<T> acc, m(kQueryBlock), l(kQueryBlock);
-    for (Index w = w0; w < w1; ++w) {
-      const Index t = w / nqb, qb = w % nqb;
+    std::vector<T> own(splits > 1 ? 0 : static_cast<std::size_t>(state_size));
+    for (Index w; (w = next.fetch_add(1, std::memory_order_relaxed)) < n_work;) {
+      const Index item = w / splits, s = w % splits;
+      const Index t = item / nqb, qb = item % nqb;
       const Index b = t / p.heads, h = t % p.heads;
-      if (ph.packed_index != t) {
-        ph.pack(p.k.at(b, h), p.k.row, p.v.at(b, h), p.v.row, p.lk, p.d, p.dv);
-        ph.packed_index = t;
-        acc.assign(static_cast<std::size_t>(kQueryBlock * ph.dv_pad), T(0));
+      const Index kb = std::min(p.lk, s * chunk), ke = std::min(p.lk, kb + chunk);
+      T* state = splits > 1 ? partial.data() + w * state_size : own.data();
+      T *m = state, *l = state + QB, *acc = state + 2 * QB;
+      const Index i_begin = qb * QB, i_end = std::min(p.lq, i_begin + QB);
+      const MaskApplier<T> masks{p, t};
+      if (direct) {
+        flash_rows(p, b, h, i_begin, i_end, kb, ke, dv_pad, m, l, acc,
+                   [&]<int R>(const T* const* q, Index i0, Index j0, T* mr, T* lr, T* a) {
+                     direct_tile<T, R>(p, b, h, q, i0, j0, ke, mr, lr, a, dv_pad, masks);
+                   });
+      } else {
+        if (ph.packed_index != t * splits + s) {
+          ph.pack(p.k.at(b, h), p.k.row, p.v.at(b, h), p.v.row, kb, ke, p.d, p.dv);
+          ph.packed_index = t * splits + s;
+        }
+        flash_rows(p, b, h, i_begin, i_end, kb, ke, dv_pad, m, l, acc,
+                   [&]<int R>(const T* const* q, Index i0, Index j0, T* mr, T* lr, T* a) {
+                     flash_tile<T, R>(p, ph, q, i0, j0, mr, lr, a, masks);
+                   });
       }
-      const auto apply_masks = MaskApplier<T>{p, t};
-      const Index i_begin = qb * kQueryBlock, i_end = std::min(p.lq, i_begin + kQueryBlock);
-      T* lse = p.lse ? p.lse + t * p.lq : nullptr;
-      flash_query_block(p, ph, b, h, i_begin, i_end, m.data(), l.data(), acc.data(), lse,
-                        apply_masks);
+      if (splits == 1)
+        for (Index r = 0; r < i_end - i_begin; ++r)
+          flash_write_row(p, b, h, i_begin + r, m[r], l[r], acc + r * dv_pad);
+    }
+  });
+  if (splits == 1) return;
+
+  parallel_for(items, 1, [&](Index w0, Index w1) {
+    std::vector<T> merged(static_cast<std::size_t>(dv_pad));
+    for (Index item = w0; item < w1; ++item) {
+      const Index t = item / nqb, qb = item % nqb;
+      const Index b = t / p.heads, h = t % p.heads;
+      const Index i_begin = qb * QB, rows = std::min(p.lq, i_begin + QB) - i_begin;
+      const T* first = partial.data() + item * splits * state_size;
+      for (Index r = 0; r < rows; ++r) {
+        T m = ninf;
+        for (Index s = 0; s < splits; ++s) m = std::max(m, first[s * state_size + r]);
+        T l = 0;
+        std::fill(merged.begin(), merged.end(), T(0));
+        if (m != ninf)
+          for (Index s = 0; s < splits; ++s) {
+            const T* st = first + s * state_size;
+            if (st[QB + r] == T(0)) continue;  // this range saw no visible key
+            const T f = std::exp(st[r] - m);
+            l += st[QB + r] * f;
+            const T* a = st + 2 * QB + r * dv_pad;
+            for (Index c = 0; c < p.dv; ++c) merged[c] += a[c] * f;
+          }
+        flash_write_row(p, b, h, i_begin + r, m, l, merged.data());
+      }
     }
   });
 }

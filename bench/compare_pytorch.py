@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""PyTorch and tessera side by side on the same machine, the same shapes, one thread.
+
+Runs PyTorch's scaled dot-product attention and nn.TransformerEncoderLayer (E = 512, 8 heads,
+F = 2048) on the shapes of tessera's bench_attention, then bench_attention itself (JSON output),
+and prints one table: milliseconds and GFLOPS for both, their ratio, and tessera's fraction of
+BM_PeakFMA. FLOP counts are the benchmarks' own: attention 4*B*H*L*L*D (half with causal), a layer
+its projections plus attention.
+
+Not part of CI: it needs PyTorch (Debian: apt-get install python3-torch; run it with the system
+interpreter, /usr/bin/python3) and a Release build of the benchmarks:
+
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build --target bench_attention
+    OPENBLAS_CORETYPE=SKYLAKEX /usr/bin/python3 bench/compare_pytorch.py   # see below
+
+PyTorch's CPU products go through the system BLAS (libblas.so.3). On Debian that is netlib's
+reference BLAS unless an optimised one is installed (apt-get install libopenblas0-pthread switches
+the alternative); the script names the BLAS it finds, and a comparison against the reference BLAS
+says nothing about PyTorch. OpenBLAS picks its kernels from the CPU it detects; a release older
+than the CPU may fall back to generic ones (OPENBLAS_VERBOSE=2 prints the core it chose). OpenBLAS 0.3.21 on an Emerald Rapids
+Xeon, for instance, chose "Prescott" (SSE3) with OPENBLAS_CORETYPE unset and reached 16 GFLOPS on a
+1024^3 product; with OPENBLAS_CORETYPE=SKYLAKEX (AVX-512) it reached 86. Set it to the newest core
+your OpenBLAS knows that the CPU supports, and report it with the figures. The script prints the
+BLAS it finds and OPENBLAS_CORETYPE.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+E, HEADS, FF = 512, 8, 2048
+HEAD_DIM = E // HEADS
+
+
+def median_seconds(fn, min_time, min_reps=3):
+    fn()  # warm-up
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_reps or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def sdpa_flops(b, h, l, d, causal):
+    return 4.0 * b * h * l * l * d * (0.5 if causal else 1.0)
+
+
+def mha_flops(l):
+    return 2.0 * l * E * 3 * E + 2.0 * l * E * E + 4.0 * l * l * E
+
+
+def layer_flops(b, l):
+    return b * (mha_flops(l) + 2.0 * 2.0 * l * E * FF)
+
+
+def torch_sdpa(b, h, l, d, causal, min_time):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.rand(b, h, l, d, generator=g) * 2 - 1 for _ in range(3))
+    sdpa = getattr(F, "scaled_dot_product_attention", None)
+    with torch.inference_mode():
+        if sdpa is not None:  # PyTorch >= 2.0
+            run = lambda: sdpa(q, k, v, is_causal=causal)
+        elif hasattr(F, "_scaled_dot_product_attention"):  # 1.13: (output, weights)
+            mask = None
+            if causal:
+                mask = torch.ones(l, l, dtype=torch.bool).tril().logical_not()
+                mask = torch.zeros(l, l).masked_fill(mask, float("-inf"))
+            run = lambda: F._scaled_dot_product_attention(q, k, v, mask)
+        else:
+            raise SystemExit("this PyTorch has no scaled_dot_product_attention")
+        return median_seconds(run, min_time)
+
+
+def torch_layer(b, l, min_time):
+    layer = torch.nn.TransformerEncoderLayer(E, HEADS, FF, dropout=0.0, batch_first=True).eval()
+    x = torch.rand(b, l, E, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        return median_seconds(lambda: layer(x), min_time)
+
+
+def blas_in_use():
+    """The library that provides libblas.so.3 to this process (Linux), or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            libs = {line.split()[-1] for line in maps if "blas" in line.split()[-1]}
+    except OSError:
+        return None
+    real = sorted({os.path.realpath(x) for x in libs})
+    return ", ".join(real) if real else None
+
+
+def tessera_runs(binary, pattern, min_time):
+    out = subprocess.run(
+        [binary, f"--benchmark_filter={pattern}", "--benchmark_format=json",
+         f"--benchmark_min_time={min_time}"],
+        check=True, capture_output=True, text=True).stdout
+    runs = {}
+    for bm in json.loads(out)["benchmarks"]:
+        runs[bm["name"]] = bm
+    return runs
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bench", default="build/bench/bench_attention",
+                    help="path of tessera's bench_attention binary")
+    ap.add_argument("--min-time", type=float, default=1.0, help="seconds per shape and side")
+    ap.add_argument("--lengths", default="256,1024,4096")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    lengths = [int(x) for x in args.lengths.split(",")]
+
+    env = ", ".join(f"{v}={os.environ[v]!r}" for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+                    if v in os.environ) or "OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE not set"
+    print(f"PyTorch {torch.__version__}, 1 thread; {env}")
+
+    torch.rand(64, 64) @ torch.rand(64, 64)  # loads the BLAS
+    blas = blas_in_use()
+    print(f"BLAS: {blas or 'unknown'}")
+    if blas and "openblas" not in blas and "mkl" not in blas and "blis" not in blas:
+        print("warning: PyTorch runs on an unoptimised BLAS here; its figures are not representative")
+    ts = tessera_runs(args.bench,
+                      "BM_PeakFMA|BM_SDPA_Fused/.*L:(" + "|".join(map(str, lengths)) + ")/"
+                      "|BM_TransformerEncoderLayer/", args.min_time)
+    peak = next(v for k, v in ts.items() if k.startswith("BM_PeakFMA"))["GFLOPS"]
+    print(f"tessera BM_PeakFMA: {peak:.1f} GFLOPS\n")
+
+    header = f"{'shape':<40}{'PyTorch ms':>11}{'GFLOPS':>8}{'tessera ms':>12}{'GFLOPS':>8}" \
+             f"{'× PyTorch':>10}{'% peak':>8}"
+    print(header)
+    print("-" * len(header))
+
+    def row(label, torch_s, flops, run):
+        t_ms = run["real_time"] if run["time_unit"] == "ms" else run["real_time"] / 1e6
+        t_gf = run["GFLOPS"]  # the counter is already in GFLOPS
+        p_gf = flops / torch_s / 1e9
+        print(f"{label:<40}{torch_s * 1e3:>11.2f}{p_gf:>8.1f}{t_ms:>12.2f}{t_gf:>8.1f}"
+              f"{t_gf / p_gf:>10.2f}{100 * t_gf / peak:>7.0f}%")
+
+    for l in lengths:
+        for causal in (0, 1):
+            name = f"BM_SDPA_Fused/B:1/H:{HEADS}/L:{l}/D:{HEAD_DIM}/causal:{causal}"
+            if name not in ts:
+                continue
+            s = torch_sdpa(1, HEADS, l, HEAD_DIM, bool(causal), args.min_time)
+            row(f"SDPA B1 H8 L{l} D64" + (" causal" if causal else ""), s,
+                sdpa_flops(1, HEADS, l, HEAD_DIM, causal), ts[name])
+    for b, l in [(1, x) for x in lengths] + [(8, 512)]:
+        name = f"BM_TransformerEncoderLayer/B:{b}/L:{l}"
+        if name not in ts:
+            continue
+        s = torch_layer(b, l, args.min_time)
+        row(f"EncoderLayer B{b} L{l} E512 F2048", s, layer_flops(b, l), ts[name])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -99,6 +99,8 @@ void BM_SDPA_Reference(benchmark::State& state) {
 void sdpa_args(benchmark::internal::Benchmark* b) {
   for (Index L : {128, 256, 512, 1024, 2048, 4096})
     for (int causal : {0, 1}) b->Args({1, kHeads, L, kHeadDim, causal});
+  for (Index L : {1024, 4096})  // head_dim 128 (4 heads: the same embedding width)
+    for (int causal : {0, 1}) b->Args({1, kHeads / 2, L, 2 * kHeadDim, causal});
   b->ArgNames({"B", "H", "L", "D", "causal"})->Unit(benchmark::kMillisecond);
 }
 

@@ -28,6 +28,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -53,6 +54,9 @@ struct MaskApplier {
       if (m) m->apply_range(head * p.lq + i, j0, srow, srow, cols);
   }
 };
+
+inline constexpr Index kFlashQueryBlock = 64;  // query rows per work item
+inline constexpr Index kDirectMaxRows = 4;     // at most this many queries: no packing
 
 template <class T>
 struct FlashTile {
@@ -224,20 +228,48 @@ EIGEN_STRONG_INLINE bool online_softmax_tile(const AttentionProblem<T>& p, T* s,
   return any_visible;
 }
 
-// Updates the running state of rows [i0, i0 + R) with the packed key block at j0: scores from
-// the packed K^T, the online-softmax step, then acc += P V from the packed V.
-template <class T, int R, class ApplyMasks>
-EIGEN_STRONG_INLINE void flash_tile(const AttentionProblem<T>& p, const PackedHead<T>& ph,
-                                    const T* const* q, Index i0, Index j0, T* m, T* l, T* acc,
-                                    const ApplyMasks& apply_masks) {
-  using Tile = FlashTile<T>;
-  alignas(64) T s[Tile::kRows * Tile::kKeys];
-  const Index local = j0 - ph.key_begin;  // offset of the block in the packed range
-  score_tile<T, R>(q, ph.kt.data() + local * p.d, p.d, p.scale, s);  // panel local / kKeys
-  const Index valid = std::min(Tile::kKeys, ph.key_end - j0);
-  if (online_softmax_tile<T, R>(p, s, i0, j0, valid, m, l, acc, ph.dv_pad, apply_masks))
-    pv_block<T, R>(s, ph.v.data() + local * ph.dv_pad, ph.dv_pad, acc);
+// Calls f(std::integral_constant<int, R>{}) for a row count 1 <= R <= kRows known at run time, so
+// that the micro-kernels see it at compile time.
+template <class F>
+EIGEN_STRONG_INLINE void with_rows(int R, F&& f) {
+  switch (R) {
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      break;
+    case 3:
+      f(std::integral_constant<int, 3>{});
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    default:
+      f(std::integral_constant<int, 1>{});
+      break;
+  }
 }
+
+// The packed path, split in two phases per key block so that each phase keeps one operand in L1:
+// scores(): the score tile of R rows from the packed K^T panel and the online-softmax step,
+// leaving the probabilities in s; returns whether P V is needed. pv(): acc += P V from the packed
+// V block.
+template <class T, class ApplyMasks>
+struct PackedStep {
+  const AttentionProblem<T>& p;
+  const PackedHead<T>& ph;
+  const ApplyMasks& apply_masks;
+
+  template <int R>
+  bool scores(const T* const* q, Index i0, Index j0, T* m, T* l, T* acc, T* s) const {
+    const Index local = j0 - ph.key_begin;  // the block's offset in the packed range
+    score_tile<T, R>(q, ph.kt.data() + local * p.d, p.d, p.scale, s);  // panel local / kKeys
+    const Index valid = std::min(FlashTile<T>::kKeys, ph.key_end - j0);
+    return online_softmax_tile<T, R>(p, s, i0, j0, valid, m, l, acc, ph.dv_pad, apply_masks);
+  }
+  template <int R>
+  void pv(Index j0, const T* s, T* acc) const {
+    pv_block<T, R>(s, ph.v.data() + (j0 - ph.key_begin) * ph.dv_pad, ph.dv_pad, acc);
+  }
+};
 
 // The same step reading K and V where they are, without packing: for a handful of query rows
 // (decoding) packing a head would cost as much as attending over it. Scores are dot products
@@ -284,14 +316,31 @@ void direct_tile(const AttentionProblem<T>& p, Index b, Index h, const T* const*
   }
 }
 
+// The unpacked path as a step: all of its work happens in scores(), pv() is never needed.
+template <class T, class ApplyMasks>
+struct DirectStep {
+  const AttentionProblem<T>& p;
+  Index b, h, key_end, acc_row;
+  const ApplyMasks& apply_masks;
+
+  template <int R>
+  bool scores(const T* const* q, Index i0, Index j0, T* m, T* l, T* acc, T*) const {
+    direct_tile<T, R>(p, b, h, q, i0, j0, key_end, m, l, acc, acc_row, apply_masks);
+    return false;
+  }
+  template <int R>
+  void pv(Index, const T*, T*) const {}
+};
+
 // Streams keys [key_begin, key_end) through the running softmax state of query rows
-// [i_begin, i_end) of one head (at most kQueryBlock rows): row maxima m, row sums l and the
-// unnormalised output acc [rows, acc_row], all reset first. Key blocks are outermost, so a block
-// of K^T and V (2 x 64 x D values) stays in L1 while every row of the query block uses it.
-// step.template operator()<R>(q, i0, j0, m, l, acc) applies one key block to R <= kRows rows.
+// [i_begin, i_end) of one head (at most kFlashQueryBlock rows): row maxima m, row sums l and the
+// unnormalised output acc [rows, acc_row], all reset first. Key blocks are outermost. For each,
+// every group of kRows rows first forms its scores and probabilities (K^T panel in L1, P into
+// `probs`, [kFlashQueryBlock, kKeys]), then every group adds P V (V block in L1): doing both per
+// group would need K^T and V in L1 at once, 64 KiB at head_dim 128.
 template <class T, class Step>
 void flash_rows(const AttentionProblem<T>& p, Index b, Index h, Index i_begin, Index i_end,
-                Index key_begin, Index key_end, Index acc_row, T* m, T* l, T* acc,
+                Index key_begin, Index key_end, Index acc_row, T* m, T* l, T* acc, T* probs,
                 const Step& step) {
   using Tile = FlashTile<T>;
   constexpr T ninf = -std::numeric_limits<T>::infinity();
@@ -301,32 +350,30 @@ void flash_rows(const AttentionProblem<T>& p, Index b, Index h, Index i_begin, I
   std::fill(acc, acc + rows * acc_row, T(0));
   // Causal: keys past the last row's horizon are hidden from every row of the block. (Keys
   // appended after the maskable ones, mask_lk < lk, stay visible: then nothing is skipped.)
+  const bool causal_skip = p.causal && p.mask_lk == p.lk;
   Index lk_end = key_end;
-  if (p.causal && p.mask_lk == p.lk)
-    lk_end = std::min(lk_end, std::max<Index>(0, i_end + p.causal_offset));
+  if (causal_skip) lk_end = std::min(lk_end, std::max<Index>(0, i_end + p.causal_offset));
+  constexpr Index kGroups = kFlashQueryBlock / Tile::kRows;
+  bool needs_pv[kGroups];
   const T* q[Tile::kRows];
   for (Index j0 = key_begin; j0 < lk_end; j0 += Tile::kKeys) {
-    for (Index r0 = 0; r0 < rows; r0 += Tile::kRows) {
+    for (Index r0 = 0, g = 0; r0 < rows; r0 += Tile::kRows, ++g) {
       const Index i0 = i_begin + r0;
       const int R = static_cast<int>(std::min(Tile::kRows, rows - r0));
       // Rows whose horizon ends before this block see none of it.
-      if (p.causal && p.mask_lk == p.lk && i0 + R - 1 + p.causal_offset < j0) continue;
+      needs_pv[g] = false;
+      if (causal_skip && i0 + R - 1 + p.causal_offset < j0) continue;
       for (int r = 0; r < R; ++r) q[r] = p.q.at(b, h) + (i0 + r) * p.q.row;
-      T* a = acc + r0 * acc_row;
-      switch (R) {
-        case 4:
-          step.template operator()<4>(q, i0, j0, m + r0, l + r0, a);
-          break;
-        case 3:
-          step.template operator()<3>(q, i0, j0, m + r0, l + r0, a);
-          break;
-        case 2:
-          step.template operator()<2>(q, i0, j0, m + r0, l + r0, a);
-          break;
-        default:
-          step.template operator()<1>(q, i0, j0, m + r0, l + r0, a);
-          break;
-      }
+      with_rows(R, [&](auto rc) {
+        needs_pv[g] = step.template scores<rc()>(q, i0, j0, m + r0, l + r0, acc + r0 * acc_row,
+                                                 probs + r0 * Tile::kKeys);
+      });
+    }
+    for (Index r0 = 0, g = 0; r0 < rows; r0 += Tile::kRows, ++g) {
+      if (!needs_pv[g]) continue;
+      with_rows(static_cast<int>(std::min(Tile::kRows, rows - r0)), [&](auto rc) {
+        step.template pv<rc()>(j0, probs + r0 * Tile::kKeys, acc + r0 * acc_row);
+      });
     }
   }
 }
@@ -343,8 +390,6 @@ void flash_write_row(const AttentionProblem<T>& p, Index b, Index h, Index i, T 
   if (p.lse) p.lse[(b * p.heads + h) * p.lq + i] = l > 0 ? m + std::log(l) : ninf;
 }
 
-inline constexpr Index kFlashQueryBlock = 64;  // query rows per work item
-inline constexpr Index kDirectMaxRows = 4;     // at most this many queries: no packing
 
 // How many ranges the keys are split into. Work items are (batch, head, query block); when there
 // are fewer of them than threads (single-token decoding over a long cache is the extreme: one
@@ -387,6 +432,7 @@ void attention_fused(const AttentionProblem<T>& p) {
   parallel_for(std::min<Index>(num_threads(), n_work), 1, [&](Index, Index) {
     PackedHead<T> ph;
     std::vector<T> own(splits > 1 ? 0 : static_cast<std::size_t>(state_size));
+    std::vector<T> probs(static_cast<std::size_t>(QB * FlashTile<T>::kKeys));
     for (Index w; (w = next.fetch_add(1, std::memory_order_relaxed)) < n_work;) {
       const Index item = w / splits, s = w % splits;
       const Index t = item / nqb, qb = item % nqb;
@@ -397,19 +443,15 @@ void attention_fused(const AttentionProblem<T>& p) {
       const Index i_begin = qb * QB, i_end = std::min(p.lq, i_begin + QB);
       const MaskApplier<T> masks{p, t};
       if (direct) {
-        flash_rows(p, b, h, i_begin, i_end, kb, ke, dv_pad, m, l, acc,
-                   [&]<int R>(const T* const* q, Index i0, Index j0, T* mr, T* lr, T* a) {
-                     direct_tile<T, R>(p, b, h, q, i0, j0, ke, mr, lr, a, dv_pad, masks);
-                   });
+        flash_rows(p, b, h, i_begin, i_end, kb, ke, dv_pad, m, l, acc, probs.data(),
+                   DirectStep<T, MaskApplier<T>>{p, b, h, ke, dv_pad, masks});
       } else {
         if (ph.packed_index != t * splits + s) {
           ph.pack(p.k.at(b, h), p.k.row, p.v.at(b, h), p.v.row, kb, ke, p.d, p.dv);
           ph.packed_index = t * splits + s;
         }
-        flash_rows(p, b, h, i_begin, i_end, kb, ke, dv_pad, m, l, acc,
-                   [&]<int R>(const T* const* q, Index i0, Index j0, T* mr, T* lr, T* a) {
-                     flash_tile<T, R>(p, ph, q, i0, j0, mr, lr, a, masks);
-                   });
+        flash_rows(p, b, h, i_begin, i_end, kb, ke, dv_pad, m, l, acc, probs.data(),
+                   PackedStep<T, MaskApplier<T>>{p, ph, masks});
       }
       if (splits == 1)
         for (Index r = 0; r < i_end - i_begin; ++r)

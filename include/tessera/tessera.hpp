@@ -32,6 +32,11 @@
 #include "tessera/nn/transformer_decoder_layer.hpp"
 #include "tessera/nn/transformer_encoder.hpp"
 #include "tessera/nn/transformer_encoder_layer.hpp"
+#include "tessera/fusion/bottleneck_fusion.hpp"
+#include "tessera/fusion/cross_modal_attention.hpp"
+#include "tessera/fusion/early_fusion.hpp"
+#include "tessera/fusion/late_fusion.hpp"
+#include "tessera/fusion/token_sequences.hpp"
 #include "tessera/io/state_dict.hpp"
 // The safetensors reader parses its JSON header with nlohmann-json; without it the rest of
 // tessera works and io/safetensors.hpp is simply not included here.

@@ -51,6 +51,15 @@ bool has_nan(const X& x) {
   return std::any_of(x.data(), x.data() + x.size(), [](auto v) { return std::isnan(v); });
 }
 
+// The projection biases start at zero (PyTorch's initialisation); these tests want them not to.
+template <class T>
+void with_random_biases(CrossModalAttention<T>& co) {
+  co.attn_a.in_proj_bias.value.setRandom(21);
+  co.attn_a.out_proj.bias.value.setRandom(22);
+  co.attn_b.in_proj_bias.value.setRandom(23);
+  co.attn_b.out_proj.bias.value.setRandom(24);
+}
+
 TYPED_TEST(CrossModalAttentionTest, MatchesPyTorchCoAttention) {
   using T = TypeParam;
   for (const std::string name :
@@ -80,8 +89,10 @@ TYPED_TEST(CrossModalAttentionTest, FullyPaddedPartnerGivesTheResidualAndNoNaN) 
   using T = TypeParam;
   for (const bool norm_first : {false, true}) {
     SCOPED_TRACE(norm_first ? "pre-norm" : "post-norm");
-    const CrossModalAttention<T> co(
+    CrossModalAttention<T> co(
         {.embed_dim = 8, .embed_dim_b = 4, .num_heads = 2, .norm_first = norm_first, .seed = 3});
+    // Non-zero biases: attention over nothing must add nothing, not out_proj's bias.
+    with_random_biases(co);
     const auto a = random_tokens<T>(2, 5, 1, 8);
     const auto b = random_tokens<T>(2, 3, 2, 4);
     Tensor<bool, 2> pad_b(2, 3);
@@ -115,7 +126,8 @@ TYPED_TEST(CrossModalAttentionTest, FullyPaddedPartnerGivesTheResidualAndNoNaN) 
 
 TYPED_TEST(CrossModalAttentionTest, WeightsAreEachQuerysDistributionOverThePartner) {
   using T = TypeParam;
-  const CrossModalAttention<T> co({.embed_dim = 8, .embed_dim_b = 4, .num_heads = 2, .seed = 6});
+  CrossModalAttention<T> co({.embed_dim = 8, .embed_dim_b = 4, .num_heads = 2, .seed = 6});
+  with_random_biases(co);
   const auto a = random_tokens<T>(3, 5, 1, 8);
   const auto b = random_tokens<T>(3, 4, 2, 4);
   Tensor<bool, 2> pad_a(3, 5), pad_b(3, 4);

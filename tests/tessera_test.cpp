@@ -100,4 +100,22 @@ TEST(Umbrella, ExposesModulesAndIo) {
   EXPECT_EQ(tessera::io::dtype_name(tessera::io::DType::F32), "F32");
 }
 
+TEST(Umbrella, ExposesTokensAndFusion) {
+  const tessera::nn::PatchEmbedding<float> patches(
+      {.image_size = {8, 8}, .patch_size = {4, 4}, .in_channels = 1, .embed_dim = 8});
+  tessera::Tensor<float, 4> image(1, 1, 8, 8);
+  const auto video = patches.forward(image);  // [1, 4, 8]
+  static_assert(std::is_same_v<decltype(video), const tessera::Tensor<float, 3>>);
+  static_assert(std::is_class_v<tessera::nn::AudioPatchEmbedding<float>>);
+  static_assert(std::is_class_v<tessera::nn::TokenEmbedding<double>>);
+  static_assert(std::is_class_v<tessera::nn::ModalityEmbedding<float>>);
+  static_assert(std::is_class_v<tessera::fusion::EarlyFusion<float>>);
+  static_assert(std::is_class_v<tessera::fusion::LateFusion<float>>);
+  static_assert(std::is_class_v<tessera::fusion::CrossModalAttention<float>>);
+  const tessera::fusion::BottleneckFusion<float> mbt(
+      {.encoder = {.layer = {.d_model = 8, .nhead = 2, .dim_feedforward = 16}}});
+  const auto out = mbt.forward({video, video});
+  EXPECT_EQ(out.bottleneck.shape(), (tessera::Shape<3>{1, 4, 8}));
+}
+
 }  // namespace

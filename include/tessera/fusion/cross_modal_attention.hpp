@@ -1,0 +1,181 @@
+// tessera: fusion::CrossModalAttention, co-attention between two modalities (ViLBERT's
+// co-attentional transformer layer without its feed-forward blocks; Lu et al. 2019): each
+// modality's tokens attend to the other's, both from the inputs as given.
+//
+//   norm_first = false:  a' = norm_a(a + attn_a(a, b, b));   b' = norm_b(b + attn_b(b, a, a))
+//   norm_first = true:   a' = a + attn_a(norm_a(a), norm_b(b), norm_b(b))
+//                        b' = b + attn_b(norm_b(b), norm_a(a), norm_a(a))
+//
+// attn_a is a MultiheadAttention with a's queries (embed_dim = E_a) over b's keys and values
+// (kdim = vdim = E_b); attn_b the reverse. The modalities may have different widths.
+//
+// Ragged inputs: key_padding_mask_b hides b's padding from a's queries and key_padding_mask_a
+// hides a's from b's. When every token of a partner is padding (or it has no tokens), there is
+// nothing to attend to: the attention term of that batch element is exactly zero (the residual
+// alone passes, with the norm in post-norm), never NaN (PyTorch gives NaN there).
+//
+// With need_weights the attention weights come back averaged over the heads: weights_a
+// [batch, L_a, L_b] (row i: how a's token i spreads over b's tokens) and weights_b
+// [batch, L_b, L_a]; a batch element with nothing to attend to has rows of zeros.
+//
+// State dict keys: attn_a.*, attn_b.* (nn::MultiheadAttention's: in_proj_weight when E_a = E_b,
+// else q_proj_weight, k_proj_weight, v_proj_weight), norm_a.*, norm_b.*.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "tessera/core/error.hpp"
+#include "tessera/core/mask.hpp"
+#include "tessera/core/tensor.hpp"
+#include "tessera/fusion/token_sequences.hpp"
+#include "tessera/nn/layer_norm.hpp"
+#include "tessera/nn/module.hpp"
+#include "tessera/nn/multihead_attention.hpp"
+
+namespace tessera::fusion {
+
+struct CrossModalAttentionOptions {
+  Index embed_dim = 0;    // E_a, features of modality a's tokens, > 0
+  Index embed_dim_b = 0;  // E_b, features of modality b's tokens; 0 means E_a
+  Index num_heads = 1;    // divides E_a and E_b
+  bool bias = true;       // attention and LayerNorm biases
+  bool norm_first = false;
+  double layer_norm_eps = 1e-5;
+  std::uint64_t seed = 0;
+};
+
+struct CrossModalAttentionForwardOptions {
+  std::optional<Mask> key_padding_mask_a;  // [batch, L_a]; PyTorch's bool = Mask::blocked
+  std::optional<Mask> key_padding_mask_b;  // [batch, L_b]
+  bool need_weights = false;               // return weights_a and weights_b
+};
+
+template <class T>
+struct CrossModalAttentionOutput {
+  Tensor<T, 3> a;                         // [batch, L_a, E_a]
+  Tensor<T, 3> b;                         // [batch, L_b, E_b]
+  std::optional<Tensor<T, 3>> weights_a;  // [batch, L_a, L_b] with need_weights
+  std::optional<Tensor<T, 3>> weights_b;  // [batch, L_b, L_a] with need_weights
+};
+
+template <class T>
+class CrossModalAttention : public nn::Module<CrossModalAttention<T>> {
+ public:
+  nn::MultiheadAttention<T> attn_a;  // a's queries over b's keys and values
+  nn::MultiheadAttention<T> attn_b;  // b's queries over a's keys and values
+  nn::LayerNorm<T> norm_a, norm_b;
+
+  CrossModalAttention() = default;
+  explicit CrossModalAttention(const CrossModalAttentionOptions& o) : options_(o) {
+    constexpr std::string_view fn = "tessera::fusion::CrossModalAttention";
+    if (o.embed_dim <= 0)
+      detail::raise<ValueError>(fn, "embed_dim is ", o.embed_dim, ", expected a value > 0");
+    if (o.embed_dim_b < 0)
+      detail::raise<ValueError>(fn, "embed_dim_b is ", o.embed_dim_b, ", expected a value >= 0");
+    options_.embed_dim_b = o.embed_dim_b ? o.embed_dim_b : o.embed_dim;
+    const Index Ea = options_.embed_dim, Eb = options_.embed_dim_b;
+    if (o.num_heads <= 0 || Ea % o.num_heads != 0 || Eb % o.num_heads != 0)
+      detail::raise<ValueError>(fn, "num_heads is ", o.num_heads,
+                                ", expected a positive divisor of embed_dim = ", Ea,
+                                " and embed_dim_b = ", Eb);
+    attn_a = nn::MultiheadAttention<T>({.embed_dim = Ea,
+                                        .num_heads = o.num_heads,
+                                        .bias = o.bias,
+                                        .kdim = Eb,
+                                        .vdim = Eb,
+                                        .seed = o.seed});
+    attn_b = nn::MultiheadAttention<T>({.embed_dim = Eb,
+                                        .num_heads = o.num_heads,
+                                        .bias = o.bias,
+                                        .kdim = Ea,
+                                        .vdim = Ea,
+                                        .seed = o.seed + 10});
+    norm_a = nn::LayerNorm<T>({.normalized_shape = Ea, .eps = o.layer_norm_eps, .bias = o.bias});
+    norm_b = nn::LayerNorm<T>({.normalized_shape = Eb, .eps = o.layer_norm_eps, .bias = o.bias});
+  }
+
+  const CrossModalAttentionOptions& options() const noexcept { return options_; }
+
+  // a: [batch, L_a, E_a], b: [batch, L_b, E_b] -> a' [batch, L_a, E_a], b' [batch, L_b, E_b].
+  template <TensorLike A, TensorLike B>
+  requires(rank_v<A> == 3 && rank_v<B> == 3) CrossModalAttentionOutput<T> forward(
+      const A& a, const B& b, const CrossModalAttentionForwardOptions& fo = {})
+  const {
+    static_assert(std::is_same_v<scalar_t<A>, T> && std::is_same_v<scalar_t<B>, T>,
+                  "fusion::CrossModalAttention: input scalar types differ from the module's");
+    constexpr std::string_view fn = "tessera::fusion::CrossModalAttention::forward";
+    const TensorMap<const T, 3> av = cview(a), bv = cview(b);
+    const Index batch = av.dim(0);
+    detail::check_token_sequence<T>(fn, "a", av, batch, options_.embed_dim, fo.key_padding_mask_a,
+                                    "key_padding_mask_a");
+    detail::check_token_sequence<T>(fn, "b", bv, batch, options_.embed_dim_b, fo.key_padding_mask_b,
+                                    "key_padding_mask_b");
+    // pre-norm: queries, keys and values are the normalised tokens
+    Tensor<T, 3> na, nb;
+    TensorMap<const T, 3> xa = av, xb = bv;
+    if (options_.norm_first) {
+      na = norm_a.forward(av);
+      nb = norm_b.forward(bv);
+      xa = cview(na);
+      xb = cview(nb);
+    }
+    CrossModalAttentionOutput<T> r{Tensor<T, 3>(av), Tensor<T, 3>(bv), std::nullopt, std::nullopt};
+    auto to_a = attend(fn, attn_a, xa, xb, fo.key_padding_mask_b, fo.need_weights);
+    auto to_b = attend(fn, attn_b, xb, xa, fo.key_padding_mask_a, fo.need_weights);
+    r.a.as_array() += to_a.output.as_array();
+    r.b.as_array() += to_b.output.as_array();
+    r.weights_a = std::move(to_a.attn_weights);
+    r.weights_b = std::move(to_b.attn_weights);
+    if (!options_.norm_first) {
+      norm_a.forward_into(r.a, r.a);
+      norm_b.forward_into(r.b, r.b);
+    }
+    return r;
+  }
+
+  template <class Self, class F>
+  static void visit(Self& self, F&& f, const std::string& prefix) {
+    nn::MultiheadAttention<T>::visit(self.attn_a, f, prefix + "attn_a.");
+    nn::MultiheadAttention<T>::visit(self.attn_b, f, prefix + "attn_b.");
+    nn::LayerNorm<T>::visit(self.norm_a, f, prefix + "norm_a.");
+    nn::LayerNorm<T>::visit(self.norm_b, f, prefix + "norm_b.");
+  }
+
+ private:
+  // attn(query, partner, partner) with the partner's padding: output [batch, Lq, E_query] (and
+  // with need_weights attn_weights [batch, Lq, Lk]); both zero for a batch element whose partner
+  // tokens are all padding.
+  static nn::MultiheadAttentionOutput<T> attend(std::string_view fn,
+                                                const nn::MultiheadAttention<T>& attn,
+                                                TensorMap<const T, 3> query,
+                                                TensorMap<const T, 3> partner,
+                                                const std::optional<Mask>& partner_padding,
+                                                bool need_weights) {
+    const Index batch = query.dim(0), Lq = query.dim(1), Lk = partner.dim(1);
+    if (Lk == 0) {
+      nn::MultiheadAttentionOutput<T> none{Tensor<T, 3>(Shape<3>{batch, Lq, attn.embed_dim()}),
+                                           std::nullopt, std::nullopt};
+      if (need_weights) none.attn_weights.emplace(Shape<3>{batch, Lq, 0});
+      return none;
+    }
+    auto r = attn.forward(query, partner, partner,
+                          {.key_padding_mask = partner_padding, .need_weights = need_weights});
+    const Index lengths[] = {Lk};
+    if (const auto pad =
+            detail::concat_key_padding<T>(fn, std::span(&partner_padding, 1), lengths, batch))
+      for (Index i = 0; i < batch; ++i)
+        if (detail::all_masked(*pad, i)) {
+          r.output[i].setZero();
+          if (r.attn_weights) (*r.attn_weights)[i].setZero();
+        }
+    return r;
+  }
+
+  CrossModalAttentionOptions options_{};
+};
+
+}  // namespace tessera::fusion

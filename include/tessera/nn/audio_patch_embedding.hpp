@@ -1,0 +1,98 @@
+// tessera: nn::AudioPatchEmbedding, a spectrogram to a sequence of patch tokens, as the Audio
+// Spectrogram Transformer (Gong et al. 2021) and MBT's audio stream (Nagrani et al. 2021):
+// 2-D patches over frequency and time, kernel = stride = patch size (AST with fstride = tstride =
+// patch size, no overlap).
+//
+// A spectrogram [batch, mel_bins, frames] is a one-channel image [batch, 1, mel_bins, frames]
+// (seen so without a copy), embedded by an nn::PatchEmbedding with in_channels = 1: the unfolding,
+// the one product, the class token, the positions and the optional ln_pre are that module's.
+// Patches are ordered frequency-major: token gy * (frames / pt) + gx holds mel bins
+// [gy * pf, (gy + 1) * pf) and frames [gx * pt, (gx + 1) * pt), as Conv2d's output flattened.
+// Sizes the patch does not divide drop the remainder, as Conv2d.
+//
+// State dict keys: PatchEmbedding's (conv1.weight [embed_dim, 1, pf, pt], conv1.bias,
+// class_embedding, positional_embedding, ln_pre.*), under the same prefix.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "tessera/core/error.hpp"
+#include "tessera/core/tensor.hpp"
+#include "tessera/nn/module.hpp"
+#include "tessera/nn/patch_embedding.hpp"
+
+namespace tessera::nn {
+
+struct AudioPatchEmbeddingOptions {
+  Index mel_bins = 0;                       // frequency bins of the spectrogram, > 0
+  Index frames = 0;                         // time frames of the spectrogram, > 0
+  std::array<Index, 2> patch_size{16, 16};  // (frequency, time)
+  Index embed_dim = 0;                      // > 0
+  bool bias = true;                         // conv1.bias
+  bool cls_token = false;                   // prepend class_embedding
+  bool pre_norm = false;                    // ln_pre after the positions
+  double layer_norm_eps = 1e-5;
+  std::uint64_t seed = 0;
+};
+
+template <class T>
+class AudioPatchEmbedding : public Module<AudioPatchEmbedding<T>> {
+ public:
+  PatchEmbedding<T> patch;  // in_channels = 1, image_size = (mel_bins, frames)
+
+  AudioPatchEmbedding() = default;
+  explicit AudioPatchEmbedding(const AudioPatchEmbeddingOptions& o) : options_(o) {
+    // Checked here first so that the messages name the spectrogram's options.
+    constexpr std::string_view fn = "tessera::nn::AudioPatchEmbedding";
+    detail::check_patch_grid(fn, "(mel_bins, frames)", {o.mel_bins, o.frames}, o.patch_size);
+    if (o.embed_dim <= 0)
+      detail::raise<ValueError>(fn, "embed_dim is ", o.embed_dim, ", expected a value > 0");
+    patch = PatchEmbedding<T>({.image_size = {o.mel_bins, o.frames},
+                               .patch_size = o.patch_size,
+                               .in_channels = 1,
+                               .embed_dim = o.embed_dim,
+                               .bias = o.bias,
+                               .cls_token = o.cls_token,
+                               .pre_norm = o.pre_norm,
+                               .layer_norm_eps = o.layer_norm_eps,
+                               .seed = o.seed});
+  }
+
+  const AudioPatchEmbeddingOptions& options() const noexcept { return options_; }
+  Index embed_dim() const noexcept { return options_.embed_dim; }
+  // The patch grid (frequency, time).
+  std::array<Index, 2> grid() const noexcept { return patch.grid(); }
+  Index num_patches() const noexcept { return patch.num_patches(); }
+  Index num_tokens() const noexcept { return patch.num_tokens(); }
+
+  // spectrogram: [batch, mel_bins, frames] -> [batch, num_tokens, embed_dim]
+  template <TensorLike X>
+  requires(rank_v<X> == 3) Tensor<T, 3> forward(const X& spectrogram)
+  const {
+    static_assert(std::is_same_v<scalar_t<X>, T>,
+                  "nn::AudioPatchEmbedding: input scalar type differs from the module's");
+    const auto xv = cview(spectrogram);
+    const Index B = xv.dim(0);
+    const Index expected[] = {B, options_.mel_bins, options_.frames};
+    if (!std::equal(xv.shape().begin(), xv.shape().end(), expected))
+      detail::raise<ShapeError>("tessera::nn::AudioPatchEmbedding::forward",
+                                "argument 'spectrogram' has shape ",
+                                detail::shape_string(xv.shape()), ", expected ",
+                                detail::shape_string(expected), " ([batch, mel_bins, frames])");
+    // images: [B, 1, mel_bins, frames], a view
+    return patch.forward(xv.template reshape<4>({B, 1, options_.mel_bins, options_.frames}));
+  }
+
+  template <class Self, class F>
+  static void visit(Self& self, F&& f, const std::string& prefix) {
+    PatchEmbedding<T>::visit(self.patch, f, prefix);
+  }
+
+ private:
+  AudioPatchEmbeddingOptions options_{};
+};
+
+}  // namespace tessera::nn

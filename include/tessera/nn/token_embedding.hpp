@@ -1,0 +1,97 @@
+// tessera: nn::TokenEmbedding, token ids to a sequence of embeddings with learned positions, as
+// the text towers of CLIP (Radford et al. 2021) and BERT (Devlin et al. 2019):
+//
+//   out[b, t] = token_embedding.weight[ids[b, t]] + positional_embedding[start + t]
+//   out = norm(out)                                   with layer_norm (BERT's embeddings.LayerNorm)
+//
+// State dict keys (CLIP's): token_embedding.weight [vocab_size, embed_dim],
+// positional_embedding [max_len, embed_dim], norm.weight / norm.bias (with layer_norm).
+// Initialisation: token_embedding N(0, 1) (torch.nn.Embedding), positions N(0, 0.02).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "tessera/core/error.hpp"
+#include "tessera/core/tensor.hpp"
+#include "tessera/nn/embedding.hpp"
+#include "tessera/nn/layer_norm.hpp"
+#include "tessera/nn/module.hpp"
+
+namespace tessera::nn {
+
+struct TokenEmbeddingOptions {
+  Index vocab_size = 0;              // > 0
+  Index max_len = 0;                 // positions available (CLIP's context_length), > 0
+  Index embed_dim = 0;               // > 0
+  std::optional<Index> padding_idx;  // token_embedding row initialised to zero
+  bool layer_norm = false;           // LayerNorm after the sum
+  double layer_norm_eps = 1e-5;
+  std::uint64_t seed = 0;
+};
+
+template <class T>
+class TokenEmbedding : public Module<TokenEmbedding<T>> {
+ public:
+  Embedding<T> token_embedding;          // weight [vocab_size, embed_dim]
+  Parameter<T, 2> positional_embedding;  // [max_len, embed_dim]
+  LayerNorm<T> norm;                     // used with layer_norm
+
+  TokenEmbedding() = default;
+  explicit TokenEmbedding(const TokenEmbeddingOptions& o) : options_(o) {
+    constexpr std::string_view fn = "tessera::nn::TokenEmbedding";
+    if (o.vocab_size <= 0)
+      detail::raise<ValueError>(fn, "vocab_size is ", o.vocab_size, ", expected a value > 0");
+    if (o.max_len <= 0)
+      detail::raise<ValueError>(fn, "max_len is ", o.max_len, ", expected a value > 0");
+    if (o.embed_dim <= 0)
+      detail::raise<ValueError>(fn, "embed_dim is ", o.embed_dim, ", expected a value > 0");
+    token_embedding = Embedding<T>({.num_embeddings = o.vocab_size,
+                                    .embedding_dim = o.embed_dim,
+                                    .padding_idx = o.padding_idx,
+                                    .seed = o.seed});
+    positional_embedding = Parameter<T, 2>(Shape<2>{o.max_len, o.embed_dim});
+    positional_embedding.value.setRandomNormal(o.seed + 1, 0.0, 0.02);
+    if (o.layer_norm)
+      norm = LayerNorm<T>({.normalized_shape = o.embed_dim, .eps = o.layer_norm_eps});
+  }
+
+  const TokenEmbeddingOptions& options() const noexcept { return options_; }
+  Index embed_dim() const noexcept { return options_.embed_dim; }
+  Index max_len() const noexcept { return options_.max_len; }
+
+  // ids: [batch, L] integers in [0, vocab_size) -> [batch, L, embed_dim], with the positions
+  // [start, start + L) (start > 0 for tokens that follow `start` earlier ones).
+  template <TensorLike I>
+  requires(rank_v<I> == 2) Tensor<T, 3> forward(const I& ids, Index start = 0)
+  const {
+    constexpr std::string_view fn = "tessera::nn::TokenEmbedding::forward";
+    const Index L = ids.shape()[1];
+    if (start < 0)
+      detail::raise<ValueError>(fn, "argument 'start' is ", start, ", expected a value >= 0");
+    if (L > options_.max_len - start)
+      detail::raise<ShapeError>(fn, "argument 'ids' has shape ", detail::shape_string(ids.shape()),
+                                ": positions [", start, ", ", start + L,
+                                ") do not fit in max_len = ", options_.max_len);
+    // out: [batch, L, E]; an id out of range throws IndexError from nn::Embedding::forward
+    Tensor<T, 3> out = token_embedding.forward(ids);
+    const auto pos = positional_embedding.value.as_matrix().middleRows(start, L);
+    for (Index b = 0; b < out.dim(0); ++b) out[b].as_matrix() += pos;
+    if (options_.layer_norm) norm.forward_into(out, out);
+    return out;
+  }
+
+  template <class Self, class F>
+  static void visit(Self& self, F&& f, const std::string& prefix) {
+    Embedding<T>::visit(self.token_embedding, f, prefix + "token_embedding.");
+    f(prefix + "positional_embedding", self.positional_embedding);
+    if (self.options_.layer_norm) LayerNorm<T>::visit(self.norm, f, prefix + "norm.");
+  }
+
+ private:
+  TokenEmbeddingOptions options_{};
+};
+
+}  // namespace tessera::nn

@@ -131,9 +131,9 @@ Tensor<double, R> to_double(const Tensor<T, R>& x) {
 
 // Central differences of f() with respect to every element of x (x is perturbed in place and
 // restored).
-template <class F>
-Tensor<double, 2> numeric_grad(Tensor<double, 2>& x, F&& f, double h = 1e-6) {
-  Tensor<double, 2> g(x.shape());
+template <int R, class F>
+Tensor<double, R> numeric_grad(Tensor<double, R>& x, F&& f, double h = 1e-6) {
+  Tensor<double, R> g(x.shape());
   for (Index i = 0; i < x.size(); ++i) {
     const double keep = x.data()[i];
     x.data()[i] = keep + h;

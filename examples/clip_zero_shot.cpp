@@ -33,8 +33,8 @@ namespace con = tessera::contrastive;
 namespace {
 
 constexpr Index kPatches = 16, kPatchDim = 12, kLatent = 16;  // images: [16, 12], latent 16
-constexpr Index kWidth = 32, kEmbed = 32;                      // tower width, joint space
-constexpr Index kMaxTokens = 8;                                // captions padded to 8 tokens
+constexpr Index kWidth = 32, kEmbed = 32;                     // tower width, joint space
+constexpr Index kMaxTokens = 8;                               // captions padded to 8 tokens
 
 const std::vector<std::string> kClasses = {"cat",  "dog",   "car",   "ship",
                                            "bird", "horse", "truck", "plane"};
@@ -56,8 +56,8 @@ struct World {
 };
 
 struct Vocabulary {
-  std::vector<std::string> words{"<pad>", "a",     "an",    "the",  "photo", "picture", "image",
-                                 "of",    "blurry", "small", "large", "bright", "dark", "my"};
+  std::vector<std::string> words{"<pad>", "a",      "an",    "the",   "photo",  "picture", "image",
+                                 "of",    "blurry", "small", "large", "bright", "dark",    "my"};
   Vocabulary() { words.insert(words.end(), kClasses.begin(), kClasses.end()); }
   Index id(const std::string& w) const {
     const auto it = std::find(words.begin(), words.end(), w);
@@ -270,10 +270,11 @@ int main() {
   const Index batch = 256, n = train.labels.dim(0), epochs = 20;
   // Pairs of one class are interchangeable, so a batch holds ~batch / classes "positives" per row
   // that the loss still treats as negatives: it cannot go below about log(batch / classes).
-  std::printf("training the heads and the logit scale with the CLIP loss, batch %lld "
-              "(loss floor about log(%lld / %zu) = %.2f)\n",
-              static_cast<long long>(batch), static_cast<long long>(batch), kClasses.size(),
-              std::log(double(batch) / double(kClasses.size())));
+  std::printf(
+      "training the heads and the logit scale with the CLIP loss, batch %lld "
+      "(loss floor about log(%lld / %zu) = %.2f)\n",
+      static_cast<long long>(batch), static_cast<long long>(batch), kClasses.size(),
+      std::log(double(batch) / double(kClasses.size())));
   Adam adam{.lr = 0.01};
   std::vector<Index> order(static_cast<std::size_t>(n));
   for (Index i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
@@ -287,16 +288,15 @@ int main() {
       model.text_projection.zero_grad();
       model.temperature.zero_grad();
       // CLIP's loss over the batch; its gradients reach both heads and the logit scale.
-      const auto r = model.loss_and_grad(rows(train_img, order, b0, batch),
-                                         rows(train_txt, order, b0, batch));
+      const auto r =
+          model.loss_and_grad(rows(train_img, order, b0, batch), rows(train_txt, order, b0, batch));
       loss += r.loss;
       adam.step(model.visual_projection, model.text_projection, model.temperature);
     }
-    const Scores s = evaluate(model, vocab, train_img, train.labels, test_img, test.labels,
-                              false);
+    const Scores s = evaluate(model, vocab, train_img, train.labels, test_img, test.labels, false);
     std::printf("epoch %2lld/%lld  loss %.3f  logit scale %5.1f  held-out zero-shot %.1f%%\n",
-                static_cast<long long>(epoch), static_cast<long long>(epochs),
-                loss / double(steps), double(model.logit_scale()), 100 * s.zero_shot);
+                static_cast<long long>(epoch), static_cast<long long>(epochs), loss / double(steps),
+                double(model.logit_scale()), 100 * s.zero_shot);
   }
 
   const Scores trained =
@@ -305,15 +305,16 @@ int main() {
               100 * trained.zero_shot, 100 * trained.probe, 100 * chance);
 
   // A few held-out images, classified from the label prompts alone.
-  const auto pred = zero_shot_classifier(model, vocab).predict(model.visual_projection.forward(rows(test_img, {0, 1, 2, 3}, 0, 4)),
-                               /*k=*/2);
+  const auto pred =
+      zero_shot_classifier(model, vocab)
+          .predict(model.visual_projection.forward(rows(test_img, {0, 1, 2, 3}, 0, 4)),
+                   /*k=*/2);
   for (Index i = 0; i < 4; ++i)
-    std::printf("  held-out image %lld (a %s): %s %.2f, %s %.2f\n", static_cast<long long>(i),
-                kClasses[static_cast<std::size_t>(test.labels(i))].c_str(),
-                pred.labels[static_cast<std::size_t>(i)][0].c_str(),
-                double(pred.probabilities(i, 0)),
-                pred.labels[static_cast<std::size_t>(i)][1].c_str(),
-                double(pred.probabilities(i, 1)));
+    std::printf(
+        "  held-out image %lld (a %s): %s %.2f, %s %.2f\n", static_cast<long long>(i),
+        kClasses[static_cast<std::size_t>(test.labels(i))].c_str(),
+        pred.labels[static_cast<std::size_t>(i)][0].c_str(), double(pred.probabilities(i, 0)),
+        pred.labels[static_cast<std::size_t>(i)][1].c_str(), double(pred.probabilities(i, 1)));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("done in %.1f s\n", seconds);

@@ -111,15 +111,15 @@ TEST(Umbrella, ExposesContrastive) {
   EXPECT_EQ(con::pair_loss(a, a, same).loss, 0.0);
   EXPECT_GT(con::siglip_loss(a, a, con::LogitScaleBias<double>()).loss, 0.0);
   EXPECT_EQ(con::format_prompt("a photo of a {}", "cat"), "a photo of a cat");
-  static_assert(std::is_base_of_v<tessera::nn::Module<con::LogitScale<float>>,
-                                  con::LogitScale<float>>);
-  static_assert(std::is_base_of_v<tessera::nn::Module<con::LinearProbe<float>>,
-                                  con::LinearProbe<float>>);
+  static_assert(
+      std::is_base_of_v<tessera::nn::Module<con::LogitScale<float>>, con::LogitScale<float>>);
+  static_assert(
+      std::is_base_of_v<tessera::nn::Module<con::LinearProbe<float>>, con::LinearProbe<float>>);
   static_assert(std::is_base_of_v<tessera::nn::Module<con::ProjectionHead<float>>,
                                   con::ProjectionHead<float>>);
   static_assert(std::is_class_v<con::ZeroShotClassifier<float>>);
-  static_assert(std::is_class_v<con::DualEncoder<float, tessera::nn::Linear<float>,
-                                                 tessera::nn::Linear<float>>>);
+  static_assert(std::is_class_v<
+                con::DualEncoder<float, tessera::nn::Linear<float>, tessera::nn::Linear<float>>>);
 }
 
 }  // namespace

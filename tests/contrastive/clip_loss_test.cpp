@@ -58,13 +58,13 @@ TYPED_TEST(ClipLossTest, MatchesPyTorch) {
 TEST(ClipLossGrad, FiniteDifferences) {
   for (auto reduction : {Reduction::mean, Reduction::sum})
     for (bool materialized : {false, true}) {
-      SCOPED_TRACE(::testing::Message() << "reduction " << int(reduction) << " materialized "
-                                        << materialized);
+      SCOPED_TRACE(::testing::Message()
+                   << "reduction " << int(reduction) << " materialized " << materialized);
       auto a = tt::random_rows<double>(7, 4, 301);
       auto b = tt::random_rows<double>(7, 4, 302);
       const double t = 0.8;
-      const ClipLossOptions opts{.reduction = reduction, .block_size = 3,
-                                 .materialized = materialized};
+      const ClipLossOptions opts{
+          .reduction = reduction, .block_size = 3, .materialized = materialized};
       const auto r = clip_loss(a, b, t, opts);
       const auto f = [&] { return clip_loss(a, b, t, opts).loss; };
       tt::expect_close(r.grad_a, tt::numeric_grad(a, f), tt::kGradCheckTol, "grad_a");
@@ -164,8 +164,8 @@ TYPED_TEST(ClipLossTest, ScaleOneHundredWithUnitVectors) {
   for (Index i = 0; i < n; ++i) same(i, 0) = T(1);  // every logit exactly 100
   for (bool materialized : {false, true})
     for (const auto* pair : {&a, &same}) {
-      SCOPED_TRACE(::testing::Message() << "materialized " << materialized << " identical "
-                                        << (pair == &same));
+      SCOPED_TRACE(::testing::Message()
+                   << "materialized " << materialized << " identical " << (pair == &same));
       const Tensor<T, 2>& x = *pair;
       const Tensor<T, 2>& y = pair == &same ? same : b;
       const ClipLossOptions opts{.block_size = 64, .materialized = materialized};
@@ -209,8 +209,8 @@ TYPED_TEST(ClipLossTest, ReductionsDifferByN) {
   tt::expect_close_scalar(sum.grad_logit_scale, n * double(mean.grad_logit_scale),
                           tt::agree_tol<T>(), "grad_logit_scale");
   for (Index i = 0; i < mean.grad_a.size(); ++i)
-    EXPECT_TRUE(tt::close<double>(sum.grad_a.data()[i], n * double(mean.grad_a.data()[i]), 1e-6,
-                                  1e-5));
+    EXPECT_TRUE(
+        tt::close<double>(sum.grad_a.data()[i], n * double(mean.grad_a.data()[i]), 1e-6, 1e-5));
 }
 
 TYPED_TEST(ClipLossTest, LogitScaleModule) {
@@ -241,8 +241,7 @@ TEST(ClipLossErrors, Messages) {
   constexpr const char* fn = "tessera::contrastive::clip_loss";
   TESSERA_EXPECT_THROW_MSG(clip_loss(a, Tensor<double, 2>(3, 3), 1.0), ShapeError, fn, "'b'",
                            "[3, 3]", "expected [3, 2]");
-  TESSERA_EXPECT_THROW_MSG(clip_loss(a, Tensor<double, 2>(4, 2), 1.0), ShapeError, "'b'",
-                           "[4, 2]");
+  TESSERA_EXPECT_THROW_MSG(clip_loss(a, Tensor<double, 2>(4, 2), 1.0), ShapeError, "'b'", "[4, 2]");
   TESSERA_EXPECT_THROW_MSG(clip_loss(Tensor<double, 2>(0, 2), Tensor<double, 2>(0, 2), 1.0),
                            ShapeError, fn, "'a'", "rows >= 1");
   TESSERA_EXPECT_THROW_MSG(clip_loss(a, a, NAN), ValueError, fn, "'logit_scale'", "finite");

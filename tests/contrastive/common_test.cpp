@@ -85,8 +85,8 @@ TEST(ContrastiveTiles, EveryTileOnceWithoutConflictsInAFixedOrder) {
                            {23, 7, 4},
                            {1, 1, 1},
                            {16, 16, 4}}) {
-      SCOPED_TRACE(::testing::Message() << r << "x" << c << " block " << b << ", " << threads
-                                        << " threads");
+      SCOPED_TRACE(::testing::Message()
+                   << r << "x" << c << " block " << b << ", " << threads << " threads");
       check_schedule(r, c, b, threads);
     }
 }
@@ -98,7 +98,8 @@ TEST(ContrastiveTiles, WorkspaceIsReusedWithinAStep) {
     int uses = 0;
   };
   std::vector<int> uses;
-  cd::for_each_tile<Counter>(12, 12, 4, [&](const cd::Tile&, Counter& c) { uses.push_back(++c.uses); });
+  cd::for_each_tile<Counter>(12, 12, 4,
+                             [&](const cd::Tile&, Counter& c) { uses.push_back(++c.uses); });
   EXPECT_EQ(uses, (std::vector<int>{1, 2, 3, 1, 2, 3, 1, 2, 3}));
   tessera::set_num_threads(tessera::max_threads());
 }
@@ -143,11 +144,11 @@ TYPED_TEST(ContrastiveFoldTest, OnlineLogSumExpMatchesDirect) {
     return double(m + std::log(z));
   };
   for (Index i = 0; i < rows; ++i)
-    EXPECT_TRUE(tessera::test::close<double>(double(rmax[i] + std::log(rsum[i])),
-                                             direct(S.row(i)), 0, tessera::test::agree_tol<T>()));
+    EXPECT_TRUE(tessera::test::close<double>(double(rmax[i] + std::log(rsum[i])), direct(S.row(i)),
+                                             0, tessera::test::agree_tol<T>()));
   for (Index j = 0; j < cols; ++j)
-    EXPECT_TRUE(tessera::test::close<double>(double(cmax[j] + std::log(csum[j])),
-                                             direct(S.col(j)), 0, tessera::test::agree_tol<T>()));
+    EXPECT_TRUE(tessera::test::close<double>(double(cmax[j] + std::log(csum[j])), direct(S.col(j)),
+                                             0, tessera::test::agree_tol<T>()));
 }
 
 TEST(ContrastiveLabels, ConvertsAndChecks) {
@@ -168,29 +169,26 @@ TEST(ContrastiveLabels, ConvertsAndChecks) {
   TESSERA_EXPECT_THROW_MSG(
       cd::integer_labels(fn, "labels", Tensor<double, 1>{0, std::nan("")}, 2, false), ValueError,
       "at index 1");
-  TESSERA_EXPECT_THROW_MSG(
-      cd::integer_labels(fn, "labels", Tensor<float, 1>{INFINITY}, 1, false), ValueError,
-      "at index 0");
+  TESSERA_EXPECT_THROW_MSG(cd::integer_labels(fn, "labels", Tensor<float, 1>{INFINITY}, 1, false),
+                           ValueError, "at index 0");
 }
 
 TEST(ContrastiveChecks, Messages) {
   constexpr std::string_view fn = "tessera::contrastive::f";
   const Tensor<float, 2> a(3, 4), empty_rows(0, 4), empty_dim(3, 0), b(3, 5);
   EXPECT_NO_THROW(cd::check_embeddings(fn, "a", a));
-  TESSERA_EXPECT_THROW_MSG(cd::check_embeddings(fn, "a", empty_rows), ShapeError, "'a'",
-                           "[0, 4]", "rows >= 1");
+  TESSERA_EXPECT_THROW_MSG(cd::check_embeddings(fn, "a", empty_rows), ShapeError, "'a'", "[0, 4]",
+                           "rows >= 1");
   TESSERA_EXPECT_THROW_MSG(cd::check_embeddings(fn, "a", empty_dim), ShapeError, "[3, 0]",
                            "dim >= 1");
   TESSERA_EXPECT_THROW_MSG(cd::check_same_dim(fn, "a", a, "b", b), ShapeError, "'b'", "[3, 5]",
                            "expected [3, 4]");
-  TESSERA_EXPECT_THROW_MSG(cd::check_same_shape(fn, "a", a, "b", b), ShapeError, "'b'",
-                           "[3, 5]", "expected [3, 4]");
-  TESSERA_EXPECT_THROW_MSG(cd::check_block_size(fn, 0), ValueError, "'block_size' is 0",
-                           ">= 1");
+  TESSERA_EXPECT_THROW_MSG(cd::check_same_shape(fn, "a", a, "b", b), ShapeError, "'b'", "[3, 5]",
+                           "expected [3, 4]");
+  TESSERA_EXPECT_THROW_MSG(cd::check_block_size(fn, 0), ValueError, "'block_size' is 0", ">= 1");
   TESSERA_EXPECT_THROW_MSG(cd::check_reduction(fn, static_cast<tessera::contrastive::Reduction>(7)),
                            ValueError, "'reduction' is 7");
-  TESSERA_EXPECT_THROW_MSG(cd::check_finite<float>(fn, "t", 1e39), ValueError, "'t'",
-                           "finite");
+  TESSERA_EXPECT_THROW_MSG(cd::check_finite<float>(fn, "t", 1e39), ValueError, "'t'", "finite");
   EXPECT_NO_THROW(cd::check_finite<double>(fn, "t", 1e39));
 }
 

@@ -42,7 +42,7 @@ struct ContrastiveFixture {
   const nlohmann::json& options() const { return fx.options; }
   contrastive::Reduction reduction() const {
     return fx.options.at("reduction").get<std::string>() == "sum" ? contrastive::Reduction::sum
-                                                                   : contrastive::Reduction::mean;
+                                                                  : contrastive::Reduction::mean;
   }
 };
 
@@ -85,8 +85,8 @@ void expect_close(const A& a, const B& b, double tol, const std::string& what) {
     ASSERT_FALSE(std::isnan(e)) << what << ": NaN at " << i;
     if (e > worst) worst = e, at = i;
   }
-  EXPECT_LE(worst, tol) << what << ": worst at flat index " << at << ": " << a.data()[at]
-                        << " vs " << b.data()[at];
+  EXPECT_LE(worst, tol) << what << ": worst at flat index " << at << ": " << a.data()[at] << " vs "
+                        << b.data()[at];
 }
 inline void expect_close_scalar(double a, double b, double tol, const std::string& what) {
   EXPECT_LE(parity_error(a, b), tol) << what << ": " << a << " vs " << b;

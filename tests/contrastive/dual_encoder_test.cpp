@@ -55,15 +55,18 @@ TYPED_TEST(DualEncoderTest, EmbeddingsAndLogits) {
   ASSERT_EQ(l.shape(), (tessera::Shape<2>{3, 2}));
   for (Index i = 0; i < 3; ++i)
     for (Index j = 0; j < 2; ++j)
-      EXPECT_TRUE(tt::close<T>(l(i, j), model.logit_scale() * ie.as_matrix().row(i).dot(
-                                                                  te.as_matrix().row(j)),
-                               tt::tol<T>(), tt::tol<T>()));
+      EXPECT_TRUE(tt::close<T>(
+          l(i, j), model.logit_scale() * ie.as_matrix().row(i).dot(te.as_matrix().row(j)),
+          tt::tol<T>(), tt::tol<T>()));
 }
 
 TYPED_TEST(DualEncoderTest, ScaleIsClamped) {
   using T = TypeParam;
-  auto model = make_model<T>({.image_width = 5, .text_width = 3, .embed_dim = 4,
-                              .logit_scale_init = 1000.0, .max_logit_scale = 50.0});
+  auto model = make_model<T>({.image_width = 5,
+                              .text_width = 3,
+                              .embed_dim = 4,
+                              .logit_scale_init = 1000.0,
+                              .max_logit_scale = 50.0});
   EXPECT_NEAR(double(model.logit_scale()), 50.0, 1e-4);
   model.zero_grad();
   const auto r = model.loss_and_grad(tt::random_rows<T>(4, 5, 611), tt::random_rows<T>(4, 3, 612));
@@ -90,8 +93,8 @@ TEST(DualEncoderGrad, FiniteDifferences) {
                    tt::numeric_grad(model.visual_projection.proj.weight.value, f),
                    tt::kGradCheckTol, "visual_projection.weight");
   tt::expect_close(model.text_projection.proj.weight.grad,
-                   tt::numeric_grad(model.text_projection.proj.weight.value, f),
-                   tt::kGradCheckTol, "text_projection.weight");
+                   tt::numeric_grad(model.text_projection.proj.weight.value, f), tt::kGradCheckTol,
+                   "text_projection.weight");
   tt::expect_close(r.grad_image_features, tt::numeric_grad(fi, f), tt::kGradCheckTol,
                    "grad_image_features");
   tt::expect_close(r.grad_text_features, tt::numeric_grad(ft, f), tt::kGradCheckTol,
@@ -127,14 +130,16 @@ TEST(DualEncoderModule, StateDictKeys) {
 TEST(DualEncoderErrors, Messages) {
   constexpr const char* fn = "tessera::contrastive::DualEncoder";
   TESSERA_EXPECT_THROW_MSG(make_model<double>({.image_width = 0, .text_width = 3, .embed_dim = 4}),
-                           ValueError, fn, "'image_width', 'text_width' and 'embed_dim' are 0, 3 "
-                                           "and 4");
-  TESSERA_EXPECT_THROW_MSG(make_model<double>({.image_width = 5, .text_width = 3, .embed_dim = 4,
-                                               .max_logit_scale = 0}),
-                           ValueError, "'max_logit_scale' is 0");
-  TESSERA_EXPECT_THROW_MSG(make_model<double>({.image_width = 5, .text_width = 3, .embed_dim = 4,
-                                               .logit_scale_init = -1}),
-                           ValueError, "LogitScale", "'init' is -1");
+                           ValueError, fn,
+                           "'image_width', 'text_width' and 'embed_dim' are 0, 3 "
+                           "and 4");
+  TESSERA_EXPECT_THROW_MSG(
+      make_model<double>({.image_width = 5, .text_width = 3, .embed_dim = 4, .max_logit_scale = 0}),
+      ValueError, "'max_logit_scale' is 0");
+  TESSERA_EXPECT_THROW_MSG(
+      make_model<double>(
+          {.image_width = 5, .text_width = 3, .embed_dim = 4, .logit_scale_init = -1}),
+      ValueError, "LogitScale", "'init' is -1");
   // The image tower gives 5 features where 7 are declared.
   const auto wide = make_model<double>({.image_width = 7, .text_width = 3, .embed_dim = 4});
   TESSERA_EXPECT_THROW_MSG(wide.encode_image(Tensor<double, 2>(2, 6)), ShapeError,
@@ -148,9 +153,9 @@ TEST(DualEncoderErrors, Messages) {
   TESSERA_EXPECT_THROW_MSG(model.logits(Tensor<double, 2>(2, 4), Tensor<double, 2>(1, 5)),
                            ShapeError, "'text_embeds' has shape [1, 5]", "expected [1, 4]");
   auto trainable = make_model<double>();
-  TESSERA_EXPECT_THROW_MSG(trainable.loss_and_grad(Tensor<double, 2>(3, 5),
-                                                   Tensor<double, 2>(2, 3)),
-                           ShapeError, "clip_loss", "'b'");
+  TESSERA_EXPECT_THROW_MSG(
+      trainable.loss_and_grad(Tensor<double, 2>(3, 5), Tensor<double, 2>(2, 3)), ShapeError,
+      "clip_loss", "'b'");
 }
 
 }  // namespace

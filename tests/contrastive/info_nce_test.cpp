@@ -53,7 +53,8 @@ TYPED_TEST(InfoNceTest, MatchesPyTorch) {
         // PyTorch differentiates by tau = 1/s: dL/dtau = -s^2 dL/ds.
         const T tau = fx.scalar<T>("temperature");
         tt::expect_parity_scalar(-r.grad_scale / (tau * tau),
-                                 fx.expected_scalar("grad_temperature"), what + " grad_temperature");
+                                 fx.expected_scalar("grad_temperature"),
+                                 what + " grad_temperature");
       } else {
         tt::expect_parity_scalar(r.grad_scale, fx.expected_scalar("grad_scale"),
                                  what + " grad_scale");
@@ -66,14 +67,14 @@ TYPED_TEST(InfoNceTest, MatchesPyTorch) {
 TEST(InfoNceGrad, FiniteDifferences) {
   for (auto reduction : {Reduction::mean, Reduction::sum})
     for (bool materialized : {false, true}) {
-      SCOPED_TRACE(::testing::Message() << "reduction " << int(reduction) << " materialized "
-                                        << materialized);
+      SCOPED_TRACE(::testing::Message()
+                   << "reduction " << int(reduction) << " materialized " << materialized);
       auto a = tt::random_rows<double>(5, 4, 201);
       auto b = tt::random_rows<double>(7, 4, 202);
       double s = 2.5;
       const auto opts = [&](double scale) {
-        return InfoNceLossOptions{.scale = scale, .reduction = reduction, .block_size = 3,
-                                  .materialized = materialized};
+        return InfoNceLossOptions{
+            .scale = scale, .reduction = reduction, .block_size = 3, .materialized = materialized};
       };
       const auto r = info_nce_loss(a, b, opts(s));
       const auto f = [&] { return info_nce_loss(a, b, opts(s)).loss; };
@@ -169,8 +170,7 @@ TYPED_TEST(InfoNceTest, ExtremeScales) {
   for (double scale : {100.0, 1e4})
     for (bool materialized : {false, true}) {
       SCOPED_TRACE(::testing::Message() << "scale " << scale << " materialized " << materialized);
-      const InfoNceLossOptions opts{.scale = scale, .block_size = 64,
-                                    .materialized = materialized};
+      const InfoNceLossOptions opts{.scale = scale, .block_size = 64, .materialized = materialized};
       const auto r = info_nce_loss(a, b, opts);
       const auto rd = info_nce_loss(tt::to_double(a), tt::to_double(b), opts);
       ASSERT_TRUE(std::isfinite(r.loss));
@@ -208,8 +208,8 @@ TYPED_TEST(InfoNceTest, ReductionsDifferByN) {
   tt::expect_close_scalar(sum.grad_scale, n * double(mean.grad_scale), tt::agree_tol<T>(),
                           "grad_scale");
   for (Index i = 0; i < mean.grad_b.size(); ++i)
-    EXPECT_TRUE(tt::close<double>(sum.grad_b.data()[i], n * double(mean.grad_b.data()[i]), 1e-6,
-                                  1e-5));
+    EXPECT_TRUE(
+        tt::close<double>(sum.grad_b.data()[i], n * double(mean.grad_b.data()[i]), 1e-6, 1e-5));
 }
 
 TEST(InfoNceErrors, Messages) {
@@ -223,14 +223,13 @@ TEST(InfoNceErrors, Messages) {
                            "[0, 2]", "rows >= 1");
   TESSERA_EXPECT_THROW_MSG(info_nce_loss(a, Tensor<double, 2>(3, 0)), ShapeError, "'b'",
                            "dim >= 1");
-  TESSERA_EXPECT_THROW_MSG(info_nce_loss(a, a, {.temperature = 0.1, .scale = 10.0}), ValueError,
-                           fn, "'temperature'", "'scale'", "at most one");
+  TESSERA_EXPECT_THROW_MSG(info_nce_loss(a, a, {.temperature = 0.1, .scale = 10.0}), ValueError, fn,
+                           "'temperature'", "'scale'", "at most one");
   TESSERA_EXPECT_THROW_MSG(info_nce_loss(a, a, {.temperature = 0.0}), ValueError,
                            "'temperature' is 0", "> 0");
   TESSERA_EXPECT_THROW_MSG(info_nce_loss(a, a, {.temperature = -1.0}), ValueError,
                            "'temperature' is -1");
-  TESSERA_EXPECT_THROW_MSG(info_nce_loss(a, a, {.temperature = NAN}), ValueError,
-                           "'temperature'");
+  TESSERA_EXPECT_THROW_MSG(info_nce_loss(a, a, {.temperature = NAN}), ValueError, "'temperature'");
   TESSERA_EXPECT_THROW_MSG(info_nce_loss(a, a, {.temperature = 1e-320}), ValueError,
                            "'temperature'", "inverse is finite");
   TESSERA_EXPECT_THROW_MSG(info_nce_loss(a, a, {.scale = 0.0}), ValueError, "'scale' is 0");
@@ -240,8 +239,7 @@ TEST(InfoNceErrors, Messages) {
                ValueError);  // finite in double, not in float
   TESSERA_EXPECT_THROW_MSG(info_nce_loss(a, a, {.reduction = static_cast<Reduction>(5)}),
                            ValueError, "'reduction' is 5");
-  TESSERA_EXPECT_THROW_MSG(info_nce_loss(a, a, {.block_size = 0}), ValueError,
-                           "'block_size' is 0");
+  TESSERA_EXPECT_THROW_MSG(info_nce_loss(a, a, {.block_size = 0}), ValueError, "'block_size' is 0");
 }
 
 }  // namespace

@@ -135,12 +135,12 @@ TEST(LinearProbeErrors, Messages) {
   LinearProbe<double> probe({.in_features = 2, .num_classes = 3});
   const Tensor<double, 2> x(4, 2);
   const Tensor<int, 1> y{0, 1, 2, 1};
-  TESSERA_EXPECT_THROW_MSG(probe.logits(Tensor<double, 2>(4, 3)), ShapeError,
-                           "LinearProbe::logits", "'x' has shape [4, 3]", "expected [4, 2]");
+  TESSERA_EXPECT_THROW_MSG(probe.logits(Tensor<double, 2>(4, 3)), ShapeError, "LinearProbe::logits",
+                           "'x' has shape [4, 3]", "expected [4, 2]");
   TESSERA_EXPECT_THROW_MSG(probe.accuracy(x, Tensor<int, 1>{0, 1}), ShapeError,
                            "LinearProbe::accuracy", "'labels' has shape [2]");
-  TESSERA_EXPECT_THROW_MSG(probe.fit(x, Tensor<int, 1>{0, 1, 3, 0}), IndexError,
-                           "LinearProbe::fit", "'labels' holds 3 at index 2", "[0, 3)");
+  TESSERA_EXPECT_THROW_MSG(probe.fit(x, Tensor<int, 1>{0, 1, 3, 0}), IndexError, "LinearProbe::fit",
+                           "'labels' holds 3 at index 2", "[0, 3)");
   TESSERA_EXPECT_THROW_MSG(probe.fit(x, Tensor<int, 1>{0, -1, 1, 0}), IndexError, "holds -1");
   TESSERA_EXPECT_THROW_MSG(probe.fit(x, y, {.epochs = 0}), ValueError, "'epochs' is 0");
   TESSERA_EXPECT_THROW_MSG(probe.fit(x, y, {.learning_rate = 0}), ValueError,

@@ -21,11 +21,11 @@ using tessera::Index;
 using tessera::ShapeError;
 using tessera::Tensor;
 using tessera::ValueError;
+using tessera::contrastive::pair_loss;
 using tessera::contrastive::PairLossForm;
 using tessera::contrastive::PairLossOptions;
 using tessera::contrastive::PairMining;
 using tessera::contrastive::Reduction;
-using tessera::contrastive::pair_loss;
 namespace tt = tessera::test;
 
 template <class T>
@@ -38,8 +38,8 @@ PairLossOptions options_from(const tt::ContrastiveFixture& fx) {
   opts.form = o.at("form") == "hinge" ? PairLossForm::hinge : PairLossForm::squared;
   opts.margin = o.at("margin").get<double>();
   opts.pos_margin = o.at("pos_margin").get<double>();
-  opts.mining = o.at("mining") == "hardest_negative" ? PairMining::hardest_negative
-                                                     : PairMining::none;
+  opts.mining =
+      o.at("mining") == "hardest_negative" ? PairMining::hardest_negative : PairMining::none;
   opts.reduction = fx.reduction();
   return opts;
 }
@@ -81,9 +81,9 @@ TEST(PairLossGrad, FiniteDifferences) {
           const Index n = 9, d = 4;
           auto x1 = tt::random_rows<double>(n, d, 101, -0.5, 0.5);
           auto x2 = tt::random_rows<double>(n, d, 102, -0.5, 0.5);
-          const Tensor<int, 1> labels =
-              mining == PairMining::none ? Tensor<int, 1>{1, 0, 0, 1, 0, 1, 1, 0, 0}
-                                         : Tensor<int, 1>{0, 1, 2, 0, 1, 2, 0, 3, 3};
+          const Tensor<int, 1> labels = mining == PairMining::none
+                                            ? Tensor<int, 1>{1, 0, 0, 1, 0, 1, 1, 0, 0}
+                                            : Tensor<int, 1>{0, 1, 2, 0, 1, 2, 0, 3, 3};
           const PairLossOptions opts{.form = form,
                                      .margin = 0.9,
                                      .pos_margin = pos_margin,
@@ -102,7 +102,7 @@ TEST(PairLossGrad, FiniteDifferences) {
 TEST(PairLossGrad, SharedHardestNegative) {
   const Index n = 6, d = 3;
   auto x1 = tt::random_rows<double>(n, d, 7, -1, 1);
-  auto x2 = tt::random_rows<double>(n, d, 8, 3, 4);  // far from every anchor...
+  auto x2 = tt::random_rows<double>(n, d, 8, 3, 4);              // far from every anchor...
   for (Index k = 0; k < d; ++k) x2(0, k) = 0.1 * double(k + 1);  // ...but x2_0, near them all
   const Tensor<int, 1> cls{0, 1, 1, 2, 2, 1};
   const PairLossOptions opts{.margin = 2.5, .mining = PairMining::hardest_negative};
@@ -143,8 +143,8 @@ TYPED_TEST(PairLossTest, ChunkedMatchesMaterialized) {
   Tensor<int, 1> cls(n);
   for (Index i = 0; i < n; ++i) cls(i) = int((i * 3) % 4);
   for (auto form : {PairLossForm::squared, PairLossForm::hinge}) {
-    const PairLossOptions base{.form = form, .margin = 1.5, .pos_margin = 0.1,
-                               .mining = PairMining::hardest_negative};
+    const PairLossOptions base{
+        .form = form, .margin = 1.5, .pos_margin = 0.1, .mining = PairMining::hardest_negative};
     auto mat_opts = base;
     mat_opts.materialized = true;
     const auto ref = pair_loss(x1, x2, cls, mat_opts);
@@ -168,8 +168,8 @@ TYPED_TEST(PairLossTest, SameResultForAnyThreadCount) {
   const auto x2 = tt::random_rows<T>(n, d, 32);
   Tensor<int, 1> cls(n);
   for (Index i = 0; i < n; ++i) cls(i) = int(i % 6);
-  const PairLossOptions opts{.margin = 2.0, .mining = PairMining::hardest_negative,
-                             .block_size = 8};
+  const PairLossOptions opts{
+      .margin = 2.0, .mining = PairMining::hardest_negative, .block_size = 8};
   tessera::set_num_threads(1);
   const auto one = pair_loss(x1, x2, cls, opts);
   tessera::set_num_threads(2);
@@ -207,9 +207,9 @@ TYPED_TEST(PairLossTest, MatchesTheFormulaPerPair) {
   const auto sq = pair_loss(x1, x2, labels, {.margin = 2.0, .reduction = Reduction::sum});
   // 1/2 5^2 + 1/2 0.5^2 + 1/2 (2 - 0.5)^2 + 0
   EXPECT_NEAR(sq.loss, 12.5 + 0.125 + 1.125, 1e-5);
-  const auto hi = pair_loss(x1, x2, labels,
-                            {.form = PairLossForm::hinge, .margin = 2.0, .pos_margin = 1.0,
-                             .reduction = Reduction::sum});
+  const auto hi = pair_loss(
+      x1, x2, labels,
+      {.form = PairLossForm::hinge, .margin = 2.0, .pos_margin = 1.0, .reduction = Reduction::sum});
   // [5 - 1]_+ + [0.5 - 1]_+ + [2 - 0.5]_+ + [2 - 5]_+
   EXPECT_NEAR(hi.loss, 4 + 0 + 1.5 + 0, 1e-5);
 }
@@ -224,8 +224,8 @@ TYPED_TEST(PairLossTest, ReductionsDifferByN) {
   for (auto mining : {PairMining::none, PairMining::hardest_negative})
     for (auto form : {PairLossForm::squared, PairLossForm::hinge}) {
       const auto mean = pair_loss(x1, x2, labels, {.form = form, .mining = mining});
-      const auto sum = pair_loss(x1, x2, labels,
-                                 {.form = form, .mining = mining, .reduction = Reduction::sum});
+      const auto sum =
+          pair_loss(x1, x2, labels, {.form = form, .mining = mining, .reduction = Reduction::sum});
       tt::expect_close_scalar(sum.loss, double(n) * mean.loss, tt::agree_tol<T>(), "loss");
       for (Index i = 0; i < mean.grad_x1.size(); ++i) {
         EXPECT_TRUE(tt::close<double>(sum.grad_x1.data()[i], n * double(mean.grad_x1.data()[i]),
@@ -287,22 +287,22 @@ TEST(PairLossErrors, Messages) {
   const auto x = tt::random_rows<double>(3, 2, 1);
   const Tensor<int, 1> labels{1, 0, 1};
   constexpr const char* fn = "tessera::contrastive::pair_loss";
-  TESSERA_EXPECT_THROW_MSG(pair_loss(x, Tensor<double, 2>(3, 3), labels), ShapeError, fn,
-                           "'x2'", "[3, 3]", "expected [3, 2]");
+  TESSERA_EXPECT_THROW_MSG(pair_loss(x, Tensor<double, 2>(3, 3), labels), ShapeError, fn, "'x2'",
+                           "[3, 3]", "expected [3, 2]");
   TESSERA_EXPECT_THROW_MSG(pair_loss(x, Tensor<double, 2>(2, 2), labels), ShapeError, "'x2'",
                            "[2, 2]");
-  TESSERA_EXPECT_THROW_MSG(pair_loss(Tensor<double, 2>(0, 2), Tensor<double, 2>(0, 2),
-                                     Tensor<int, 1>(0)),
-                           ShapeError, fn, "'x1'", "[0, 2]", "rows >= 1");
+  TESSERA_EXPECT_THROW_MSG(
+      pair_loss(Tensor<double, 2>(0, 2), Tensor<double, 2>(0, 2), Tensor<int, 1>(0)), ShapeError,
+      fn, "'x1'", "[0, 2]", "rows >= 1");
   TESSERA_EXPECT_THROW_MSG(pair_loss(Tensor<double, 2>(3, 0), Tensor<double, 2>(3, 0), labels),
                            ShapeError, "'x1'", "dim >= 1");
-  TESSERA_EXPECT_THROW_MSG(pair_loss(x, x, Tensor<int, 1>{1, 0}), ShapeError, fn, "'labels'",
-                           "[2]", "expected [3]");
+  TESSERA_EXPECT_THROW_MSG(pair_loss(x, x, Tensor<int, 1>{1, 0}), ShapeError, fn, "'labels'", "[2]",
+                           "expected [3]");
   TESSERA_EXPECT_THROW_MSG(pair_loss(x, x, Tensor<int, 1>{1, 0, 2}), ValueError, fn,
                            "'labels' holds 2 at index 2", "0 (dissimilar) or 1 (similar)");
-  TESSERA_EXPECT_THROW_MSG(pair_loss(x, x, Tensor<double, 1>{1, 0.5, 2},
-                                     {.mining = PairMining::hardest_negative}),
-                           ValueError, "'labels' holds 0.5 at index 1", "class id");
+  TESSERA_EXPECT_THROW_MSG(
+      pair_loss(x, x, Tensor<double, 1>{1, 0.5, 2}, {.mining = PairMining::hardest_negative}),
+      ValueError, "'labels' holds 0.5 at index 1", "class id");
   TESSERA_EXPECT_THROW_MSG(pair_loss(x, x, labels, {.margin = -1}), ValueError, fn,
                            "'margin' is -1", "finite value >= 0");
   TESSERA_EXPECT_THROW_MSG(pair_loss(x, x, labels, {.margin = NAN}), ValueError, "'margin'");

@@ -48,9 +48,7 @@ TEST(ProjectionHeadGrad, FiniteDifferences) {
     ProjectionHead<double> head({.in_features = 4, .embed_dim = 3, .bias = bias, .seed = 3});
     auto x = tt::random_rows<double>(5, 4, 511);
     const auto R = tt::random_rows<double>(5, 3, 512);
-    const auto f = [&] {
-      return (head.forward(x).as_array() * R.as_array()).sum();
-    };
+    const auto f = [&] { return (head.forward(x).as_array() * R.as_array()).sum(); };
     head.zero_grad();
     const auto fwd = head.forward_train(x);
     const auto gx = head.backward(x, fwd, R);
@@ -98,8 +96,8 @@ TEST(ProjectionHeadErrors, Messages) {
   constexpr const char* fn = "tessera::contrastive::ProjectionHead";
   TESSERA_EXPECT_THROW_MSG(ProjectionHead<double>({.in_features = 0, .embed_dim = 2}), ValueError,
                            fn, "'in_features' and 'embed_dim' are 0 and 2");
-  TESSERA_EXPECT_THROW_MSG(ProjectionHead<double>({.in_features = 2, .embed_dim = -1}),
-                           ValueError, "are 2 and -1");
+  TESSERA_EXPECT_THROW_MSG(ProjectionHead<double>({.in_features = 2, .embed_dim = -1}), ValueError,
+                           "are 2 and -1");
   TESSERA_EXPECT_THROW_MSG(ProjectionHead<double>({.in_features = 2, .embed_dim = 2, .eps = 0}),
                            ValueError, "'eps' is 0");
   ProjectionHead<double> head({.in_features = 3, .embed_dim = 2});

@@ -60,13 +60,13 @@ TYPED_TEST(SigLipLossTest, MatchesPyTorch) {
 TEST(SigLipLossGrad, FiniteDifferences) {
   for (auto reduction : {Reduction::mean, Reduction::sum})
     for (bool materialized : {false, true}) {
-      SCOPED_TRACE(::testing::Message() << "reduction " << int(reduction) << " materialized "
-                                        << materialized);
+      SCOPED_TRACE(::testing::Message()
+                   << "reduction " << int(reduction) << " materialized " << materialized);
       auto a = tt::random_rows<double>(7, 4, 401);
       auto b = tt::random_rows<double>(7, 4, 402);
       const double t = 1.1, bias = -0.7;
-      const SigLipLossOptions opts{.reduction = reduction, .block_size = 3,
-                                   .materialized = materialized};
+      const SigLipLossOptions opts{
+          .reduction = reduction, .block_size = 3, .materialized = materialized};
       const auto r = siglip_loss(a, b, t, bias, opts);
       const auto f = [&] { return siglip_loss(a, b, t, bias, opts).loss; };
       tt::expect_close(r.grad_a, tt::numeric_grad(a, f), tt::kGradCheckTol, "grad_a");
@@ -188,11 +188,11 @@ TYPED_TEST(SigLipLossTest, ReductionsDifferByN) {
   const auto mean = siglip_loss(a, b, T(0.5), T(-1));
   const auto sum = siglip_loss(a, b, T(0.5), T(-1), {.reduction = Reduction::sum});
   tt::expect_close_scalar(sum.loss, n * double(mean.loss), tt::agree_tol<T>(), "loss");
-  tt::expect_close_scalar(sum.grad_logit_bias, n * double(mean.grad_logit_bias),
-                          tt::agree_tol<T>(), "grad_logit_bias");
+  tt::expect_close_scalar(sum.grad_logit_bias, n * double(mean.grad_logit_bias), tt::agree_tol<T>(),
+                          "grad_logit_bias");
   for (Index i = 0; i < mean.grad_a.size(); ++i)
-    EXPECT_TRUE(tt::close<double>(sum.grad_a.data()[i], n * double(mean.grad_a.data()[i]), 1e-6,
-                                  1e-5));
+    EXPECT_TRUE(
+        tt::close<double>(sum.grad_a.data()[i], n * double(mean.grad_a.data()[i]), 1e-6, 1e-5));
 }
 
 TYPED_TEST(SigLipLossTest, LogitScaleBiasModule) {
@@ -220,16 +220,16 @@ TYPED_TEST(SigLipLossTest, LogitScaleBiasModule) {
 TEST(SigLipLossErrors, Messages) {
   const auto a = tt::random_rows<double>(3, 2, 1);
   constexpr const char* fn = "tessera::contrastive::siglip_loss";
-  TESSERA_EXPECT_THROW_MSG(siglip_loss(a, Tensor<double, 2>(3, 3), 1.0, 0.0), ShapeError, fn,
-                           "'b'", "[3, 3]", "expected [3, 2]");
+  TESSERA_EXPECT_THROW_MSG(siglip_loss(a, Tensor<double, 2>(3, 3), 1.0, 0.0), ShapeError, fn, "'b'",
+                           "[3, 3]", "expected [3, 2]");
   TESSERA_EXPECT_THROW_MSG(siglip_loss(Tensor<double, 2>(3, 0), Tensor<double, 2>(3, 0), 1.0, 0.0),
                            ShapeError, fn, "'a'", "dim >= 1");
   TESSERA_EXPECT_THROW_MSG(siglip_loss(a, a, NAN, 0.0), ValueError, fn, "'logit_scale'");
   TESSERA_EXPECT_THROW_MSG(siglip_loss(a, a, 800.0, 0.0), ValueError, "'logit_scale' is 800",
                            "exp is finite");
-  EXPECT_THROW(siglip_loss(tt::random_rows<float>(3, 2, 1), tt::random_rows<float>(3, 2, 2),
-                           100.0f, 0.0f),
-               ValueError);  // exp(100) overflows float
+  EXPECT_THROW(
+      siglip_loss(tt::random_rows<float>(3, 2, 1), tt::random_rows<float>(3, 2, 2), 100.0f, 0.0f),
+      ValueError);  // exp(100) overflows float
   TESSERA_EXPECT_THROW_MSG(siglip_loss(a, a, 1.0, INFINITY), ValueError, "'logit_bias' is inf");
   TESSERA_EXPECT_THROW_MSG(siglip_loss(a, a, 1.0, 0.0, {.reduction = static_cast<Reduction>(5)}),
                            ValueError, "'reduction' is 5");

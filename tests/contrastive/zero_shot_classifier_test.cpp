@@ -131,10 +131,11 @@ TEST(ZeroShotErrors, Messages) {
                            "'templates' is empty");
   TESSERA_EXPECT_THROW_MSG(ZeroShotClassifier<double>({"a"}, {"no slot"}, enc), ValueError,
                            "format_prompt", "\"no slot\"");
-  TESSERA_EXPECT_THROW_MSG(
-      ZeroShotClassifier<double>({"a"}, {"{}"}, enc, {.logit_scale = 0}), ValueError,
-      "'logit_scale' is 0");
-  const auto short_encoder = [](const std::vector<std::string>&) { return Tensor<double, 2>(1, 4); };
+  TESSERA_EXPECT_THROW_MSG(ZeroShotClassifier<double>({"a"}, {"{}"}, enc, {.logit_scale = 0}),
+                           ValueError, "'logit_scale' is 0");
+  const auto short_encoder = [](const std::vector<std::string>&) {
+    return Tensor<double, 2>(1, 4);
+  };
   TESSERA_EXPECT_THROW_MSG(ZeroShotClassifier<double>({"a", "b"}, {"{}"}, short_encoder),
                            ShapeError, fn, "encode_text returned shape [1, 4] for 2 prompts");
   const ZeroShotClassifier<double> zs({"a", "b"}, {"{}"}, enc);

@@ -331,8 +331,7 @@ TYPED_TEST(LinearTest, MatmulAlphaAndAccumulate) {
     const Tensor<T, 3> before = c;
     tessera::matmul_into(a, b, c, o);
     for (Index i = 0; i < c.size(); ++i)
-      EXPECT_TRUE(tessera::test::close<T>(c.data()[i],
-                                          before.data()[i] + T(-2.5) * plain.data()[i],
+      EXPECT_TRUE(tessera::test::close<T>(c.data()[i], before.data()[i] + T(-2.5) * plain.data()[i],
                                           tessera::test::tol<T>(), tessera::test::tol<T>()))
           << "flat index " << i;
     o.accumulate = false;

@@ -42,10 +42,10 @@ struct ClipLossOptions {
 template <class T>
 struct ClipLossResult {
   T loss{};
-  Tensor<T, 2> grad_a;    // dL/da [N, D]
-  Tensor<T, 2> grad_b;    // dL/db [N, D]
-  T grad_logit_scale{};   // dL/dt (0 when t is clamped)
-  T scale{};              // s = exp(min(t, log max_logit_scale)), the scale the logits used
+  Tensor<T, 2> grad_a;   // dL/da [N, D]
+  Tensor<T, 2> grad_b;   // dL/db [N, D]
+  T grad_logit_scale{};  // dL/dt (0 when t is clamped)
+  T scale{};             // s = exp(min(t, log max_logit_scale)), the scale the logits used
 };
 
 namespace detail {
@@ -72,9 +72,8 @@ struct ClipStats {
   double finish(T w) {
     row_log = row_log.array().log().matrix();
     col_log = col_log.array().log().matrix();
-    return static_cast<double>(w / 2) *
-           (sum_double((row_max - diag).array() + row_log.array()) +
-            sum_double((col_max - diag).array() + col_log.array()));
+    return static_cast<double>(w / 2) * (sum_double((row_max - diag).array() + row_log.array()) +
+                                         sum_double((col_max - diag).array() + col_log.array()));
   }
 
   // G = dL/dl on the tile t: w/2 (softmax over the row + softmax over the column) - w [i == j].
@@ -133,8 +132,7 @@ void clip_materialized(MatrixMap<const T> A, MatrixMap<const T> B, T s, T w,
   out.loss = static_cast<T>(stats.finish(w));
   Matrix<T> G;
   stats.logit_grad(S, all, s, w, G);
-  out.grad_logit_scale =
-      static_cast<T>(static_cast<double>(s) * sum_double(G.array() * S.array()));
+  out.grad_logit_scale = static_cast<T>(static_cast<double>(s) * sum_double(G.array() * S.array()));
   tile_backward<T>(A, B, all, G, s, out.grad_a.as_matrix(), out.grad_b.as_matrix());
 }
 

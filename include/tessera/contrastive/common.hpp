@@ -77,8 +77,7 @@ void check_same_shape(std::string_view fn, std::string_view a_name, const A& a,
 }
 
 inline void check_block_size(std::string_view fn, Index block) {
-  if (block < 1)
-    raise<ValueError>(fn, "option 'block_size' is ", block, ", expected a value >= 1");
+  if (block < 1) raise<ValueError>(fn, "option 'block_size' is ", block, ", expected a value >= 1");
 }
 
 inline void check_reduction(std::string_view fn, Reduction r) {
@@ -97,8 +96,8 @@ void check_finite(std::string_view fn, std::string_view arg, double v) {
 // Integer labels out of any arithmetic tensor of rank 1 with `n` entries. Floating-point labels
 // must hold whole numbers; with `binary` every label must be 0 or 1.
 template <class L>
-std::vector<std::int64_t> integer_labels(std::string_view fn, std::string_view arg,
-                                         const L& labels, Index n, bool binary) {
+std::vector<std::int64_t> integer_labels(std::string_view fn, std::string_view arg, const L& labels,
+                                         Index n, bool binary) {
   using S = scalar_t<L>;
   static_assert(rank_v<L> == 1, "labels are a vector [N]");
   static_assert(std::is_arithmetic_v<S>, "labels hold bool, integer or floating-point values");
@@ -113,7 +112,8 @@ std::vector<std::int64_t> integer_labels(std::string_view fn, std::string_view a
     if constexpr (std::is_floating_point_v<S>)
       ok = std::isfinite(v) && v == std::trunc(v) && std::fabs(v) < 9.0e15;
     if (ok) out[static_cast<std::size_t>(i)] = static_cast<std::int64_t>(v);
-    if (ok && binary) ok = out[static_cast<std::size_t>(i)] == 0 || out[static_cast<std::size_t>(i)] == 1;
+    if (ok && binary)
+      ok = out[static_cast<std::size_t>(i)] == 0 || out[static_cast<std::size_t>(i)] == 1;
     if (!ok)
       raise<ValueError>(fn, "argument '", arg, "' holds ", +v, " at index ", i, ", expected ",
                         binary ? "0 (dissimilar) or 1 (similar)" : "a whole number (a class id)");
@@ -145,8 +145,9 @@ void for_each_tile(Index n_rows, Index n_cols, Index block, F&& f) {
       for (Index r = rb0; r < rb1; ++r) {
         const Index c = (r + k) % steps;
         if (c >= nc) continue;
-        const Tile t{r, c, r * block, std::min(n_rows, (r + 1) * block), c * block,
-                     std::min(n_cols, (c + 1) * block)};
+        const Tile t{r,         c,
+                     r * block, std::min(n_rows, (r + 1) * block),
+                     c * block, std::min(n_cols, (c + 1) * block)};
         f(t, ws);
       }
     });

@@ -39,13 +39,13 @@
 namespace tessera::contrastive {
 
 struct DualEncoderOptions {
-  Index image_width = 0;  // features of the image tower, > 0
-  Index text_width = 0;   // features of the text tower, > 0
-  Index embed_dim = 0;    // the joint space, > 0
-  bool projection_bias = false;           // CLIP's projections have none
-  double logit_scale_init = 1.0 / 0.07;   // the initial scale (the parameter holds its log)
-  double max_logit_scale = 100.0;         // the scale is clamped to at most this when applied
-  std::uint64_t seed = 0;                 // initialisation of the projection heads
+  Index image_width = 0;                 // features of the image tower, > 0
+  Index text_width = 0;                  // features of the text tower, > 0
+  Index embed_dim = 0;                   // the joint space, > 0
+  bool projection_bias = false;          // CLIP's projections have none
+  double logit_scale_init = 1.0 / 0.07;  // the initial scale (the parameter holds its log)
+  double max_logit_scale = 100.0;        // the scale is clamped to at most this when applied
+  std::uint64_t seed = 0;                // initialisation of the projection heads
 };
 
 template <class T>
@@ -73,10 +73,9 @@ class DualEncoder : public nn::Module<DualEncoder<T, ImageTower, TextTower>> {
         options_(o) {
     constexpr std::string_view fn = "tessera::contrastive::DualEncoder";
     if (o.image_width < 1 || o.text_width < 1 || o.embed_dim < 1)
-      tessera::detail::raise<ValueError>(fn,
-                                         "options 'image_width', 'text_width' and 'embed_dim' are ",
-                                         o.image_width, ", ", o.text_width, " and ", o.embed_dim,
-                                         ", expected values >= 1");
+      tessera::detail::raise<ValueError>(
+          fn, "options 'image_width', 'text_width' and 'embed_dim' are ", o.image_width, ", ",
+          o.text_width, " and ", o.embed_dim, ", expected values >= 1");
     if (!(o.max_logit_scale > 0) || std::isnan(o.max_logit_scale))
       tessera::detail::raise<ValueError>(fn, "option 'max_logit_scale' is ", o.max_logit_scale,
                                          ", expected a value > 0");
@@ -165,10 +164,9 @@ class DualEncoder : public nn::Module<DualEncoder<T, ImageTower, TextTower>> {
  private:
   static Tensor<T, 2> checked_features(std::string_view what, Tensor<T, 2> x, Index width) {
     if (x.dim(1) != width)
-      tessera::detail::raise<ShapeError>("tessera::contrastive::DualEncoder::" + std::string(what),
-                                         "the tower returned shape ",
-                                         tessera::detail::shape_string(x.shape()), ", expected [",
-                                         x.dim(0), ", ", width, "]");
+      tessera::detail::raise<ShapeError>(
+          "tessera::contrastive::DualEncoder::" + std::string(what), "the tower returned shape ",
+          tessera::detail::shape_string(x.shape()), ", expected [", x.dim(0), ", ", width, "]");
     return x;
   }
 

@@ -132,10 +132,9 @@ InfoNceLossResult<scalar_t<A>> info_nce_loss(const A& a, const B& b,
   detail::check_embeddings(fn, "b", bv);
   detail::check_same_dim(fn, "a", av, "b", bv);
   if (bv.dim(0) < av.dim(0))
-    detail::raise<ShapeError>(fn, "argument 'b' has shape ", detail::shape_string(bv.shape()),
-                              ", expected at least ", av.dim(0),
-                              " rows (one positive per row of 'a' ",
-                              detail::shape_string(av.shape()), ")");
+    detail::raise<ShapeError>(
+        fn, "argument 'b' has shape ", detail::shape_string(bv.shape()), ", expected at least ",
+        av.dim(0), " rows (one positive per row of 'a' ", detail::shape_string(av.shape()), ")");
   if (opts.temperature && opts.scale)
     detail::raise<ValueError>(fn, "options 'temperature' (", *opts.temperature, ") and 'scale' (",
                               *opts.scale, ") are both set, expected at most one");

@@ -39,11 +39,11 @@ struct LinearProbeOptions {
 };
 
 struct LinearProbeFitOptions {
-  Index epochs = 100;           // passes over the data, >= 1
-  double learning_rate = 0.1;   // > 0
-  double weight_decay = 0.0;    // L2 penalty on the weight (not the bias), >= 0
-  Index batch_size = 0;         // 0: full batch; otherwise mini-batches of this many, shuffled
-  std::uint64_t seed = 0;       // the mini-batches' shuffling
+  Index epochs = 100;          // passes over the data, >= 1
+  double learning_rate = 0.1;  // > 0
+  double weight_decay = 0.0;   // L2 penalty on the weight (not the bias), >= 0
+  Index batch_size = 0;        // 0: full batch; otherwise mini-batches of this many, shuffled
+  std::uint64_t seed = 0;      // the mini-batches' shuffling
 };
 
 template <class T>
@@ -57,8 +57,10 @@ class LinearProbe : public nn::Module<LinearProbe<T>> {
                                          "options 'in_features' and 'num_classes' are ",
                                          o.in_features, " and ", o.num_classes,
                                          ", expected in_features >= 1 and num_classes >= 2");
-    linear = nn::Linear<T>({.in_features = o.in_features, .out_features = o.num_classes,
-                            .bias = true, .seed = o.seed});
+    linear = nn::Linear<T>({.in_features = o.in_features,
+                            .out_features = o.num_classes,
+                            .bias = true,
+                            .seed = o.seed});
   }
 
   const LinearProbeOptions& options() const noexcept { return options_; }
@@ -163,7 +165,8 @@ class LinearProbe : public nn::Module<LinearProbe<T>> {
     Tensor<T, 2> g = linear.forward(x);  // logits [B, classes], then dL/dlogits
     const auto logp = log_softmax(g);
     double loss = 0;
-    for (Index i = 0; i < b; ++i) loss -= static_cast<double>(logp(i, y[static_cast<std::size_t>(i)]));
+    for (Index i = 0; i < b; ++i)
+      loss -= static_cast<double>(logp(i, y[static_cast<std::size_t>(i)]));
     loss /= static_cast<double>(b);
     // dL/dlogits = (softmax - onehot) / B
     g.as_array() = logp.as_array().exp() / static_cast<T>(b);
@@ -194,9 +197,9 @@ class LinearProbe : public nn::Module<LinearProbe<T>> {
   template <class X, class L>
   std::vector<Index> checked_labels(std::string_view fn, const X& x, const L& labels) const {
     check_x(fn, x);
-    static_assert(rank_v<L> == 1 && std::is_integral_v<scalar_t<L>> &&
-                      !std::is_same_v<scalar_t<L>, bool>,
-                  "labels are integer class ids [B]");
+    static_assert(
+        rank_v<L> == 1 && std::is_integral_v<scalar_t<L>> && !std::is_same_v<scalar_t<L>, bool>,
+        "labels are integer class ids [B]");
     const auto lv = cview(labels);
     const Index b = x.shape()[0];
     const Index expect[] = {b};

@@ -205,13 +205,13 @@ PairLossResult<scalar_t<X1>> pair_loss(const X1& x1, const X2& x2, const L& labe
   std::vector<double> per_row(static_cast<std::size_t>(n));
   parallel_for(n, tessera::detail::row_grain(v1.dim(1)), [&](Index i0, Index i1) {
     for (Index i = i0; i < i1; ++i)
-      per_row[static_cast<std::size_t>(i)] = static_cast<double>(detail::pair_term(
-          M1.row(i), M2.row(i), mining || lab[static_cast<std::size_t>(i)] == 1, terms, w,
-          G1.row(i), G2.row(i)));
+      per_row[static_cast<std::size_t>(i)] = static_cast<double>(
+          detail::pair_term(M1.row(i), M2.row(i), mining || lab[static_cast<std::size_t>(i)] == 1,
+                            terms, w, G1.row(i), G2.row(i)));
   });
   if (mining) {
-    const auto hn = detail::mine_hardest_negatives<T>(M1, M2, lab, opts.block_size,
-                                                      opts.materialized);
+    const auto hn =
+        detail::mine_hardest_negatives<T>(M1, M2, lab, opts.block_size, opts.materialized);
     out.hardest_negative = Tensor<Index, 1>(Shape<1>{n});
     // In anchor order: several anchors may share a hardest negative, whose gradient row they
     // all add to.

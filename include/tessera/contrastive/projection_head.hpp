@@ -32,7 +32,7 @@ struct ProjectionHeadOptions {
   Index embed_dim = 0;    // width of the joint embedding, > 0
   bool bias = false;      // CLIP's projections have none
   std::uint64_t seed = 0;
-  double eps = 1e-12;     // L2 normalisation's floor on the norm, as F.normalize
+  double eps = 1e-12;  // L2 normalisation's floor on the norm, as F.normalize
 };
 
 // What the backward needs from the forward.
@@ -57,8 +57,10 @@ class ProjectionHead : public nn::Module<ProjectionHead<T>> {
     if (!(static_cast<T>(o.eps) > 0) || !std::isfinite(static_cast<T>(o.eps)))
       tessera::detail::raise<ValueError>(fn, "option 'eps' is ", o.eps,
                                          ", expected a finite value > 0");
-    proj = nn::Linear<T>(
-        {.in_features = o.in_features, .out_features = o.embed_dim, .bias = o.bias, .seed = o.seed});
+    proj = nn::Linear<T>({.in_features = o.in_features,
+                          .out_features = o.embed_dim,
+                          .bias = o.bias,
+                          .seed = o.seed});
   }
 
   const ProjectionHeadOptions& options() const noexcept { return options_; }

@@ -153,8 +153,7 @@ SigLipLossResult<scalar_t<A>> siglip_loss(const A& a, const B& b,
   if (opts.materialized)
     detail::siglip_materialized<T>(av.as_matrix(), bv.as_matrix(), s, logit_bias, w, out);
   else
-    detail::siglip_tiled<T>(av.as_matrix(), bv.as_matrix(), s, logit_bias, w, opts.block_size,
-                            out);
+    detail::siglip_tiled<T>(av.as_matrix(), bv.as_matrix(), s, logit_bias, w, opts.block_size, out);
   return out;
 }
 

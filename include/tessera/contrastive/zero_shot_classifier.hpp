@@ -38,8 +38,8 @@ struct ZeroShotOptions {
 
 template <class T>
 struct ZeroShotPrediction {
-  Tensor<Index, 2> indices;                     // [B, k] class ids, most probable first
-  Tensor<T, 2> probabilities;                   // [B, k] their probabilities
+  Tensor<Index, 2> indices;                      // [B, k] class ids, most probable first
+  Tensor<T, 2> probabilities;                    // [B, k] their probabilities
   std::vector<std::vector<std::string>> labels;  // [B][k] their class names
 };
 
@@ -68,11 +68,13 @@ class ZeroShotClassifier {
       : class_names_(std::move(class_names)), templates_(std::move(templates)), options_(o) {
     constexpr std::string_view fn = "tessera::contrastive::ZeroShotClassifier";
     if (class_names_.empty())
-      tessera::detail::raise<ValueError>(fn, "argument 'class_names' is empty, expected at least "
-                                             "one class");
+      tessera::detail::raise<ValueError>(fn,
+                                         "argument 'class_names' is empty, expected at least "
+                                         "one class");
     if (templates_.empty())
-      tessera::detail::raise<ValueError>(fn, "argument 'templates' is empty, expected at least "
-                                             "one prompt template");
+      tessera::detail::raise<ValueError>(fn,
+                                         "argument 'templates' is empty, expected at least "
+                                         "one prompt template");
     if (!(static_cast<T>(o.logit_scale) > 0) || !std::isfinite(static_cast<T>(o.logit_scale)))
       tessera::detail::raise<ValueError>(fn, "option 'logit_scale' is ", o.logit_scale,
                                          ", expected a finite value > 0");
@@ -83,9 +85,8 @@ class ZeroShotClassifier {
     const Index c = num_classes(), m = static_cast<Index>(templates_.size());
     if (raw.dim(0) != c * m || raw.dim(1) < 1)
       tessera::detail::raise<ShapeError>(fn, "encode_text returned shape ",
-                                         tessera::detail::shape_string(raw.shape()),
-                                         " for ", c * m, " prompts, expected [", c * m,
-                                         ", embed_dim >= 1]");
+                                         tessera::detail::shape_string(raw.shape()), " for ", c * m,
+                                         " prompts, expected [", c * m, ", embed_dim >= 1]");
     // Normalise every prompt, average per class, normalise the average.
     const auto unit = l2_normalize(raw);
     class_embeddings_ = Tensor<T, 2>(Shape<2>{c, raw.dim(1)});
@@ -139,7 +140,8 @@ class ZeroShotClassifier {
         const Index cls = order[static_cast<std::size_t>(j)];
         out.indices(i, j) = cls;
         out.probabilities(i, j) = probs(i, cls);
-        out.labels[static_cast<std::size_t>(i)].push_back(class_names_[static_cast<std::size_t>(cls)]);
+        out.labels[static_cast<std::size_t>(i)].push_back(
+            class_names_[static_cast<std::size_t>(cls)]);
       }
     }
     return out;

@@ -118,4 +118,26 @@ TEST(Umbrella, ExposesTokensAndFusion) {
   EXPECT_EQ(out.bottleneck.shape(), (tessera::Shape<3>{1, 4, 8}));
 }
 
+TEST(Umbrella, ExposesContrastive) {
+  namespace con = tessera::contrastive;
+  // Two identical unit pairs at scale 1: each CE is log(1 + e^-1), and so is the mean.
+  const tessera::Tensor<double, 2> a{{1.0, 0.0}, {0.0, 1.0}};
+  const auto r = con::clip_loss(a, a, 0.0);
+  EXPECT_NEAR(r.loss, std::log1p(std::exp(-1.0)), 1e-15);
+  EXPECT_NEAR(con::info_nce_loss(a, a, {.scale = 1.0}).loss, r.loss, 1e-15);
+  const tessera::Tensor<int, 1> same{1, 1};
+  EXPECT_EQ(con::pair_loss(a, a, same).loss, 0.0);
+  EXPECT_GT(con::siglip_loss(a, a, con::LogitScaleBias<double>()).loss, 0.0);
+  EXPECT_EQ(con::format_prompt("a photo of a {}", "cat"), "a photo of a cat");
+  static_assert(
+      std::is_base_of_v<tessera::nn::Module<con::LogitScale<float>>, con::LogitScale<float>>);
+  static_assert(
+      std::is_base_of_v<tessera::nn::Module<con::LinearProbe<float>>, con::LinearProbe<float>>);
+  static_assert(std::is_base_of_v<tessera::nn::Module<con::ProjectionHead<float>>,
+                                  con::ProjectionHead<float>>);
+  static_assert(std::is_class_v<con::ZeroShotClassifier<float>>);
+  static_assert(std::is_class_v<
+                con::DualEncoder<float, tessera::nn::Linear<float>, tessera::nn::Linear<float>>>);
+}
+
 }  // namespace

@@ -37,6 +37,15 @@
 #include "tessera/fusion/early_fusion.hpp"
 #include "tessera/fusion/late_fusion.hpp"
 #include "tessera/fusion/token_sequences.hpp"
+#include "tessera/contrastive/clip_loss.hpp"
+#include "tessera/contrastive/common.hpp"
+#include "tessera/contrastive/dual_encoder.hpp"
+#include "tessera/contrastive/info_nce.hpp"
+#include "tessera/contrastive/linear_probe.hpp"
+#include "tessera/contrastive/pair_loss.hpp"
+#include "tessera/contrastive/projection_head.hpp"
+#include "tessera/contrastive/siglip_loss.hpp"
+#include "tessera/contrastive/zero_shot_classifier.hpp"
 #include "tessera/io/state_dict.hpp"
 // The safetensors reader parses its JSON header with nlohmann-json; without it the rest of
 // tessera works and io/safetensors.hpp is simply not included here.

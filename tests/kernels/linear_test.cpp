@@ -311,6 +311,45 @@ TYPED_TEST(LinearTest, MatmulZeroSizes) {
   }
 }
 
+// alpha scales the product and accumulate adds it to what out holds, for every transpose, rank 2
+// and 3, and an empty inner dimension (which leaves an accumulated out as it was).
+TYPED_TEST(LinearTest, MatmulAlphaAndAccumulate) {
+  using T = TypeParam;
+  const Index m = 5, k = 7, n = 3;
+  for (const MatmulOptions& base : kTransposes) {
+    SCOPED_TRACE(label(base, 2, m, k, n));
+    Tensor<T, 3> a(2, base.transpose_a ? k : m, base.transpose_a ? m : k);
+    Tensor<T, 3> b(2, base.transpose_b ? n : k, base.transpose_b ? k : n);
+    a.setRandom(81);
+    b.setRandom(82);
+    const auto plain = tessera::matmul(a, b, base);
+    MatmulOptions o = base;
+    o.alpha = -2.5;
+    o.accumulate = true;
+    Tensor<T, 3> c(2, m, n);
+    c.setRandom(83);
+    const Tensor<T, 3> before = c;
+    tessera::matmul_into(a, b, c, o);
+    for (Index i = 0; i < c.size(); ++i)
+      EXPECT_TRUE(tessera::test::close<T>(c.data()[i], before.data()[i] + T(-2.5) * plain.data()[i],
+                                          tessera::test::tol<T>(), tessera::test::tol<T>()))
+          << "flat index " << i;
+    o.accumulate = false;
+    const auto scaled = tessera::matmul(a[1], b[1], o);
+    for (Index i = 0; i < scaled.size(); ++i)
+      EXPECT_TRUE(tessera::test::close<T>(scaled.data()[i], T(-2.5) * plain[1].data()[i],
+                                          tessera::test::tol<T>(), tessera::test::tol<T>()));
+  }
+  Tensor<T, 2> a0(3, 0), b0(0, 4), c(3, 4);
+  c.setConstant(T(7));
+  tessera::matmul_into(a0, b0, c, {.accumulate = true});
+  for (Index i = 0; i < c.size(); ++i) EXPECT_EQ(c.data()[i], T(7));
+  TESSERA_EXPECT_THROW_MSG(tessera::matmul_into(a0, b0, c, {.alpha = NAN}), tessera::ValueError,
+                           "tessera::matmul:", "option 'alpha' is nan", "finite");
+  if constexpr (std::is_same_v<T, float>)
+    EXPECT_THROW(tessera::matmul_into(a0, b0, c, {.alpha = 1e39}), tessera::ValueError);
+}
+
 // ---- errors ----------------------------------------------------------------------------------
 
 TYPED_TEST(LinearTest, LinearRejectsMismatchedWeightOutAndBias) {

@@ -2,11 +2,13 @@
 //
 //   linear(x, W, b) = x W^T + b    x: [..., in], W: [out, in] (PyTorch's layout), b: [out]
 //   matmul(a, b)    = a b          a: [m, k] or [batch, m, k], b: [k, n] or [batch, k, n]
+//   (options: either operand transposed, a factor alpha, and c += in place of c = for _into)
 //
 // Eigen parallelises a large product itself (OpenMP, tessera::set_num_threads); batched products
 // run one batch per thread instead.
 #pragma once
 
+#include <cmath>
 #include <optional>
 
 #include "tessera/core/error.hpp"
@@ -23,6 +25,8 @@ struct LinearOptions {
 struct MatmulOptions {
   bool transpose_a = false;  // use a^T ([k, m] stored) in place of a
   bool transpose_b = false;  // use b^T ([n, k] stored) in place of b
+  double alpha = 1.0;        // c = alpha op(a) op(b) (the scaling runs inside the GEMM)
+  bool accumulate = false;   // c += alpha op(a) op(b) instead of overwriting c
 };
 
 // y = x W^T + b into `out` of shape [..., out_features]. out must not overlap x or W.
@@ -74,30 +78,38 @@ Tensor<scalar_t<X>, rank_v<X>> linear(const X& x, const W& weight,
 
 namespace detail {
 
-// c = op(a) op(b) for one matrix each.
+// c = alpha op(a) op(b), or c += it, for one matrix each.
 template <class T>
 void gemm_one(const T* a, const T* b, T* c, Index m, Index k, Index n, const MatmulOptions& o) {
   MatrixMap<const T> A(a, o.transpose_a ? k : m, o.transpose_a ? m : k);
   MatrixMap<const T> B(b, o.transpose_b ? n : k, o.transpose_b ? k : n);
   MatrixMap<T> C(c, m, n);
   if (k == 0) {
-    C.setZero();
+    if (!o.accumulate) C.setZero();
     return;
   }
+  const T alpha = static_cast<T>(o.alpha);
+  const auto product = [&](const auto& lhs, const auto& rhs) {
+    if (o.accumulate)
+      C.noalias() += alpha * lhs * rhs;
+    else
+      C.noalias() = alpha * lhs * rhs;
+  };
   if (!o.transpose_a && !o.transpose_b)
-    C.noalias() = A * B;
+    product(A, B);
   else if (!o.transpose_a)
-    C.noalias() = A * B.transpose();
+    product(A, B.transpose());
   else if (!o.transpose_b)
-    C.noalias() = A.transpose() * B;
+    product(A.transpose(), B);
   else
-    C.noalias() = A.transpose() * B.transpose();
+    product(A.transpose(), B.transpose());
 }
 
 }  // namespace detail
 
-// c = op(a) op(b) into `out`, for matrices ([m, k] x [k, n]) or batches of them
-// ([batch, m, k] x [batch, k, n]). out must not overlap a or b.
+// c = alpha op(a) op(b) into `out` (added to it with `accumulate`), for matrices
+// ([m, k] x [k, n]) or batches of them ([batch, m, k] x [batch, k, n]). out must not overlap a
+// or b. alpha must be finite in the tensors' scalar type.
 template <TensorLike A, TensorLike B, class C>
 void matmul_into(const A& a, const B& b, C&& out, const MatmulOptions& opts = {}) {
   using T = scalar_t<A>;
@@ -131,6 +143,9 @@ void matmul_into(const A& a, const B& b, C&& out, const MatmulOptions& opts = {}
   else
     expected = {m, n};
   detail::check_shape_equal(fn, "out", cv.shape(), expected);
+  if (!std::isfinite(static_cast<T>(opts.alpha)))
+    detail::raise<ValueError>(fn, "option 'alpha' is ", opts.alpha,
+                              ", expected a finite value in the tensors' scalar type");
   const Index sa = m * k, sb = k * n, sc = m * n;
   if (batch == 1) {
     detail::gemm_one(av.data(), bv.data(), cv.data(), m, k, n, opts);

@@ -63,8 +63,12 @@ class Module {
           }
           used.insert(name);
           const std::span<const Index> expected(p.value.shape().data(), p.value.shape().size());
-          if (st->shape.size() != expected.size() ||
-              !std::equal(st->shape.begin(), st->shape.end(), expected.begin()))
+          // Compared element by element: a scalar parameter's shape is an empty array whose
+          // data() may be null, and std::equal would pass that to memcmp.
+          bool same = st->shape.size() == expected.size();
+          for (std::size_t i = 0; same && i < expected.size(); ++i)
+            same = st->shape[i] == expected[i];
+          if (!same)
             detail::raise<ShapeError>("tessera::nn::Module::load_state_dict", "key '", name,
                                       "' has shape ", detail::shape_string(st->shape),
                                       " in the state dict, the module expects ",

@@ -1,5 +1,5 @@
-// Attention benchmarks: scaled dot-product attention, MultiheadAttention and a
-// TransformerEncoderLayer forward (embed 512, 8 heads) over sequence lengths 128-4096, each beside
+// Attention benchmarks: scaled dot-product attention and MultiheadAttention (embed 512, 8 heads)
+// over sequence lengths 128-4096, each beside
 // the plain reference (the full L x L score matrix materialised, a softmax over it, a product
 // with V), and BM_PeakFMA in the same run so every GFLOPS figure reads as a fraction of peak.
 //
@@ -11,36 +11,22 @@
 #include <tessera/tessera.hpp>
 
 #include "bench_common.hpp"
+#include "bench_reference.hpp"
 
 namespace {
 
 using tessera::Index;
 using tessera::Tensor;
 using tessera_bench::random_tensor;
+using tessera_bench::reference_head;
+using tessera_bench::RowMatrix;
 using tessera_bench::set_gflops;
+using tessera_bench::StridedMap;
+using tessera_bench::StridedOut;
 
 constexpr Index kEmbed = 512;
 constexpr Index kHeads = 8;
 constexpr Index kHeadDim = kEmbed / kHeads;
-constexpr Index kFeedForward = 2048;
-
-using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using StridedMap = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
-using StridedOut = Eigen::Map<RowMatrix, 0, Eigen::OuterStride<>>;
-
-// The plain reference for one head: S = scale Q K^T [Lq, Lk] in full, row softmax, O = S V.
-void reference_head(const StridedMap& Q, const StridedMap& K, const StridedMap& V, StridedOut O,
-                    RowMatrix& S, bool causal) {
-  S.noalias() = (1.0f / std::sqrt(static_cast<float>(Q.cols()))) * Q * K.transpose();
-  if (causal)
-    for (Index i = 0; i < S.rows(); ++i)
-      S.row(i).tail(S.cols() - std::min(S.cols(), i + 1)).setConstant(-INFINITY);
-  const Eigen::VectorXf m = S.rowwise().maxCoeff();
-  S = (S.colwise() - m).array().exp();
-  const Eigen::VectorXf z = S.rowwise().sum();
-  S = z.cwiseInverse().asDiagonal() * S;
-  O.noalias() = S * V;
-}
 
 // ---- scaled dot-product attention on [B, H, L, D] ----
 
@@ -201,82 +187,9 @@ void BM_MultiheadAttention_Reference(benchmark::State& state) {
   set_gflops(state, mha_flops(L));
 }
 
-// ---- TransformerEncoderLayer (E = 512, 8 heads, F = 2048), post-norm, ReLU ----
-
-double layer_flops(Index B, Index L) {
-  return B * (mha_flops(L) + 2.0 * 2.0 * L * kEmbed * kFeedForward);
-}
-
-void BM_TransformerEncoderLayer(benchmark::State& state) {
-  tessera_bench::single_thread();
-  const Index B = state.range(0), L = state.range(1);
-  tessera::nn::TransformerEncoderLayer<float> layer(
-      {.d_model = kEmbed, .nhead = kHeads, .dim_feedforward = kFeedForward, .seed = 1});
-  const auto x = random_tensor<float, 3>({B, L, kEmbed}, 2);
-  for (auto _ : state) {
-    auto y = layer.forward(x);
-    benchmark::DoNotOptimize(y.data());
-  }
-  set_gflops(state, layer_flops(B, L));
-}
-
-// The plain reference layer: Eigen products, materialised attention, Eigen expressions for the
-// residuals, layer norms and ReLU.
-void BM_TransformerEncoderLayer_Reference(benchmark::State& state) {
-  tessera_bench::single_thread();
-  const Index B = state.range(0), L = state.range(1), E = kEmbed;
-  tessera::nn::TransformerEncoderLayer<float> layer(
-      {.d_model = kEmbed, .nhead = kHeads, .dim_feedforward = kFeedForward, .seed = 1});
-  const auto x = random_tensor<float, 3>({B, L, kEmbed}, 2);
-  const auto& mha = layer.self_attn;
-  RowMatrix qkv(L, 3 * E), heads(L, E), y(L, E), h(L, kFeedForward), S(L, L);
-  auto norm = [](RowMatrix& m, const auto& w, const auto& b) {
-    for (Index i = 0; i < m.rows(); ++i) {
-      auto r = m.row(i).array();
-      const float mean = r.mean();
-      const float var = (r - mean).square().mean();
-      r = (r - mean) / std::sqrt(var + 1e-5f) * w.as_vector().transpose().array() +
-          b.as_vector().transpose().array();
-    }
-  };
-  for (auto _ : state) {
-    for (Index bi = 0; bi < B; ++bi) {
-      const auto xb = x[bi].as_matrix();
-      qkv.noalias() = xb * mha.in_proj_weight.value.as_matrix().transpose();
-      qkv.rowwise() += mha.in_proj_bias.value.as_vector().transpose();
-      for (Index hh = 0; hh < kHeads; ++hh)
-        reference_head(
-            StridedMap(qkv.data() + hh * kHeadDim, L, kHeadDim, Eigen::OuterStride<>(3 * E)),
-            StridedMap(qkv.data() + E + hh * kHeadDim, L, kHeadDim, Eigen::OuterStride<>(3 * E)),
-            StridedMap(qkv.data() + 2 * E + hh * kHeadDim, L, kHeadDim,
-                       Eigen::OuterStride<>(3 * E)),
-            StridedOut(heads.data() + hh * kHeadDim, L, kHeadDim, Eigen::OuterStride<>(E)), S,
-            false);
-      y = xb;
-      y.noalias() += heads * mha.out_proj.weight.value.as_matrix().transpose();
-      y.rowwise() += mha.out_proj.bias.value.as_vector().transpose();
-      norm(y, layer.norm1.weight.value, layer.norm1.bias.value);
-      h.noalias() = y * layer.ff.linear1.weight.value.as_matrix().transpose();
-      h.rowwise() += layer.ff.linear1.bias.value.as_vector().transpose();
-      h = h.cwiseMax(0.0f);
-      y.noalias() += h * layer.ff.linear2.weight.value.as_matrix().transpose();
-      y.rowwise() += layer.ff.linear2.bias.value.as_vector().transpose();
-      norm(y, layer.norm2.weight.value, layer.norm2.bias.value);
-      benchmark::DoNotOptimize(y.data());
-    }
-  }
-  set_gflops(state, layer_flops(B, L));
-}
-
 void length_args(benchmark::internal::Benchmark* b) {
   for (Index L : {128, 512, 1024, 2048, 4096}) b->Arg(L);
   b->ArgNames({"L"})->Unit(benchmark::kMillisecond);
-}
-
-void layer_args(benchmark::internal::Benchmark* b) {
-  for (Index L : {128, 512, 1024, 2048, 4096}) b->Args({1, L});
-  b->Args({8, 512});
-  b->ArgNames({"B", "L"})->Unit(benchmark::kMillisecond);
 }
 
 }  // namespace
@@ -290,7 +203,5 @@ BENCHMARK(BM_SDPA_Fused_Threads)->Apply(thread_args);
 BENCHMARK(BM_SDPA_Decode)->Apply(decode_args);
 BENCHMARK(BM_MultiheadAttention)->Apply(length_args);
 BENCHMARK(BM_MultiheadAttention_Reference)->Apply(length_args);
-BENCHMARK(BM_TransformerEncoderLayer)->Apply(layer_args);
-BENCHMARK(BM_TransformerEncoderLayer_Reference)->Apply(layer_args);
 
 BENCHMARK_MAIN();

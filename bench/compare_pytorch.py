@@ -2,7 +2,8 @@
 """PyTorch and tessera side by side on the same machine, the same shapes, one thread.
 
 Runs PyTorch's scaled dot-product attention and nn.TransformerEncoderLayer (E = 512, 8 heads,
-F = 2048) on the shapes of tessera's bench_attention, then bench_attention itself (JSON output),
+F = 2048) on the shapes of tessera's bench_attention and bench_transformer, then those two
+binaries themselves (JSON output),
 and prints one table: milliseconds and GFLOPS for both, their ratio, and tessera's fraction of
 BM_PeakFMA. FLOP counts are the benchmarks' own: attention 4*B*H*L*L*D (half with causal), a layer
 its projections plus attention.
@@ -10,7 +11,7 @@ its projections plus attention.
 Not part of CI: it needs PyTorch (Debian: apt-get install python3-torch; run it with the system
 interpreter, /usr/bin/python3) and a Release build of the benchmarks:
 
-    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build --target bench_attention
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build --target bench_attention bench_transformer
     OPENBLAS_CORETYPE=SKYLAKEX /usr/bin/python3 bench/compare_pytorch.py   # see below
 
 PyTorch's CPU products go through the system BLAS (libblas.so.3). On Debian that is netlib's
@@ -112,6 +113,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bench", default="build/bench/bench_attention",
                     help="path of tessera's bench_attention binary")
+    ap.add_argument("--bench-layer", default="build/bench/bench_transformer",
+                    help="path of tessera's bench_transformer binary")
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per shape and side")
     ap.add_argument("--lengths", default="256,1024,4096")
     args = ap.parse_args()
@@ -128,8 +131,10 @@ def main():
     if blas and "openblas" not in blas and "mkl" not in blas and "blis" not in blas:
         print("warning: PyTorch runs on an unoptimised BLAS here; its figures are not representative")
     ts = tessera_runs(args.bench,
-                      "BM_PeakFMA|BM_SDPA_Fused/.*L:(" + "|".join(map(str, lengths)) + ")/"
-                      "|BM_TransformerEncoderLayer/", args.min_time)
+                      "BM_PeakFMA|BM_SDPA_Fused/.*L:(" + "|".join(map(str, lengths)) + ")/",
+                      args.min_time)
+    ts.update(tessera_runs(args.bench_layer,
+                           "BM_TransformerEncoderLayer(_Prepacked)?/", args.min_time))
     peak = next(v for k, v in ts.items() if k.startswith("BM_PeakFMA"))["GFLOPS"]
     print(f"tessera BM_PeakFMA: {peak:.1f} GFLOPS\n")
 
@@ -159,6 +164,9 @@ def main():
             continue
         s = torch_layer(b, l, args.min_time)
         row(f"EncoderLayer B{b} L{l} E512 F2048", s, layer_flops(b, l), ts[name])
+        packed = f"BM_TransformerEncoderLayer_Prepacked/B:{b}/L:{l}"
+        if packed in ts:
+            row(f"  (tessera weights prepacked)", s, layer_flops(b, l), ts[packed])
 
 
 if __name__ == "__main__":

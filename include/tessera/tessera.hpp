@@ -8,6 +8,7 @@
 #include "tessera/core/tensor.hpp"
 #include "tessera/core/threading.hpp"
 #include "tessera/kernels/activation.hpp"
+#include "tessera/kernels/gemm.hpp"
 #include "tessera/kernels/linear.hpp"
 #include "tessera/kernels/norm.hpp"
 #include "tessera/kernels/normalize.hpp"

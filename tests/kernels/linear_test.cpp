@@ -1,6 +1,7 @@
 // Tests for tessera/kernels/linear.hpp: linear (x W^T + b) and matmul / matmul_into for matrices
 // and batches with every transpose combination, against a long double triple loop, with odd and
-// zero sizes, long inner dimensions, and the messages of every error.
+// zero sizes, long inner dimensions, and the messages of every error; linear's fused activation and
+// residual, and a weight pre-packed with PackedMatrix::from_weight.
 #include "tessera/kernels/linear.hpp"
 
 #include <gtest/gtest.h>
@@ -418,6 +419,230 @@ TYPED_TEST(LinearTest, MatmulRejectsBatchMismatchAndWrongOut) {
                            "tessera::matmul:", "argument 'out'", "[4, 2]", "expected [2, 4]");
   TESSERA_EXPECT_THROW_MSG(tessera::matmul_into(a2, b2, out2, MatmulOptions{true, false}),
                            tessera::ShapeError, "tessera::matmul:", "inner dimensions differ");
+}
+
+// ---- activation, residual and a packed weight ------------------------------------------------
+
+using tessera::Activation;
+using tessera::PackedMatrix;
+
+// rows x in x out, on Eigen's path (few rows or little work) and the packed one (several k blocks
+// and more than one NC panel of outputs for double).
+struct LinearSize {
+  Index rows, in, out;
+};
+constexpr LinearSize kLinearSizes[] = {{1, 7, 3},    {5, 1, 17},    {5, 300, 40},
+                                       {37, 65, 17}, {50, 600, 99}, {13, 300, 1100}};
+
+std::string label(const LinearSize& s) {
+  return "rows=" + std::to_string(s.rows) + " in=" + std::to_string(s.in) +
+         " out=" + std::to_string(s.out);
+}
+
+// Fusing the activation into linear gives linear followed by activate: bitwise for relu, and for
+// gelu within 2 tol<T>() (each is within tol<T>() of the exact value, activation_test; the
+// fused one runs the activation on tile-sized pieces, so packet and scalar paths see different
+// elements).
+TYPED_TEST(LinearTest, ActivationEqualsLinearThenActivate) {
+  using T = TypeParam;
+  const T t2 = 2 * tessera::test::tol<T>();
+  std::uint64_t seed = 500;
+  for (const LinearSize& s : kLinearSizes)
+    for (Activation act : {Activation::relu, Activation::gelu}) {
+      SCOPED_TRACE(label(s) + " act=" + std::string(tessera::to_string(act)));
+      Tensor<T, 2> x(s.rows, s.in), w(s.out, s.in);
+      Tensor<T, 1> b(s.out);
+      x.setRandom(seed++);
+      w.setRandom(seed++);
+      b.setRandom(seed++);
+      LinearOptions<T> plain;
+      plain.bias = tessera::cview(b);
+      LinearOptions<T> fused = plain;
+      fused.activation = act;
+      const auto want = tessera::activate(act, tessera::linear(x, w, plain));
+      const auto got = tessera::linear(x, w, fused);
+      ASSERT_EQ(got.shape(), want.shape());
+      Tensor<T, 2> into(s.rows, s.out);
+      into.setConstant(T(7));
+      tessera::linear_into(x, w, into, fused);
+      for (Index i = 0; i < got.size(); ++i) {
+        if (act == Activation::relu) {
+          ASSERT_EQ(got.data()[i], want.data()[i]) << "flat index " << i;
+        } else {
+          ASSERT_TRUE(tessera::test::close<T>(got.data()[i], want.data()[i], t2, t2))
+              << "flat index " << i;
+        }
+        ASSERT_EQ(into.data()[i], got.data()[i]) << "linear_into, flat index " << i;
+      }
+      // Rank 3, without a bias.
+      const auto x3 = x.template reshape<3>({1, s.rows, s.in});
+      LinearOptions<T> fused3;
+      fused3.activation = act;
+      const auto got3 = tessera::linear(x3, w, fused3);
+      const auto want3 = tessera::activate(act, tessera::linear(x3, w));
+      ASSERT_EQ(got3.shape(), (Shape<3>{1, s.rows, s.out}));
+      for (Index i = 0; i < got3.size(); ++i)
+        ASSERT_TRUE(tessera::test::close<T>(got3.data()[i], want3.data()[i], t2, t2))
+            << "rank 3, flat index " << i;
+    }
+}
+
+// The residual is added last: linear(x, W, {bias, act, residual}) = linear(x, W, {bias, act}) +
+// residual, bitwise (the same additions), for rank 2 and 3 inputs.
+TYPED_TEST(LinearTest, ResidualIsAddedAfterTheActivation) {
+  using T = TypeParam;
+  std::uint64_t seed = 600;
+  for (const LinearSize& s : kLinearSizes)
+    for (Activation act : {Activation::identity, Activation::gelu})
+      for (bool with_bias : {false, true}) {
+        SCOPED_TRACE(label(s) + " act=" + std::string(tessera::to_string(act)) +
+                     " bias=" + std::to_string(with_bias));
+        Tensor<T, 2> x(s.rows, s.in), w(s.out, s.in), r(s.rows, s.out);
+        Tensor<T, 1> b(s.out);
+        x.setRandom(seed++);
+        w.setRandom(seed++);
+        b.setRandom(seed++);
+        r.setRandom(seed++, -3.0, 3.0);
+        LinearOptions<T> opts;
+        if (with_bias) opts.bias = tessera::cview(b);
+        opts.activation = act;
+        const auto base = tessera::linear(x, w, opts);
+        opts.residual = tessera::cview(r);
+        const auto got = tessera::linear(x, w, opts);
+        for (Index i = 0; i < got.size(); ++i)
+          ASSERT_EQ(got.data()[i], base.data()[i] + r.data()[i]) << "flat index " << i;
+        // Rank 3: the residual is the output flattened to [rows, out].
+        for (Index b0 : {Index{1}, Index{2}}) {
+          if (s.rows % b0) continue;
+          const auto x3 = x.template reshape<3>({b0, s.rows / b0, s.in});
+          Tensor<T, 3> into(b0, s.rows / b0, s.out);
+          into.setConstant(T(7));
+          tessera::linear_into(x3, w, into, opts);
+          for (Index i = 0; i < into.size(); ++i)
+            ASSERT_EQ(into.data()[i], got.data()[i])
+                << "rank 3, batch " << b0 << ", flat index " << i;
+        }
+      }
+}
+
+// A weight packed with PackedMatrix::from_weight gives what the weight itself gives (bitwise where
+// both take the packed path, without TESSERA_USE_BLAS), for rank 2 and 3 inputs, with and without
+// bias, activation and residual, through linear and linear_into.
+TYPED_TEST(LinearTest, PackedWeightEqualsUnpacked) {
+  using T = TypeParam;
+  using B = tessera::GemmBlocking<T>;
+  std::uint64_t seed = 700;
+  for (const LinearSize& s : kLinearSizes)
+    for (bool epilogue : {false, true}) {
+      SCOPED_TRACE(label(s) + " epilogue=" + std::to_string(epilogue));
+      Tensor<T, 2> x(s.rows, s.in), w(s.out, s.in), r(s.rows, s.out);
+      Tensor<T, 1> b(s.out);
+      x.setRandom(seed++);
+      w.setRandom(seed++);
+      b.setRandom(seed++);
+      r.setRandom(seed++);
+      const auto packed = PackedMatrix<T>::from_weight(w);
+      EXPECT_EQ(packed.rows(), s.in);
+      EXPECT_EQ(packed.cols(), s.out);
+      LinearOptions<T> opts;
+      if (epilogue) {
+        opts.bias = tessera::cview(b);
+        opts.activation = Activation::relu;
+        opts.residual = tessera::cview(r);
+      }
+      const auto want = tessera::linear(x, w, opts);
+      const auto got = tessera::linear(x, packed, opts);
+      ASSERT_EQ(got.shape(), (Shape<2>{s.rows, s.out}));
+      if (!epilogue) {
+        EXPECT_TRUE(products_close(
+            got.data(), ref_linear<T>(x.data(), w.data(), nullptr, s.rows, s.in, s.out)));
+      }
+      const bool same_path =
+          !tessera::kGemmUsesBlas && s.rows >= B::MR && s.rows * s.in * s.out >= 32 * 32 * 32;
+      for (Index i = 0; i < got.size(); ++i) {
+        if (same_path) {
+          ASSERT_EQ(got.data()[i], want.data()[i]) << "flat index " << i;
+        } else {
+          ASSERT_TRUE(tessera::test::close<T>(got.data()[i], want.data()[i],
+                                              product_tol<T>() * T(s.in + 1), product_tol<T>()))
+              << "flat index " << i;
+        }
+      }
+      // Rank 3 ([1, rows, in] and, when rows is even, [2, rows / 2, in]) and linear_into.
+      for (Index b0 : {Index{1}, Index{2}}) {
+        if (s.rows % b0) continue;
+        const auto x3 = x.template reshape<3>({b0, s.rows / b0, s.in});
+        const auto got3 = tessera::linear(x3, packed, opts);
+        ASSERT_EQ(got3.shape(), (Shape<3>{b0, s.rows / b0, s.out}));
+        Tensor<T, 3> into(b0, s.rows / b0, s.out);
+        into.setConstant(T(7));
+        tessera::linear_into(x3, packed, into, opts);
+        for (Index i = 0; i < got.size(); ++i) {
+          ASSERT_EQ(got3.data()[i], got.data()[i])
+              << "rank 3, batch " << b0 << ", flat index " << i;
+          ASSERT_EQ(into.data()[i], got.data()[i])
+              << "rank 3 linear_into, batch " << b0 << ", flat index " << i;
+        }
+      }
+    }
+}
+
+// Zero input features with a packed weight: the bias through the activation (or zeros).
+TYPED_TEST(LinearTest, PackedWeightWithZeroInFeatures) {
+  using T = TypeParam;
+  Tensor<T, 2> x(20, 0), w(3, 0);
+  Tensor<T, 1> b{T(1.5), T(-2), T(0.25)};
+  const auto packed = PackedMatrix<T>::from_weight(w);
+  const auto y = tessera::linear(x, packed);
+  ASSERT_EQ(y.shape(), (Shape<2>{20, 3}));
+  for (Index i = 0; i < y.size(); ++i) EXPECT_EQ(y.data()[i], T(0));
+  LinearOptions<T> opts;
+  opts.bias = tessera::cview(b);
+  opts.activation = Activation::relu;
+  Tensor<T, 2> into(20, 3);
+  into.setConstant(T(7));
+  tessera::linear_into(x, packed, into, opts);
+  for (Index r = 0; r < 20; ++r)
+    for (Index o = 0; o < 3; ++o) EXPECT_EQ(into(r, o), std::max(b(o), T(0))) << "row " << r;
+}
+
+TYPED_TEST(LinearTest, LinearRejectsWrongResidualAndPackedWeight) {
+  using T = TypeParam;
+  Tensor<T, 2> x(2, 4), w34(3, 4), w35(3, 5), r24(2, 4), out23(2, 3);
+  LinearOptions<T> opts;
+  opts.residual = tessera::cview(r24);
+  TESSERA_EXPECT_THROW_MSG(tessera::linear(x, w34, opts), tessera::ShapeError,
+                           "tessera::linear:", "argument 'residual'", "[2, 4]", "expected [2, 3]");
+  TESSERA_EXPECT_THROW_MSG(tessera::linear_into(x, w34, out23, opts), tessera::ShapeError,
+                           "tessera::linear:", "argument 'residual'", "[2, 4]", "expected [2, 3]");
+  const auto packed34 = PackedMatrix<T>::from_weight(w34);
+  TESSERA_EXPECT_THROW_MSG(tessera::linear(x, packed34, opts), tessera::ShapeError,
+                           "tessera::linear:", "argument 'residual'", "[2, 4]", "expected [2, 3]");
+  // Rank 3: the residual is [rows, out] = [6, 3], not the output's shape.
+  Tensor<T, 3> x3(2, 3, 4);
+  Tensor<T, 2> r33(3, 3);
+  LinearOptions<T> opts3;
+  opts3.residual = tessera::cview(r33);
+  TESSERA_EXPECT_THROW_MSG(tessera::linear(x3, w34, opts3), tessera::ShapeError,
+                           "tessera::linear:", "argument 'residual'", "[3, 3]", "expected [6, 3]");
+
+  const auto packed35 = PackedMatrix<T>::from_weight(w35);  // k = 5, x has 4 features
+  TESSERA_EXPECT_THROW_MSG(tessera::linear(x, packed35), tessera::ShapeError,
+                           "tessera::linear:", "argument 'weight'", "5 input features",
+                           "expected 4", "[2, 4]");
+  TESSERA_EXPECT_THROW_MSG(tessera::linear_into(x, packed35, out23), tessera::ShapeError,
+                           "tessera::linear:", "argument 'weight'", "5", "[2, 4]");
+  TESSERA_EXPECT_THROW_MSG(tessera::linear(x3, packed35), tessera::ShapeError,
+                           "tessera::linear:", "argument 'weight'", "5 input features",
+                           "expected 4", "[2, 3, 4]");
+  Tensor<T, 2> out22(2, 2);
+  TESSERA_EXPECT_THROW_MSG(tessera::linear_into(x, packed34, out22), tessera::ShapeError,
+                           "tessera::linear:", "argument 'out'", "[2, 2]", "expected [2, 3]");
+  Tensor<T, 1> b4(4);
+  LinearOptions<T> bad_bias;
+  bad_bias.bias = tessera::cview(b4);
+  TESSERA_EXPECT_THROW_MSG(tessera::linear(x, packed34, bad_bias), tessera::ShapeError,
+                           "tessera::linear:", "argument 'bias'", "[4]", "expected [3]");
 }
 
 }  // namespace

@@ -1,11 +1,15 @@
-// tessera: the linear layer's product and (batched) matrix multiplication, through Eigen's GEMM.
+// tessera: the linear layer's product and (batched) matrix multiplication, on tessera's packed
+// GEMM (kernels/gemm.hpp).
 //
-//   linear(x, W, b) = x W^T + b    x: [..., in], W: [out, in] (PyTorch's layout), b: [out]
+//   linear(x, W, b) = act(x W^T + b) + residual    x: [..., in], W: [out, in] (PyTorch's layout),
+//                                                  b: [out]; bias, activation and residual are
+//                                                  applied to each output tile while it is in cache
 //   matmul(a, b)    = a b          a: [m, k] or [batch, m, k], b: [k, n] or [batch, k, n]
 //   (options: either operand transposed, a factor alpha, and c += in place of c = for _into)
 //
-// Eigen parallelises a large product itself (OpenMP, tessera::set_num_threads); batched products
-// run one batch per thread instead.
+// W may also be given pre-packed (PackedMatrix<T>::from_weight(W)), so a layer used many times
+// never re-packs its weight. One product is split across tessera's threads; batched products run
+// one batch per thread instead.
 #pragma once
 
 #include <cmath>
@@ -14,12 +18,19 @@
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/core/threading.hpp"
+#include "tessera/kernels/activation.hpp"
+#include "tessera/kernels/gemm.hpp"
 
 namespace tessera {
 
 template <class T>
 struct LinearOptions {
-  std::optional<TensorMap<const T, 1>> bias;  // [out]
+  std::optional<TensorMap<const T, 1>> bias;     // [out]
+  Activation activation = Activation::identity;  // applied after the bias
+  // [rows, out]: the output's shape flattened to two dimensions (x.reshape<2>({-1, out})), added
+  // after the activation. It must not overlap the output (the product is stored before the
+  // residual is read).
+  std::optional<TensorMap<const T, 2>> residual;
 };
 
 struct MatmulOptions {
@@ -29,24 +40,21 @@ struct MatmulOptions {
   bool accumulate = false;   // c += alpha op(a) op(b) instead of overwriting c
 };
 
-// y = x W^T + b into `out` of shape [..., out_features]. out must not overlap x or W.
-template <TensorLike X, TensorLike W, class Y>
-void linear_into(const X& x, const W& weight, Y&& out,
-                 const LinearOptions<scalar_t<X>>& opts = {}) {
-  using T = scalar_t<X>;
+namespace detail {
+
+// Checks and runs y = act(x W^T + b) + residual; `weight` is W's storage ([out, in]) or null when
+// `packed` holds W^T.
+template <class X, class Y, class T>
+void linear_run(const X& x, const T* weight, const PackedMatrix<T>* packed, Index out_f, Index w_in,
+                Y&& out, const LinearOptions<T>& opts) {
   constexpr int R = rank_v<X>;
-  static_assert(R >= 1, "linear needs an input of rank >= 1");
-  static_assert(rank_v<W> == 2, "linear's weight is a matrix [out_features, in_features]");
-  static_assert(std::is_same_v<T, scalar_t<W>> && std::is_same_v<T, scalar_t<Y>>,
-                "linear: input, weight and output scalar types differ");
   constexpr std::string_view fn = "tessera::linear";
   const auto xv = cview(x);
-  const auto wv = cview(weight);
   auto yv = mview(out);
-  const Index in = xv.cols(), out_f = wv.dim(0);
-  if (wv.dim(1) != in)
-    detail::raise<ShapeError>(fn, "argument 'weight' has shape ", detail::shape_string(wv.shape()),
-                              ", expected [out_features, ", in, "] to match input of shape ",
+  const Index in = xv.cols();
+  if (w_in != in)
+    detail::raise<ShapeError>(fn, "argument 'weight' (packed) has ", w_in,
+                              " input features, expected ", in, " to match input of shape ",
                               detail::shape_string(xv.shape()));
   Shape<R> expected = xv.shape();
   expected[R - 1] = out_f;
@@ -55,14 +63,60 @@ void linear_into(const X& x, const W& weight, Y&& out,
     const Index b_expected[] = {out_f};
     detail::check_shape_equal(fn, "bias", opts.bias->shape(), b_expected);
   }
-  auto Y_ = yv.as_matrix();
-  if (in == 0) {
-    Y_.setZero();
-  } else {
-    // [rows, out] = [rows, in] x [in, out]
-    Y_.noalias() = xv.as_matrix() * wv.as_matrix().transpose();
+  const Index rows = xv.rows();
+  if (opts.residual) {
+    const Index r_expected[] = {rows, out_f};
+    detail::check_shape_equal(fn, "residual", opts.residual->shape(), r_expected);
   }
-  if (opts.bias) Y_.rowwise() += opts.bias->as_vector().transpose();
+  GemmProblem<T> p;
+  p.m = rows;
+  p.n = out_f;
+  p.k = in;
+  p.a = xv.data();
+  p.lda = in;
+  p.b = weight;
+  p.ldb = in;
+  p.trans_b = true;
+  p.packed_b = packed;
+  p.c = yv.data();
+  p.ldc = out_f;
+  p.epilogue.bias = opts.bias ? opts.bias->data() : nullptr;
+  p.epilogue.activation = opts.activation;
+  p.epilogue.residual = opts.residual ? opts.residual->data() : nullptr;
+  p.epilogue.residual_stride = out_f;
+  gemm(p);
+}
+
+}  // namespace detail
+
+// y = act(x W^T + b) + residual into `out` of shape [..., out_features]. out must not overlap x or
+// W.
+template <TensorLike X, TensorLike W, class Y>
+void linear_into(const X& x, const W& weight, Y&& out,
+                 const LinearOptions<scalar_t<X>>& opts = {}) {
+  using T = scalar_t<X>;
+  static_assert(rank_v<X> >= 1, "linear needs an input of rank >= 1");
+  static_assert(rank_v<W> == 2, "linear's weight is a matrix [out_features, in_features]");
+  static_assert(std::is_same_v<T, scalar_t<W>> && std::is_same_v<T, scalar_t<Y>>,
+                "linear: input, weight and output scalar types differ");
+  const auto wv = cview(weight);
+  const auto xv = cview(x);
+  if (wv.dim(1) != xv.cols())
+    detail::raise<ShapeError>("tessera::linear", "argument 'weight' has shape ",
+                              detail::shape_string(wv.shape()), ", expected [out_features, ",
+                              xv.cols(), "] to match input of shape ",
+                              detail::shape_string(xv.shape()));
+  detail::linear_run(xv, wv.data(), static_cast<const PackedMatrix<T>*>(nullptr), wv.dim(0),
+                     wv.dim(1), std::forward<Y>(out), opts);
+}
+
+// The same with W packed beforehand (PackedMatrix<T>::from_weight(W)).
+template <TensorLike X, class Y>
+void linear_into(const X& x, const PackedMatrix<scalar_t<X>>& weight, Y&& out,
+                 const LinearOptions<scalar_t<X>>& opts = {}) {
+  static_assert(rank_v<X> >= 1, "linear needs an input of rank >= 1");
+  detail::linear_run(x, static_cast<const scalar_t<X>*>(nullptr), &weight, weight.cols(),
+                     weight.rows(), std::forward<Y>(out), opts);
 }
 
 template <TensorLike X, TensorLike W>
@@ -76,33 +130,36 @@ Tensor<scalar_t<X>, rank_v<X>> linear(const X& x, const W& weight,
   return out;
 }
 
+template <TensorLike X>
+Tensor<scalar_t<X>, rank_v<X>> linear(const X& x, const PackedMatrix<scalar_t<X>>& weight,
+                                      const LinearOptions<scalar_t<X>>& opts = {}) {
+  Shape<rank_v<X>> s = x.shape();
+  s[rank_v<X> - 1] = weight.cols();
+  Tensor<scalar_t<X>, rank_v<X>> out(s, uninitialized);
+  linear_into(x, weight, out, opts);
+  return out;
+}
+
 namespace detail {
 
 // c = alpha op(a) op(b), or c += it, for one matrix each.
 template <class T>
 void gemm_one(const T* a, const T* b, T* c, Index m, Index k, Index n, const MatmulOptions& o) {
-  MatrixMap<const T> A(a, o.transpose_a ? k : m, o.transpose_a ? m : k);
-  MatrixMap<const T> B(b, o.transpose_b ? n : k, o.transpose_b ? k : n);
-  MatrixMap<T> C(c, m, n);
-  if (k == 0) {
-    if (!o.accumulate) C.setZero();
-    return;
-  }
-  const T alpha = static_cast<T>(o.alpha);
-  const auto product = [&](const auto& lhs, const auto& rhs) {
-    if (o.accumulate)
-      C.noalias() += alpha * lhs * rhs;
-    else
-      C.noalias() = alpha * lhs * rhs;
-  };
-  if (!o.transpose_a && !o.transpose_b)
-    product(A, B);
-  else if (!o.transpose_a)
-    product(A, B.transpose());
-  else if (!o.transpose_b)
-    product(A.transpose(), B);
-  else
-    product(A.transpose(), B.transpose());
+  GemmProblem<T> p;
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  p.a = a;
+  p.lda = o.transpose_a ? m : k;
+  p.trans_a = o.transpose_a;
+  p.b = b;
+  p.ldb = o.transpose_b ? k : n;
+  p.trans_b = o.transpose_b;
+  p.c = c;
+  p.ldc = n;
+  p.alpha = static_cast<T>(o.alpha);
+  p.accumulate = o.accumulate;
+  gemm(p);
 }
 
 }  // namespace detail

@@ -43,10 +43,21 @@ class FeedForward : public Module<FeedForward<T>> {
   // x: [..., d_model] -> [..., d_model]
   template <TensorLike X>
   Tensor<T, rank_v<X>> forward(const X& x) const {
+    return forward(x, std::nullopt);
+  }
+  // linear2(act(linear1(x))) + residual (residual: [rows, d_model], x's shape flattened), with the
+  // activation fused into the first product and the addition into the second.
+  template <TensorLike X>
+  Tensor<T, rank_v<X>> forward(const X& x, std::optional<TensorMap<const T, 2>> residual) const {
     // hidden: [..., dim_feedforward]
-    auto hidden = linear1.forward(x);
-    activate_into(options_.activation, hidden, hidden);
-    return linear2.forward(hidden);
+    const auto hidden = linear1.forward(x, options_.activation);
+    return linear2.forward(hidden, Activation::identity, residual);
+  }
+
+  // Packs both weights for inference (nn::Linear::prepack).
+  void prepack() {
+    linear1.prepack();
+    linear2.prepack();
   }
 
   template <class Self, class F>

@@ -1,8 +1,13 @@
 // tessera: nn::Linear, y = x W^T + b, as torch.nn.Linear (weight [out_features, in_features]).
+//
+// For inference, prepack() copies the weight once into the GEMM's packed layout, and every later
+// forward reads that copy instead of re-packing the weight. The packed copy does not follow later
+// writes to `weight`: call prepack() again after changing it (or unprepack() to drop the copy).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <optional>
 
 #include "tessera/core/error.hpp"
@@ -47,14 +52,39 @@ class Linear : public Module<Linear<T>> {
   // x: [..., in_features] -> [..., out_features]
   template <TensorLike X>
   Tensor<T, rank_v<X>> forward(const X& x) const {
+    return forward(x, Activation::identity);
+  }
+  // act(x W^T + b) (+ residual, [rows, out_features]), the activation and the addition applied to
+  // each output tile inside the product.
+  template <TensorLike X>
+  Tensor<T, rank_v<X>> forward(const X& x, Activation act,
+                               std::optional<TensorMap<const T, 2>> residual = {}) const {
     static_assert(std::is_same_v<scalar_t<X>, T>,
                   "nn::Linear: input scalar type differs from the module's");
-    return linear(x, weight.value, bias_options());
+    Shape<rank_v<X>> s = x.shape();
+    s[rank_v<X> - 1] = options_.out_features;
+    Tensor<T, rank_v<X>> out(s, uninitialized);
+    forward_into(x, out, act, residual);
+    return out;
   }
   template <TensorLike X, class Y>
-  void forward_into(const X& x, Y&& out) const {
-    linear_into(x, weight.value, std::forward<Y>(out), bias_options());
+  void forward_into(const X& x, Y&& out, Activation act = Activation::identity,
+                    std::optional<TensorMap<const T, 2>> residual = {}) const {
+    auto lo = bias_options();
+    lo.activation = act;
+    lo.residual = residual;
+    if (packed_ && packed_->rows() == weight.value.dim(1) && packed_->cols() == weight.value.dim(0))
+      linear_into(x, *packed_, std::forward<Y>(out), lo);
+    else
+      linear_into(x, weight.value, std::forward<Y>(out), lo);
   }
+
+  // Packs the weight for inference (see the top of this file); unprepack() drops the packed copy.
+  void prepack() {
+    packed_ = std::make_shared<const PackedMatrix<T>>(PackedMatrix<T>::from_weight(weight.value));
+  }
+  void unprepack() noexcept { packed_.reset(); }
+  bool is_prepacked() const noexcept { return packed_ != nullptr; }
 
   template <class Self, class F>
   static void visit(Self& self, F&& f, const std::string& prefix) {
@@ -69,6 +99,7 @@ class Linear : public Module<Linear<T>> {
     return lo;
   }
   LinearOptions options_{};
+  std::shared_ptr<const PackedMatrix<T>> packed_;
 };
 
 }  // namespace tessera::nn

@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -131,9 +132,27 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
   }
 
   // query [batch, Lq, E], key [batch, Lk, kdim], value [batch, Lk, vdim] -> [batch, Lq, E].
+  // With `residual` ([batch * Lq, E]), the output is out_proj(attention) + residual, the
+  // addition fused into the output projection (a transformer layer's skip connection).
   template <TensorLike Qx, TensorLike Kx, TensorLike Vx>
   MultiheadAttentionOutput<T> forward(const Qx& query, const Kx& key, const Vx& value,
-                                      const MultiheadAttentionForwardOptions& fo = {}) const;
+                                      const MultiheadAttentionForwardOptions& fo = {},
+                                      std::optional<TensorMap<const T, 2>> residual = {}) const;
+
+  // Packs the projection weights for inference (nn::Linear::prepack): the whole in_proj_weight
+  // for self-attention, and out_proj. Call it again after changing the weights; unprepack()
+  // drops the packed copies.
+  void prepack() {
+    if (packed()) {
+      in_proj_packed_ = std::make_shared<const PackedMatrix<T>>(
+          PackedMatrix<T>::from_weight(in_proj_weight.value));
+    }
+    out_proj.prepack();
+  }
+  void unprepack() noexcept {
+    in_proj_packed_.reset();
+    out_proj.unprepack();
+  }
 
   // Projects key [batch, n, kdim] and value [batch, n, vdim] and appends them to `cache`.
   template <TensorLike Kx, TensorLike Vx>
@@ -185,16 +204,18 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
                                                const detail::Strided<const T>& ks,
                                                const detail::Strided<const T>& vs, Index B,
                                                Index Lq, Index Lk, Index Lk2, Index causal_offset,
-                                               const MultiheadAttentionForwardOptions& fo) const;
+                                               const MultiheadAttentionForwardOptions& fo,
+                                               std::optional<TensorMap<const T, 2>> residual) const;
 
   MultiheadAttentionOptions options_{};
+  std::shared_ptr<const PackedMatrix<T>> in_proj_packed_;  // prepack(): in_proj_weight^T
 };
 
 template <class T>
 template <TensorLike Qx, TensorLike Kx, TensorLike Vx>
 MultiheadAttentionOutput<T> MultiheadAttention<T>::forward(
-    const Qx& query, const Kx& key, const Vx& value,
-    const MultiheadAttentionForwardOptions& fo) const {
+    const Qx& query, const Kx& key, const Vx& value, const MultiheadAttentionForwardOptions& fo,
+    std::optional<TensorMap<const T, 2>> residual) const {
   static_assert(rank_v<Qx> == 3 && rank_v<Kx> == 3 && rank_v<Vx> == 3,
                 "nn::MultiheadAttention takes batch-first [batch, seq, features] tensors");
   static_assert(std::is_same_v<scalar_t<Qx>, T> && std::is_same_v<scalar_t<Kx>, T> &&
@@ -221,7 +242,10 @@ MultiheadAttentionOutput<T> MultiheadAttention<T>::forward(
   detail::Strided<const T> qs, ks, vs;
   if (self_attention) {
     // qkv: [B, L, 3E] = x [B, L, E] x in_proj_weight^T [E, 3E]
-    qkv_buf = linear(qv, in_proj_weight.value, proj_bias(0, 3));
+    if (in_proj_packed_ && in_proj_packed_->rows() == E && in_proj_packed_->cols() == 3 * E)
+      qkv_buf = linear(qv, *in_proj_packed_, proj_bias(0, 3));
+    else
+      qkv_buf = linear(qv, in_proj_weight.value, proj_bias(0, 3));
     qs = {qkv_buf.data(), Lq * 3 * E, hd, 3 * E};
     ks = {qkv_buf.data() + E, Lk * 3 * E, hd, 3 * E};
     vs = {qkv_buf.data() + 2 * E, Lk * 3 * E, hd, 3 * E};
@@ -266,7 +290,7 @@ MultiheadAttentionOutput<T> MultiheadAttention<T>::forward(
     vs = {v_ext.data(), Lk2 * E, hd, E};
   }
 
-  return attend_projected(qs, ks, vs, B, Lq, Lk, Lk2, 0, fo);
+  return attend_projected(qs, ks, vs, B, Lq, Lk, Lk2, 0, fo, residual);
 }
 
 template <class T>
@@ -332,14 +356,15 @@ MultiheadAttentionOutput<T> MultiheadAttention<T>::attend(
   const detail::Strided<const T> qs{q.data(), Lq * E, hd, E};
   const detail::Strided<const T> ks{cache.k.data(), cap * E, hd, E};
   const detail::Strided<const T> vs{cache.v.data(), cap * E, hd, E};
-  return attend_projected(qs, ks, vs, B, Lq, Lk, Lk, Lk - Lq, fo);
+  return attend_projected(qs, ks, vs, B, Lq, Lk, Lk, Lk - Lq, fo, std::nullopt);
 }
 
 template <class T>
 MultiheadAttentionOutput<T> MultiheadAttention<T>::attend_projected(
     const detail::Strided<const T>& qs, const detail::Strided<const T>& ks,
     const detail::Strided<const T>& vs, Index B, Index Lq, Index Lk, Index Lk2, Index causal_offset,
-    const MultiheadAttentionForwardOptions& fo) const {
+    const MultiheadAttentionForwardOptions& fo,
+    std::optional<TensorMap<const T, 2>> residual) const {
   constexpr std::string_view fn = "tessera::nn::MultiheadAttention::forward";
   const Index E = options_.embed_dim, H = options_.num_heads, hd = head_dim();
   // ---- masks, resolved against the scores [B, H, Lq, Lk] ----
@@ -384,7 +409,8 @@ MultiheadAttentionOutput<T> MultiheadAttention<T>::attend_projected(
   detail::attention_run(p);  // fused unless the weights are requested
 
   // ---- output projection: [B, Lq, E] ----
-  MultiheadAttentionOutput<T> result{out_proj.forward(attn), std::nullopt, std::nullopt};
+  MultiheadAttentionOutput<T> result{out_proj.forward(attn, Activation::identity, residual),
+                                     std::nullopt, std::nullopt};
   if (weights) {
     if (fo.average_attn_weights) {
       // mean over heads: [B, Lq, Lk']

@@ -121,6 +121,13 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
         });
   }
 
+  // Packs the attentions' and the feed-forward's weights for inference (nn::Linear::prepack).
+  void prepack() {
+    self_attn.prepack();
+    multihead_attn.prepack();
+    ff.prepack();
+  }
+
   template <class Self, class F>
   static void visit(Self& self, F&& f, const std::string& prefix) {
     MultiheadAttention<T>::visit(self.self_attn, f, prefix + "self_attn.");

@@ -49,6 +49,11 @@ class TransformerEncoder : public Module<TransformerEncoder<T>> {
     return x;
   }
 
+  // Packs every layer's weights for inference (nn::Linear::prepack).
+  void prepack() {
+    for (auto& l : layers) l.prepack();
+  }
+
   template <class Self, class F>
   static void visit(Self& self, F&& f, const std::string& prefix) {
     for (std::size_t i = 0; i < self.layers.size(); ++i)

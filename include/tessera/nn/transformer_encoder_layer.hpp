@@ -78,21 +78,31 @@ class TransformerEncoderLayer : public Module<TransformerEncoderLayer<T>> {
   template <TensorLike X>
   Tensor<T, 3> forward(const X& src, const TransformerEncoderLayerForwardOptions& fo = {}) const {
     static_assert(rank_v<X> == 3, "TransformerEncoderLayer takes [batch, L, d_model]");
-    Tensor<T, 3> x(cview(src));
     const MultiheadAttentionForwardOptions sa{.key_padding_mask = fo.src_key_padding_mask,
                                               .attn_mask = fo.src_mask,
                                               .is_causal = fo.is_causal};
+    // Each skip connection is added inside the product that ends its block (the attention's
+    // output projection, linear2), so no pass of its own sweeps the activations.
+    const auto xv = cview(src);
+    const auto rows = [](const auto& t) {
+      return cview(t).template reshape<2>({-1, t.shape()[2]});
+    };
     if (options_.norm_first) {
-      const auto h = norm1.forward(x);
-      x.as_array() += self_attn.forward(h, h, h, sa).output.as_array();
-      x.as_array() += ff.forward(norm2.forward(x)).as_array();
-    } else {
-      x.as_array() += self_attn.forward(x, x, x, sa).output.as_array();
-      norm1.forward_into(x, x);
-      x.as_array() += ff.forward(x).as_array();
-      norm2.forward_into(x, x);
+      const auto h = norm1.forward(xv);
+      Tensor<T, 3> x = self_attn.forward(h, h, h, sa, rows(xv)).output;
+      return ff.forward(norm2.forward(x), rows(x));
     }
+    Tensor<T, 3> x = self_attn.forward(xv, xv, xv, sa, rows(xv)).output;
+    norm1.forward_into(x, x);
+    x = ff.forward(x, rows(x));
+    norm2.forward_into(x, x);
     return x;
+  }
+
+  // Packs the attention's and the feed-forward's weights for inference (nn::Linear::prepack).
+  void prepack() {
+    self_attn.prepack();
+    ff.prepack();
   }
 
   template <class Self, class F>

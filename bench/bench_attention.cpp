@@ -24,9 +24,10 @@ using tessera_bench::set_gflops;
 using tessera_bench::StridedMap;
 using tessera_bench::StridedOut;
 
-constexpr Index kEmbed = 512;
-constexpr Index kHeads = 8;
-constexpr Index kHeadDim = kEmbed / kHeads;
+using tessera_bench::kEmbed;
+using tessera_bench::kHeadDim;
+using tessera_bench::kHeads;
+using tessera_bench::mha_flops;
 
 // ---- scaled dot-product attention on [B, H, L, D] ----
 
@@ -148,9 +149,6 @@ void decode_args(benchmark::internal::Benchmark* b) {
 
 // ---- MultiheadAttention, self-attention on [1, L, 512] ----
 
-double mha_flops(Index L) {
-  return 2.0 * L * kEmbed * 3 * kEmbed + 2.0 * L * kEmbed * kEmbed + 4.0 * L * double(L) * kEmbed;
-}
 
 void BM_MultiheadAttention(benchmark::State& state) {
   tessera_bench::single_thread();

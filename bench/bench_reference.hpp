@@ -1,5 +1,6 @@
-// tessera benchmarks: the plain attention reference shared by bench_attention and
-// bench_transformer: one head's scores materialised in full, a row softmax, a product with V,
+// tessera benchmarks: what bench_attention and bench_transformer share: the model shape they
+// measure (embedding 512, 8 heads), the FLOP count of multi-head attention, and the plain
+// attention reference: one head's scores materialised in full, a row softmax, a product with V,
 // all through Eigen.
 #pragma once
 
@@ -9,6 +10,16 @@
 #include <tessera/core/config.hpp>
 
 namespace tessera_bench {
+
+inline constexpr tessera::Index kEmbed = 512;
+inline constexpr tessera::Index kHeads = 8;
+inline constexpr tessera::Index kHeadDim = kEmbed / kHeads;
+
+// Multi-head self-attention over L tokens: the QKV projection (2 L E 3E), the output projection
+// (2 L E E) and the two attention products (4 L^2 E over all heads).
+inline double mha_flops(tessera::Index L) {
+  return 2.0 * L * kEmbed * 3 * kEmbed + 2.0 * L * kEmbed * kEmbed + 4.0 * L * double(L) * kEmbed;
+}
 
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using StridedMap = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;

@@ -24,14 +24,12 @@ using tessera_bench::set_gflops;
 using tessera_bench::StridedMap;
 using tessera_bench::StridedOut;
 
-constexpr Index kEmbed = 512;
-constexpr Index kHeads = 8;
-constexpr Index kHeadDim = kEmbed / kHeads;
+using tessera_bench::kEmbed;
+using tessera_bench::kHeadDim;
+using tessera_bench::kHeads;
+using tessera_bench::mha_flops;
 constexpr Index kFeedForward = 2048;
 
-double mha_flops(Index L) {
-  return 2.0 * L * kEmbed * 3 * kEmbed + 2.0 * L * kEmbed * kEmbed + 4.0 * L * double(L) * kEmbed;
-}
 
 // ---- TransformerEncoderLayer (E = 512, 8 heads, F = 2048), post-norm, ReLU ----
 

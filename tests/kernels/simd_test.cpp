@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -134,6 +135,69 @@ TYPED_TEST(SimdTest, ExpOfMinusInfinityIsZero) {
   Index nonzero = 0;
   for (Index i = 0; i < W<T>; ++i) nonzero += e[i] != T(0) ? 1 : 0;
   EXPECT_EQ(nonzero, 0) << "of " << W<T> << " lanes; exp(-inf) gave " << e[0];
+}
+
+// exp_fast in float: at most 2 ulp from the correctly rounded e^x wherever the result is normal
+// (and not flushed: the non-AVX-512 path flushes below 2.4e-38), over every 509th float between
+// -110 and 95, both signs; the ends and the special values exactly.
+TEST(Simd, ExpFastFloatIsWithinTwoUlpOverTheWholeRange) {
+  constexpr Index w = W<float>;
+  std::vector<float> x(static_cast<std::size_t>(w)), e(static_cast<std::size_t>(w));
+  double worst_ulp = 0, worst_at = 0, worst_tiny = 0;
+  Index checked = 0;
+  const auto check_one = [&](float v) {
+    std::fill(x.begin(), x.end(), v);
+    simd::store(e.data(), simd::exp_fast(simd::load(x.data())));
+    for (Index i = 1; i < w; ++i) ASSERT_EQ(std::memcmp(&e[i], &e[0], sizeof(float)), 0);
+    const double want = std::exp(static_cast<double>(v));
+    if (want > std::numeric_limits<float>::max()) {
+      EXPECT_EQ(e[0], std::numeric_limits<float>::infinity()) << "exp_fast(" << v << ")";
+    } else if (want < 2.5e-38) {  // subnormal or flushed: an absolute error below 2.4e-38
+      worst_tiny = std::max(worst_tiny, std::fabs(double(e[0]) - want));
+    } else {
+      const float wf = static_cast<float>(want);
+      const double ulp = double(std::nextafter(wf, std::numeric_limits<float>::infinity())) - wf;
+      const double err = std::fabs(double(e[0]) - want) / ulp;
+      if (err > worst_ulp) worst_ulp = err, worst_at = v;
+      ++checked;
+    }
+  };
+  for (std::uint32_t sign : {0u, 0x80000000u})
+    for (std::uint32_t b = 0; b < 0x7f800000u; b += 509) {
+      const std::uint32_t bits = sign | b;
+      float v;
+      std::memcpy(&v, &bits, sizeof v);
+      if (v > -110.0f && v < 95.0f) check_one(v);
+      if (::testing::Test::HasFatalFailure()) return;
+    }
+  EXPECT_GT(checked, 4000000);
+  EXPECT_LE(worst_ulp, 2.0) << "at x = " << worst_at;
+  EXPECT_LE(worst_tiny, 2.4e-38);
+
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> special = {-inf, inf, 0.0f, -0.0f, -120.0f, 100.0f, 1.0f,
+                                std::numeric_limits<float>::quiet_NaN()};
+  special.resize(static_cast<std::size_t>(std::max<Index>(w, 8)), 0.5f);
+  for (std::size_t at = 0; at < special.size(); at += static_cast<std::size_t>(w))
+    simd::store(special.data() + at, simd::exp_fast(simd::load(special.data() + at)));
+  EXPECT_EQ(special[0], 0.0f) << "exp_fast(-inf)";
+  EXPECT_EQ(special[1], inf) << "exp_fast(inf)";
+  EXPECT_EQ(special[2], 1.0f) << "exp_fast(0)";
+  EXPECT_EQ(special[3], 1.0f) << "exp_fast(-0)";
+  EXPECT_EQ(special[4], 0.0f) << "exp_fast(-120)";
+  EXPECT_EQ(special[5], inf) << "exp_fast(100)";
+  EXPECT_NEAR(special[6], 2.7182817f, 2.4e-7f) << "exp_fast(1)";
+  EXPECT_TRUE(std::isnan(special[7])) << "exp_fast(NaN) gave " << special[7];
+}
+
+// In double exp_fast is exp(): the same bits.
+TEST(Simd, ExpFastDoubleIsExp) {
+  for (std::uint64_t seed = 40; seed < 45; ++seed) {
+    const auto x = lanes<double>(seed, -700, 700);
+    const auto a = unpack<double>(simd::exp_fast(simd::load(x.data())));
+    const auto b = unpack<double>(simd::exp(simd::load(x.data())));
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(double)), 0);
+  }
 }
 
 TYPED_TEST(SimdTest, ReduceSumAndReduceMax) {

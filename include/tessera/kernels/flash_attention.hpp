@@ -7,20 +7,23 @@
 // Tiles: kRows query rows x kKeys keys. The score tile S = Q K^T is register-blocked as kRows x
 // (kKeys / W) packets (W lanes: 16 floats with AVX-512), with K packed transposed per head so each
 // step loads kKeys / W packets of K^T and broadcasts kRows query values. P V is blocked the same
-// way over the value columns, with V packed and padded to whole packets. With AVX-512 and float
-// that is 4 x 4 = 16 accumulators for each product, half the register file. The tile P (kRows x
-// kKeys) lives in a small stack buffer; K^T and V for a head are (D + Dv) x Lk values, reused by
-// every query block of that head.
+// way over the value columns, with V packed and padded to whole packets. With 32 vector registers
+// (AVX-512) that is 6 x 4 = 24 accumulators for each product, 10 loads per 24 FMAs; with 16
+// registers 4 x 4. The score tile's row maxima are taken while it is in registers; the
+// probabilities of all kRows rows are then formed together (simd::exp_fast, about 13 vector
+// instructions per packet where Eigen's exp takes about 20). The tile P (kRows x kKeys) lives in a
+// small buffer; K^T and V for a head are (D + Dv) x Lk values, reused by every query block of that
+// head.
 //
 // Work is split across threads by (batch, head, block of 64 query rows); when that gives fewer
 // items than threads (decoding one token over a long cache), each item's keys are split too and
 // the partial (m, l, acc) merged. With at most kDirectMaxRows queries K and V are read in place
 // instead of packed.
 //
-// Where the time goes (float, AVX-512, D = 64, L = 1024, perf): the two tile products about a third
-// each, Eigen's vectorised exp about a sixth (some 20 vector instructions per 16 lanes, on the same
-// two ports as the FMAs), the row maxima, rescaling and bookkeeping the rest. Larger head dims
-// spend more time in the products per exp.
+// Where the time goes (float, AVX-512, D = 64, L = 1024, perf): the two tile products about three
+// quarters (the score tile slightly more than P V), the online softmax (maxima, exp, sums,
+// rescaling) about a sixth, packing and the final division the rest. Larger head dims spend
+// more time in the products per exp.
 //
 // The per-row logsumexp (m + log l) is what a backward pass needs to recompute the tiles; it is
 // returned through AttentionProblem::lse when requested.
@@ -31,6 +34,7 @@
 #include <type_traits>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "tessera/core/mask.hpp"
@@ -58,10 +62,17 @@ struct MaskApplier {
 inline constexpr Index kFlashQueryBlock = 64;  // query rows per work item
 inline constexpr Index kDirectMaxRows = 4;     // at most this many queries: no packing
 
+// Buffers the kernels read and write whole packets of: 64-byte aligned, so that no packet load
+// or store straddles two cache lines (std::vector's 16-byte alignment made every 512-bit access
+// to K^T, V, P and the accumulators a split one).
+template <class T>
+using AlignedVector = std::vector<T, Eigen::aligned_allocator<T>>;
+
 template <class T>
 struct FlashTile {
   static constexpr Index W = simd::width<T>;
-  static constexpr Index kRows = 4;  // query rows per micro tile
+  // query rows per micro tile: 6 x 4 = 24 accumulators with 32 vector registers (AVX-512)
+  static constexpr Index kRows = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 6 : 4;
   static constexpr Index kKeyPackets = 4;
   static constexpr Index kKeys = kKeyPackets * W;  // keys per tile (64 floats with AVX-512)
   static constexpr Index kValuePackets = 4;        // value columns per P V pass: 4 packets
@@ -75,7 +86,7 @@ struct FlashTile {
 // the same few L1 sets (measured: the score product ran at half the speed of P V).
 template <class T>
 struct PackedHead {
-  std::vector<T> kt, v;
+  AlignedVector<T> kt, v;
   Index lk_pad = 0, dv_pad = 0;
   Index key_begin = 0, key_end = 0;
   Index packed_index = -1;  // which (batch * heads + head) * splits + range is packed; -1 none
@@ -105,13 +116,22 @@ struct PackedHead {
   }
 };
 
-// S[r][0..kKeys) = sum_d q[r][d] * KT[d][0..kKeys) over one packed panel, for R <= kRows rows.
+// The score tile of R <= kRows query rows in registers: kKeyPackets packets per row.
 template <class T, int R>
-EIGEN_STRONG_INLINE void score_tile(const T* const* q, const T* kt, Index d, T scale, T* s) {
+struct ScoreTile {
+  simd::Packet<T> v[R][FlashTile<T>::kKeyPackets];
+};
+
+// S[r][0..kKeys) = scale * sum_d q[r][d] * KT[d][0..kKeys) over one packed panel, left in
+// registers. With `visible`, row r sees only the first visible[r] keys of the tile (a causal
+// horizon): the others are set to -inf.
+template <class T, int R>
+EIGEN_STRONG_INLINE void score_product(const T* const* q, const T* kt, Index d, T scale,
+                                       const Index* visible, ScoreTile<T, R>& t) {
   using P = simd::Packet<T>;
   using Tile = FlashTile<T>;
   constexpr Index W = Tile::W;
-  P acc[R][Tile::kKeyPackets];
+  auto& acc = t.v;
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
@@ -128,11 +148,117 @@ EIGEN_STRONG_INLINE void score_tile(const T* const* q, const T* kt, Index d, T s
       for (int p = 0; p < Tile::kKeyPackets; ++p) acc[r][p] = simd::fmadd(qv, kp[p], acc[r][p]);
     }
   }
+  const P ps = simd::set1<T>(scale);
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-    for (int p = 0; p < Tile::kKeyPackets; ++p)
-      simd::store(s + r * Tile::kKeys + p * W, simd::mul(acc[r][p], simd::set1<T>(scale)));
+    for (int p = 0; p < Tile::kKeyPackets; ++p) acc[r][p] = simd::mul(acc[r][p], ps);
+  if (visible) {
+    // Lane k of packet p is key p W + k: hidden where that index >= visible[r].
+    namespace ei = Eigen::internal;
+    const P ninf = simd::set1<T>(-std::numeric_limits<T>::infinity());
+    for (int r = 0; r < R; ++r) {
+      const P horizon = simd::set1<T>(static_cast<T>(visible[r]));
+#pragma GCC unroll 16
+      for (int p = 0; p < Tile::kKeyPackets; ++p)
+        acc[r][p] = ei::pselect(ei::pcmp_lt(ei::plset<P>(static_cast<T>(p * W)), horizon),
+                                acc[r][p], ninf);
+    }
+  }
+}
+
+// The online-softmax bookkeeping both paths share, for R rows of one tile.
+template <class T, int R>
+struct SoftmaxStep {
+  bool seen[R];     // the row sees at least one key of the tile
+  T m_new[R];       // its new running maximum
+  T alpha[R];       // exp(m_old - m_new): what the earlier sum and accumulator are scaled by
+  T tile_sum[R];    // sum over the tile of exp(s - m_new)
+
+  // From each row's maximum over the tile; returns whether any row sees a key. The alphas of all
+  // rows come from one vector exp; a row whose maximum did not move keeps alpha = 1 exactly.
+  bool begin(const T* tile_max, const T* m) {
+    constexpr T ninf = -std::numeric_limits<T>::infinity();
+    constexpr Index W = simd::width<T>;
+    constexpr Index RW = (R + W - 1) / W * W;
+    alignas(64) T diff[RW] = {};
+    bool any = false, moved = false;
+    for (int r = 0; r < R; ++r) {
+      seen[r] = tile_max[r] != ninf;
+      any = any || seen[r];
+      m_new[r] = seen[r] ? std::max(m[r], tile_max[r]) : m[r];
+      diff[r] = seen[r] ? m[r] - m_new[r] : T(0);  // -inf for a row's first visible tile
+      moved = moved || diff[r] != T(0);
+    }
+    if (moved)
+      for (Index c = 0; c < RW; c += W) simd::store(diff + c, simd::exp_fast(simd::load(diff + c)));
+    for (int r = 0; r < R; ++r) alpha[r] = moved ? diff[r] : T(1);
+    return any;
+  }
+
+  // s = exp(score - m_new) for every row at once (zeros for a row that sees nothing), summing
+  // each row: R x kKeyPackets independent exps in flight, their constants loaded once.
+  // score(r, c) gives packet c of row r's scores.
+  template <class Score>
+  EIGEN_STRONG_INLINE void exponentiate(const Score& score, T* s) {
+    using P = simd::Packet<T>;
+    using Tile = FlashTile<T>;
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      T* srow = s + r * Tile::kKeys;
+      if (!seen[r]) {
+        std::fill(srow, srow + Tile::kKeys, T(0));
+        continue;
+      }
+      const P pm = simd::set1<T>(m_new[r]);
+      P sum = simd::set1<T>(0);
+#pragma GCC unroll 16
+      for (int c = 0; c < Tile::kKeyPackets; ++c) {
+        const P e = simd::exp_fast(simd::sub(score(r, c), pm));
+        simd::store(srow + c * Tile::W, e);
+        sum = simd::add(sum, e);
+      }
+      tile_sum[r] = simd::reduce_sum(sum);
+    }
+  }
+
+  // l = l alpha + tile sum, m = m_new, and the accumulator rows rescaled by alpha.
+  void finish(T* m, T* l, T* acc, Index acc_row) const {
+    for (int r = 0; r < R; ++r) {
+      if (!seen[r]) continue;
+      l[r] = l[r] * alpha[r] + tile_sum[r];
+      m[r] = m_new[r];
+      if (alpha[r] != T(1)) scale_row(acc + r * acc_row, acc_row, alpha[r]);
+    }
+  }
+};
+
+// A whole online-softmax step on a score tile that nothing but (optionally) a causal horizon
+// hides keys of, without the scores leaving registers: score product, row maxima, probabilities
+// into s, running state updated. Returns whether P V is needed.
+template <class T, int R>
+EIGEN_STRONG_INLINE bool fused_tile(const T* const* q, const T* kt, Index d, T scale,
+                                    const Index* visible, T* m, T* l, T* acc, Index acc_row,
+                                    T* s) {
+  using Tile = FlashTile<T>;
+  ScoreTile<T, R> t;
+  score_product<T, R>(q, kt, d, scale, visible, t);
+  T tile_max[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    simd::Packet<T> mx = t.v[r][0];
+#pragma GCC unroll 16
+    for (int c = 1; c < Tile::kKeyPackets; ++c) mx = simd::max(mx, t.v[r][c]);
+    tile_max[r] = simd::reduce_max(mx);
+  }
+  SoftmaxStep<T, R> step;
+  if (!step.begin(tile_max, m)) {
+    std::fill(s, s + R * Tile::kKeys, T(0));
+    return false;
+  }
+  step.exponentiate([&](int r, int c) { return t.v[r][c]; }, s);
+  step.finish(m, l, acc, acc_row);
+  return true;
 }
 
 // O[r][cols] += sum_j P[r][j] * V[j][cols] for a slab of NP packets of columns from col0. NP is
@@ -188,22 +314,43 @@ void pv_block(const T* p_tile, const T* v, Index dv_pad, T* o) {
   }
 }
 
-// The online-softmax step for rows [i0, i0 + R) on a tile of scaled scores s (R x kKeys, keys
-// j0..; `valid` of them real): padding, masks and causal horizon, then per row the new maximum,
-// the rescale of l and of the accumulator by exp(m_old - m_new), and s replaced by the
-// probabilities exp(s - m_new) (zeros for a row that sees nothing here). Returns whether any row
-// saw a key, i.e. whether acc += P V is needed.
+// How the score tile of rows [i0, i0 + R) and keys [j0, j0 + valid) is finished:
+//   plain:   nothing hides a key; the tile's row maxima are final.
+//   horizon: only the causal horizon hides keys, applied in registers (visible[r] keys per row),
+//            after which the maxima are final too.
+//   general: padding or masks: online_softmax_tile applies them to the stored scores.
+enum class TileKind { plain, horizon, general };
+
+template <class T, int R>
+TileKind classify_tile(const AttentionProblem<T>& p, Index i0, Index j0, Index valid,
+                       Index* visible) {
+  constexpr Index K = FlashTile<T>::kKeys;
+  if (valid != K) return TileKind::general;
+  if (j0 < p.mask_lk)
+    for (const MaskRows* m : p.masks)
+      if (m) return TileKind::general;
+  // Row i sees keys j < i + 1 + causal_offset. Row i0 sees the fewest.
+  if (!p.causal || j0 + K <= i0 + 1 + p.causal_offset) return TileKind::plain;
+  if (j0 + K > p.mask_lk) return TileKind::general;  // keys appended past mask_lk stay visible
+  for (int r = 0; r < R; ++r)
+    visible[r] = std::clamp<Index>(i0 + r + 1 + p.causal_offset - j0, 0, K);
+  return TileKind::horizon;
+}
+
+// The online-softmax step for rows [i0, i0 + R) on a stored tile of scaled scores s (R x kKeys,
+// keys j0..; `valid` of them real): padding, masks and causal horizon applied to s, then per row
+// the new maximum, the rescale of l and of the accumulator by exp(m_old - m_new), and s replaced
+// by the probabilities exp(s - m_new) (zeros for a row that sees nothing here). Returns whether
+// any row saw a key, i.e. whether acc += P V is needed.
 template <class T, int R, class ApplyMasks>
-EIGEN_STRONG_INLINE bool online_softmax_tile(const AttentionProblem<T>& p, T* s, Index i0, Index j0,
-                                             Index valid, T* m, T* l, T* acc, Index acc_row,
-                                             const ApplyMasks& apply_masks) {
+bool online_softmax_tile(const AttentionProblem<T>& p, T* s, Index i0, Index j0, Index valid, T* m,
+                         T* l, T* acc, Index acc_row, const ApplyMasks& apply_masks) {
   using Tile = FlashTile<T>;
   constexpr T ninf = -std::numeric_limits<T>::infinity();
-  bool any_visible = false;
+  T tile_max[R];
   for (int r = 0; r < R; ++r) {
     T* srow = s + r * Tile::kKeys;
-    // Padding and masks (the scores come scaled).
-    for (Index j = valid; j < Tile::kKeys; ++j) srow[j] = ninf;
+    for (Index j = valid; j < Tile::kKeys; ++j) srow[j] = ninf;  // padding
     const Index i = i0 + r;
     apply_masks(i, j0, valid, srow);
     if (p.causal) {
@@ -211,41 +358,28 @@ EIGEN_STRONG_INLINE bool online_softmax_tile(const AttentionProblem<T>& p, T* s,
       const Index stop = std::min(valid, p.mask_lk - j0);
       for (Index j = std::max<Index>(first_hidden - j0, 0); j < stop; ++j) srow[j] = ninf;
     }
-    const T tile_max = row_max(srow, Tile::kKeys);
-    if (tile_max == ninf) {  // nothing visible in this tile for this row
-      std::fill(srow, srow + Tile::kKeys, T(0));
-      continue;
-    }
-    any_visible = true;
-    const T m_new = std::max(m[r], tile_max);
-    // The maximum rarely moves once a few tiles are in: skip the scalar exp then.
-    const T alpha = m[r] == m_new ? T(1) : m[r] == ninf ? T(0) : std::exp(m[r] - m_new);
-    const T tile_sum = exp_shifted(srow, srow, Tile::kKeys, m_new);
-    l[r] = l[r] * alpha + tile_sum;
-    m[r] = m_new;
-    if (alpha != T(1)) scale_row(acc + r * acc_row, acc_row, alpha);
+    tile_max[r] = row_max(srow, Tile::kKeys);
   }
-  return any_visible;
+  SoftmaxStep<T, R> step;
+  if (!step.begin(tile_max, m)) {
+    std::fill(s, s + R * Tile::kKeys, T(0));
+    return false;
+  }
+  step.exponentiate([&](int r, int c) { return simd::load(s + r * Tile::kKeys + c * Tile::W); },
+                    s);
+  step.finish(m, l, acc, acc_row);
+  return true;
 }
 
 // Calls f(std::integral_constant<int, R>{}) for a row count 1 <= R <= kRows known at run time, so
 // that the micro-kernels see it at compile time.
-template <class F>
+template <class F, int... Rm1>
+EIGEN_STRONG_INLINE void with_rows_of(int R, F& f, std::integer_sequence<int, Rm1...>) {
+  (void)((R == Rm1 + 1 && (f(std::integral_constant<int, Rm1 + 1>{}), true)) || ...);
+}
+template <class T, class F>
 EIGEN_STRONG_INLINE void with_rows(int R, F&& f) {
-  switch (R) {
-    case 4:
-      f(std::integral_constant<int, 4>{});
-      break;
-    case 3:
-      f(std::integral_constant<int, 3>{});
-      break;
-    case 2:
-      f(std::integral_constant<int, 2>{});
-      break;
-    default:
-      f(std::integral_constant<int, 1>{});
-      break;
-  }
+  with_rows_of(R, f, std::make_integer_sequence<int, int(FlashTile<T>::kRows)>{});
 }
 
 // The packed path, split in two phases per key block so that each phase keeps one operand in L1:
@@ -260,9 +394,22 @@ struct PackedStep {
 
   template <int R>
   bool scores(const T* const* q, Index i0, Index j0, T* m, T* l, T* acc, T* s) const {
+    using Tile = FlashTile<T>;
     const Index local = j0 - ph.key_begin;  // the block's offset in the packed range
-    score_tile<T, R>(q, ph.kt.data() + local * p.d, p.d, p.scale, s);  // panel local / kKeys
-    const Index valid = std::min(FlashTile<T>::kKeys, ph.key_end - j0);
+    const T* kt = ph.kt.data() + local * p.d;  // panel local / kKeys
+    const Index valid = std::min(Tile::kKeys, ph.key_end - j0);
+    Index visible[R];
+    const TileKind kind = classify_tile<T, R>(p, i0, j0, valid, visible);
+    if (kind != TileKind::general)
+      return fused_tile<T, R>(q, kt, p.d, p.scale, kind == TileKind::horizon ? visible : nullptr, m,
+                              l, acc, ph.dv_pad, s);
+    ScoreTile<T, R> t;
+    score_product<T, R>(q, kt, p.d, p.scale, nullptr, t);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int c = 0; c < Tile::kKeyPackets; ++c)
+        simd::store(s + r * Tile::kKeys + c * Tile::W, t.v[r][c]);
     return online_softmax_tile<T, R>(p, s, i0, j0, valid, m, l, acc, ph.dv_pad, apply_masks);
   }
   template <int R>
@@ -353,7 +500,7 @@ void flash_rows(const AttentionProblem<T>& p, Index b, Index h, Index i_begin, I
   const bool causal_skip = p.causal && p.mask_lk == p.lk;
   Index lk_end = key_end;
   if (causal_skip) lk_end = std::min(lk_end, std::max<Index>(0, i_end + p.causal_offset));
-  constexpr Index kGroups = kFlashQueryBlock / Tile::kRows;
+  constexpr Index kGroups = (kFlashQueryBlock + Tile::kRows - 1) / Tile::kRows;
   bool needs_pv[kGroups];
   const T* q[Tile::kRows];
   for (Index j0 = key_begin; j0 < lk_end; j0 += Tile::kKeys) {
@@ -364,14 +511,14 @@ void flash_rows(const AttentionProblem<T>& p, Index b, Index h, Index i_begin, I
       needs_pv[g] = false;
       if (causal_skip && i0 + R - 1 + p.causal_offset < j0) continue;
       for (int r = 0; r < R; ++r) q[r] = p.q.at(b, h) + (i0 + r) * p.q.row;
-      with_rows(R, [&](auto rc) {
+      with_rows<T>(R, [&](auto rc) {
         needs_pv[g] = step.template scores<rc()>(q, i0, j0, m + r0, l + r0, acc + r0 * acc_row,
                                                  probs + r0 * Tile::kKeys);
       });
     }
     for (Index r0 = 0, g = 0; r0 < rows; r0 += Tile::kRows, ++g) {
       if (!needs_pv[g]) continue;
-      with_rows(static_cast<int>(std::min(Tile::kRows, rows - r0)), [&](auto rc) {
+      with_rows<T>(static_cast<int>(std::min(Tile::kRows, rows - r0)), [&](auto rc) {
         step.template pv<rc()>(j0, probs + r0 * Tile::kKeys, acc + r0 * acc_row);
       });
     }
@@ -386,7 +533,11 @@ void flash_write_row(const AttentionProblem<T>& p, Index b, Index h, Index i, T 
   constexpr T ninf = -std::numeric_limits<T>::infinity();
   const T inv = l > 0 ? T(1) / l : T(0);
   T* out = p.out.at(b, h) + i * p.out.row;
-  for (Index c = 0; c < p.dv; ++c) out[c] = acc[c] * inv;
+  constexpr Index W = simd::width<T>;
+  const auto pinv = simd::set1<T>(inv);
+  Index c = 0;
+  for (; c + W <= p.dv; c += W) simd::store(out + c, simd::mul(simd::load(acc + c), pinv));
+  for (; c < p.dv; ++c) out[c] = acc[c] * inv;
   if (p.lse) p.lse[(b * p.heads + h) * p.lq + i] = l > 0 ? m + std::log(l) : ninf;
 }
 
@@ -425,14 +576,14 @@ void attention_fused(const AttentionProblem<T>& p) {
   // A few query rows (decoding) read K and V in place; more rows amortise packing the head.
   const bool direct = p.lq <= kDirectMaxRows;
   const Index state_size = QB * (2 + dv_pad);  // m, l, acc of one item and key range
-  std::vector<T> partial(splits > 1 ? static_cast<std::size_t>(items * splits * state_size) : 0);
+  AlignedVector<T> partial(splits > 1 ? static_cast<std::size_t>(items * splits * state_size) : 0);
 
   const Index n_work = items * splits;
   std::atomic<Index> next{0};
   parallel_for(std::min<Index>(num_threads(), n_work), 1, [&](Index, Index) {
     PackedHead<T> ph;
-    std::vector<T> own(splits > 1 ? 0 : static_cast<std::size_t>(state_size));
-    std::vector<T> probs(static_cast<std::size_t>(QB * FlashTile<T>::kKeys));
+    AlignedVector<T> own(splits > 1 ? 0 : static_cast<std::size_t>(state_size));
+    AlignedVector<T> probs(static_cast<std::size_t>(QB * FlashTile<T>::kKeys));
     for (Index w; (w = next.fetch_add(1, std::memory_order_relaxed)) < n_work;) {
       const Index item = w / splits, s = w % splits;
       const Index t = item / nqb, qb = item % nqb;

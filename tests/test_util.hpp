@@ -4,11 +4,15 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
 #include "tessera/core/error.hpp"
+#include "tessera/core/scratch.hpp"
+#include "tessera/core/tensor.hpp"
 
 namespace tessera::test {
 
@@ -27,6 +31,41 @@ template <class T>
   if (a == b) return ::testing::AssertionSuccess();
   if (std::fabs(a - b) <= atol + rtol * std::fabs(b)) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << a << " vs " << b << " differ by " << std::fabs(a - b);
+}
+
+// Same shape and bit-identical elements (memcmp): for paths that must compute exactly the same.
+template <class A, class B>
+::testing::AssertionResult same_bits(const A& a, const B& b) {
+  if (!std::equal(a.shape().begin(), a.shape().end(), b.shape().begin(), b.shape().end()))
+    return ::testing::AssertionFailure() << "shapes differ";
+  static_assert(sizeof(*a.data()) == sizeof(*b.data()), "same_bits compares one scalar type");
+  const auto bytes = sizeof(*a.data()) * static_cast<std::size_t>(a.size());
+  if (bytes && std::memcmp(a.data(), b.data(), bytes) != 0)
+    return ::testing::AssertionFailure() << "elements differ";
+  return ::testing::AssertionSuccess();
+}
+
+// Expects into(in, out) to write exactly `expected`, both into a fresh tensor and over `input`
+// itself (out == in: the *_into functions that allow it).
+template <class T, int R, class Into>
+void expect_into_equals(const Tensor<T, R>& input, const Tensor<T, R>& expected, Into&& into) {
+  Tensor<T, R> out(expected.shape());
+  into(input, out);
+  EXPECT_TRUE(same_bits(out, expected)) << "into a fresh tensor";
+  Tensor<T, R> in_place(input);
+  into(in_place, in_place);
+  EXPECT_TRUE(same_bits(in_place, expected)) << "in place";
+}
+
+// Expects a second call (after a first) to make no system allocation in the thread's scratch
+// arena.
+template <class F>
+void expect_repeat_allocates_nothing(F&& call) {
+  call();
+  const std::size_t allocations = detail::scratch().system_allocations();
+  call();
+  EXPECT_EQ(detail::scratch().system_allocations(), allocations) << "the second call allocated";
+  EXPECT_EQ(detail::scratch().live_frames(), 0);
 }
 
 }  // namespace tessera::test

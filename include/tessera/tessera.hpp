@@ -5,6 +5,7 @@
 #include "tessera/core/config.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/mask.hpp"
+#include "tessera/core/scratch.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/core/threading.hpp"
 #include "tessera/kernels/activation.hpp"

@@ -48,4 +48,29 @@ TYPED_TEST(FeedForwardTest, EqualsLinearActivationLinear) {
                            "[2, 5]");
 }
 
+
+TYPED_TEST(FeedForwardTest, ForwardIntoEqualsForwardAndAllocatesOnce) {
+  using T = TypeParam;
+  FeedForward<T> ff({.d_model = 6, .dim_feedforward = 10, .activation = tessera::Activation::gelu,
+                     .seed = 7});
+  Tensor<T, 3> x(2, 3, 6), res(2, 3, 6);
+  x.setRandom(8), res.setRandom(9);
+  const auto rows = res.template reshape<2>({-1, 6});
+  for (const bool with_residual : {false, true}) {
+    const std::optional<tessera::TensorMap<const T, 2>> r =
+        with_residual ? std::optional(rows) : std::nullopt;
+    tessera::test::expect_into_equals(x, ff.forward(x, r), [&](const auto& in, auto& out) {
+      ff.forward_into(in, out, r);  // out may be x
+    });
+  }
+  // The hidden layer comes from the thread's scratch arena: a second call allocates none.
+  Tensor<T, 3> out(2, 3, 6);
+  tessera::test::expect_repeat_allocates_nothing([&] { ff.forward_into(x, out); });
+  Tensor<T, 3> bad(2, 3, 10);
+  TESSERA_EXPECT_THROW_MSG(ff.forward_into(x, bad), tessera::ShapeError,
+                           "tessera::nn::FeedForward::forward_into", "'out'", "[2, 3, 10]",
+                           "[2, 3, 6]");
+  EXPECT_EQ(tessera::detail::scratch().live_frames(), 0);
+}
+
 }  // namespace

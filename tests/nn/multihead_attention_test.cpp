@@ -171,6 +171,47 @@ TYPED_TEST(MultiheadAttentionTest, SelfAttentionPathEqualsSeparateProjections) {
   tessera::test::expect_tensor_near(separate, fused, tessera::test::tol<T>() * 10, "separate");
 }
 
+// prepack() for each use gives what the unpacked weights give on every projection path: the
+// fused [3E, E] product, the [2E, E] key-value slice, separate key and value, separate weights
+// (kdim, vdim != embed_dim); a path whose slice was not packed falls back to the weight itself.
+TYPED_TEST(MultiheadAttentionTest, PrepackedProjectionsEqualUnpacked) {
+  using T = TypeParam;
+  using tessera::nn::AttentionUse;
+  const auto tol = tessera::test::tol<T>() * 10;
+  for (Index kdim : {Index{0}, Index{24}}) {
+    MultiheadAttention<T> mha({.embed_dim = 64, .num_heads = 4, .kdim = kdim, .vdim = kdim,
+                               .seed = 3});
+    const Index kd = kdim ? kdim : 64;
+    Tensor<T, 3> x(2, 37, 64), mem(2, 29, kd), val(2, 29, kd);
+    x.setRandom(4);
+    mem.setRandom(5);
+    val.setRandom(6);
+    const auto run = [&] {
+      std::vector<Tensor<T, 3>> outs;
+      if (!kdim) outs.push_back(mha.forward(x, x, x).output);
+      outs.push_back(mha.forward(x, mem, mem).output);
+      outs.push_back(mha.forward(x, mem, val).output);
+      return outs;
+    };
+    const auto want = run();
+    for (AttentionUse use : {AttentionUse::self, AttentionUse::cross, AttentionUse::both}) {
+      mha.prepack(use);
+      EXPECT_TRUE(mha.is_prepacked());
+      const auto got = run();
+      ASSERT_EQ(got.size(), want.size());
+      for (std::size_t i = 0; i < got.size(); ++i)
+        tessera::test::expect_tensor_near(got[i], want[i], tol,
+                                          "use " + std::to_string(int(use)) + " path " +
+                                              std::to_string(i) + " kdim " + std::to_string(kdim));
+    }
+    mha.unprepack();
+    EXPECT_FALSE(mha.is_prepacked());
+    const auto again = run();
+    for (std::size_t i = 0; i < again.size(); ++i)
+      EXPECT_TRUE(tessera::test::same_bits(again[i], want[i])) << "after unprepack, path " << i;
+  }
+}
+
 TYPED_TEST(MultiheadAttentionTest, WeightsAverageEqualsMeanOfHeads) {
   using T = TypeParam;
   MultiheadAttention<T> mha({.embed_dim = 8, .num_heads = 2, .seed = 4});
@@ -291,6 +332,112 @@ TYPED_TEST(MultiheadAttentionTest, RejectsBadShapesAndOptions) {
   TESSERA_EXPECT_THROW_MSG(mha.append_kv(cache, k1, k1), ShapeError, "batch 1", "batch 2");
   TESSERA_EXPECT_THROW_MSG(mha.attend(Tensor<T, 3>(1, 1, 8), cache), ShapeError, "batch 1",
                            "batch 2");
+}
+
+TYPED_TEST(MultiheadAttentionTest, ForwardIntoEqualsForwardBitwise) {
+  using T = TypeParam;
+  using tessera::test::same_bits;
+  using Fo = tessera::nn::MultiheadAttentionForwardOptions;
+  MultiheadAttention<T> packed({.embed_dim = 12, .num_heads = 3, .seed = 31});
+  MultiheadAttention<T> bias_kv(
+      {.embed_dim = 12, .num_heads = 3, .add_bias_kv = true, .add_zero_attn = true, .seed = 32});
+  MultiheadAttention<T> separate({.embed_dim = 12, .num_heads = 3, .kdim = 5, .vdim = 7});
+  packed.in_proj_bias.value.setRandom(33);
+  Tensor<T, 3> q(2, 4, 12), kv(2, 6, 12), k5(2, 6, 5), v7(2, 6, 7), res(2, 4, 12);
+  q.setRandom(34), kv.setRandom(35), k5.setRandom(36), v7.setRandom(37), res.setRandom(38);
+  Tensor<bool, 2> pad_q(2, 4), pad_kv(2, 6), am(4, 6);
+  pad_q(1, 3) = pad_kv(0, 5) = am(2, 1) = true;
+  const auto rows = res.template reshape<2>({-1, 12});
+  struct Case {
+    const MultiheadAttention<T>* m;
+    const Tensor<T, 3> *k, *v;
+    Fo fo;
+    bool residual;
+  };
+  const Case cases[] = {
+      {&packed, &q, &q, {.key_padding_mask = Mask::blocked(pad_q), .is_causal = true}, false},
+      {&packed, &q, &q, {.need_weights = true}, true},
+      {&packed, &kv, &kv, {.attn_mask = Mask::blocked(am), .need_weights = true}, true},
+      {&packed,
+       &kv,
+       &kv,
+       {.key_padding_mask = Mask::blocked(pad_kv),
+        .need_weights = true,
+        .average_attn_weights = false},
+       false},
+      {&bias_kv, &kv, &kv, {.key_padding_mask = Mask::blocked(pad_kv)}, true},
+      {&separate, &k5, &v7, {.attn_mask = Mask::blocked(am), .need_weights = true}, false},
+  };
+  int i = 0;
+  for (const auto& c : cases) {
+    SCOPED_TRACE("case " + std::to_string(i++));
+    const std::optional<tessera::TensorMap<const T, 2>> r =
+        c.residual ? std::optional(rows) : std::nullopt;
+    const auto expected = c.m->forward(q, *c.k, *c.v, c.fo, r);
+    Tensor<T, 3> out(2, 4, 12);
+    const auto w = c.m->forward_into(q, *c.k, *c.v, out, c.fo, r);
+    EXPECT_TRUE(same_bits(out, expected.output));
+    ASSERT_EQ(w.attn_weights.has_value(), expected.attn_weights.has_value());
+    ASSERT_EQ(w.attn_weights_per_head.has_value(), expected.attn_weights_per_head.has_value());
+    if (w.attn_weights) {
+      EXPECT_TRUE(same_bits(*w.attn_weights, *expected.attn_weights));
+    }
+    if (w.attn_weights_per_head) {
+      EXPECT_TRUE(same_bits(*w.attn_weights_per_head, *expected.attn_weights_per_head));
+    }
+    if (c.k == &q) {
+      // out may be the query: it is projected before out is written.
+      Tensor<T, 3> in_place(q);
+      c.m->forward_into(in_place, in_place, in_place, in_place, c.fo, r);
+      EXPECT_TRUE(same_bits(in_place, expected.output));
+    }
+  }
+}
+
+TYPED_TEST(MultiheadAttentionTest, AttendIntoEqualsAttend) {
+  using T = TypeParam;
+  MultiheadAttention<T> mha({.embed_dim = 12, .num_heads = 3, .seed = 41});
+  Tensor<T, 3> x(2, 5, 12), res(2, 5, 12);
+  x.setRandom(42), res.setRandom(43);
+  tessera::nn::KVCache<T> cache;
+  mha.append_kv(cache, x, x);
+  const tessera::nn::MultiheadAttentionForwardOptions fo{.need_weights = true, .is_causal = true};
+  const auto expected = mha.attend(x, cache, fo);
+  Tensor<T, 3> out(2, 5, 12);
+  const auto w = mha.attend_into(x, cache, out, fo);
+  EXPECT_TRUE(tessera::test::same_bits(out, expected.output));
+  ASSERT_TRUE(w.attn_weights.has_value());
+  EXPECT_TRUE(tessera::test::same_bits(*w.attn_weights, *expected.attn_weights));
+  // With a residual: the output projection plus the residual, added in the same order.
+  mha.attend_into(x, cache, out, fo, res.template reshape<2>({-1, 12}));
+  Tensor<T, 3> sum(expected.output);
+  sum.as_array() = res.as_array() + sum.as_array();
+  EXPECT_TRUE(tessera::test::same_bits(out, sum));
+}
+
+TYPED_TEST(MultiheadAttentionTest, RepeatedForwardMakesNoScratchAllocation) {
+  using T = TypeParam;
+  MultiheadAttention<T> mha({.embed_dim = 16, .num_heads = 4, .add_bias_kv = true, .seed = 51});
+  Tensor<T, 3> q(2, 7, 16), kv(2, 9, 16);
+  q.setRandom(52), kv.setRandom(53);
+  const tessera::nn::MultiheadAttentionForwardOptions fo{.need_weights = true};
+  tessera::test::expect_repeat_allocates_nothing([&] { (void)mha.forward(q, kv, kv, fo); });
+}
+
+TYPED_TEST(MultiheadAttentionTest, ForwardIntoRejectsBadOut) {
+  using T = TypeParam;
+  MultiheadAttention<T> mha({.embed_dim = 8, .num_heads = 2});
+  Tensor<T, 3> q(2, 3, 8), k(2, 5, 8), bad(2, 3, 7), wrong_len(2, 5, 8);
+  TESSERA_EXPECT_THROW_MSG(mha.forward_into(q, k, k, bad), tessera::ShapeError,
+                           "tessera::nn::MultiheadAttention::forward", "'out'", "[2, 3, 7]",
+                           "[2, 3, 8]");
+  TESSERA_EXPECT_THROW_MSG(mha.forward_into(q, k, k, wrong_len), tessera::ShapeError, "'out'",
+                           "[2, 5, 8]", "[2, 3, 8]");
+  tessera::nn::KVCache<T> cache;
+  mha.append_kv(cache, k, k);
+  TESSERA_EXPECT_THROW_MSG(mha.attend_into(q, cache, bad), tessera::ShapeError,
+                           "tessera::nn::MultiheadAttention::attend", "'out'", "[2, 3, 7]");
+  EXPECT_EQ(tessera::detail::scratch().live_frames(), 0);
 }
 
 TYPED_TEST(MultiheadAttentionTest, StateDictNamesAndStrictLoading) {

@@ -93,4 +93,41 @@ TYPED_TEST(TransformerDecoderTest, StepRejectsForeignCache) {
                            "the cache has 0 layers");
 }
 
+
+TYPED_TEST(TransformerDecoderTest, ForwardIntoEqualsForwardAndRepeatsWithoutAllocating) {
+  using T = TypeParam;
+  Tensor<T, 3> tgt(2, 5, 8), memory(2, 3, 8);
+  tgt.setRandom(41);
+  memory.setRandom(42);
+  Tensor<bool, 2> mem_pad(2, 3);
+  mem_pad(0, 2) = true;
+  const tessera::nn::TransformerDecoderLayerForwardOptions fo{
+      .memory_key_padding_mask = tessera::Mask::blocked(mem_pad), .tgt_is_causal = true};
+  for (const bool norm_first : {false, true}) {
+    SCOPED_TRACE(norm_first ? "pre-norm" : "post-norm");
+    TransformerDecoder<T> dec(
+        {.layer = {.d_model = 8, .nhead = 2, .dim_feedforward = 16, .norm_first = norm_first},
+         .num_layers = 3,
+         .final_norm = true});
+    Tensor<T, 3> expected = dec.layers[0].forward(tgt, memory, fo);
+    for (std::size_t i = 1; i < dec.layers.size(); ++i)
+      expected = dec.layers[i].forward(expected, memory, fo);
+    dec.norm.forward_into(expected, expected);
+    EXPECT_TRUE(tessera::test::same_bits(dec.forward(tgt, memory, fo), expected));
+    tessera::test::expect_into_equals(tgt, expected, [&](const auto& in, auto& out) {
+      dec.forward_into(in, memory, out, fo);
+    });
+    tessera::test::expect_repeat_allocates_nothing([&] { (void)dec.forward(tgt, memory, fo); });
+  }
+  TransformerDecoder<T> dec({.layer = {.d_model = 8, .nhead = 2}, .num_layers = 2});
+  Tensor<T, 3> bad(2, 5, 4);
+  TESSERA_EXPECT_THROW_MSG(dec.forward_into(tgt, memory, bad), tessera::ShapeError,
+                           "tessera::nn::TransformerDecoder::forward_into", "'out'", "[2, 5, 4]",
+                           "[2, 5, 8]");
+  // Every layer after the first reads memory after out was written: they must not overlap.
+  Tensor<T, 3> shared(tgt);
+  TESSERA_EXPECT_THROW_MSG(dec.forward_into(tgt, shared, shared), tessera::ValueError,
+                           "'out' overlaps argument 'memory'");
+}
+
 }  // namespace

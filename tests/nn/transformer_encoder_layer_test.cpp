@@ -96,4 +96,49 @@ TYPED_TEST(TransformerEncoderLayerTest, RejectsBadOptionsAndInputs) {
       tessera::ShapeError, "'key_padding_mask'", "[3, 3]", "[2, 3]");
 }
 
+
+TYPED_TEST(TransformerEncoderLayerTest, ForwardIntoEqualsForwardInPlaceToo) {
+  using T = TypeParam;
+  Tensor<T, 3> x(2, 5, 8);
+  x.setRandom(11);
+  Tensor<bool, 2> pad(2, 5), causal(5, 5);
+  pad(1, 4) = true;
+  for (Index i = 0; i < 5; ++i)
+    for (Index j = i + 1; j < 5; ++j) causal(i, j) = true;
+  for (const bool norm_first : {false, true}) {
+    SCOPED_TRACE(norm_first ? "pre-norm" : "post-norm");
+    TransformerEncoderLayer<T> layer({.d_model = 8,
+                                      .nhead = 2,
+                                      .dim_feedforward = 16,
+                                      .activation = tessera::Activation::gelu,
+                                      .norm_first = norm_first,
+                                      .seed = 12});
+    const tessera::nn::TransformerEncoderLayerForwardOptions fo{
+        .src_mask = Mask::blocked(causal), .src_key_padding_mask = Mask::blocked(pad)};
+    tessera::test::expect_into_equals(x, layer.forward(x, fo), [&](const auto& in, auto& out) {
+      layer.forward_into(in, out, fo);  // out may be src
+    });
+  }
+}
+
+TYPED_TEST(TransformerEncoderLayerTest, RepeatedForwardMakesNoScratchAllocation) {
+  using T = TypeParam;
+  for (const bool norm_first : {false, true}) {
+    TransformerEncoderLayer<T> layer(
+        {.d_model = 16, .nhead = 4, .dim_feedforward = 64, .norm_first = norm_first});
+    Tensor<T, 3> x(3, 11, 16);
+    x.setRandom(13);
+    tessera::test::expect_repeat_allocates_nothing([&] { (void)layer.forward(x); });
+  }
+}
+
+TYPED_TEST(TransformerEncoderLayerTest, ForwardIntoRejectsBadOut) {
+  using T = TypeParam;
+  TransformerEncoderLayer<T> layer({.d_model = 8, .nhead = 2, .dim_feedforward = 16});
+  Tensor<T, 3> x(2, 3, 8), bad(2, 4, 8);
+  TESSERA_EXPECT_THROW_MSG(layer.forward_into(x, bad), tessera::ShapeError,
+                           "tessera::nn::TransformerEncoderLayer::forward_into", "'out'",
+                           "[2, 4, 8]", "[2, 3, 8]");
+}
+
 }  // namespace

@@ -45,4 +45,35 @@ TYPED_TEST(TransformerEncoderTest, RejectsZeroLayers) {
       tessera::ValueError, "tessera::nn::TransformerEncoder", "num_layers is 0");
 }
 
+
+TYPED_TEST(TransformerEncoderTest, ForwardIntoEqualsForwardAndRepeatsWithoutAllocating) {
+  using T = TypeParam;
+  Tensor<T, 3> x(2, 6, 8);
+  x.setRandom(31);
+  Tensor<bool, 2> pad(2, 6);
+  pad(1, 5) = true;
+  const tessera::nn::TransformerEncoderLayerForwardOptions fo{
+      .src_key_padding_mask = tessera::Mask::blocked(pad), .is_causal = true};
+  for (const bool norm_first : {false, true}) {
+    SCOPED_TRACE(norm_first ? "pre-norm" : "post-norm");
+    TransformerEncoder<T> enc(
+        {.layer = {.d_model = 8, .nhead = 2, .dim_feedforward = 16, .norm_first = norm_first},
+         .num_layers = 3,
+         .final_norm = true});
+    // The layers one after the other, each into a tensor of its own.
+    Tensor<T, 3> expected = enc.layers[0].forward(x, fo);
+    for (std::size_t i = 1; i < enc.layers.size(); ++i) expected = enc.layers[i].forward(expected, fo);
+    enc.norm.forward_into(expected, expected);
+    EXPECT_TRUE(tessera::test::same_bits(enc.forward(x, fo), expected));
+    tessera::test::expect_into_equals(
+        x, expected, [&](const auto& in, auto& out) { enc.forward_into(in, out, fo); });
+    tessera::test::expect_repeat_allocates_nothing([&] { (void)enc.forward(x, fo); });
+  }
+  TransformerEncoder<T> enc({.layer = {.d_model = 8, .nhead = 2}, .num_layers = 2});
+  Tensor<T, 3> bad(2, 6, 4);
+  TESSERA_EXPECT_THROW_MSG(enc.forward_into(x, bad), tessera::ShapeError,
+                           "tessera::nn::TransformerEncoder::forward_into", "'out'", "[2, 6, 4]",
+                           "[2, 6, 8]");
+}
+
 }  // namespace

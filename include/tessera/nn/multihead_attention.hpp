@@ -7,7 +7,9 @@
 // Heads are never copied apart: attention reads head i of the projected [batch, seq, embed]
 // tensors through strides and writes its output into the columns of head i of one
 // [batch, seq, embed] buffer, which is the out projection's input. Self-attention (query, key and
-// value the same tensor) projects all three with one [3E, E] product.
+// value the same tensor) projects all three with one [3E, E] product. The projections and the
+// attention output live in the calling thread's scratch arena (core/scratch.hpp), so a repeated
+// call allocates nothing but what it returns; forward_into allocates nothing at all.
 //
 // State dict names are PyTorch's: in_proj_weight [3E, E] when kdim == vdim == embed_dim, otherwise
 // q_proj_weight [E, E], k_proj_weight [E, kdim], v_proj_weight [E, vdim]; in_proj_bias [3E];
@@ -22,6 +24,7 @@
 
 #include "tessera/core/error.hpp"
 #include "tessera/core/mask.hpp"
+#include "tessera/core/scratch.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/kernels/attention.hpp"
 #include "tessera/kernels/linear.hpp"
@@ -29,6 +32,10 @@
 #include "tessera/nn/module.hpp"
 
 namespace tessera::nn {
+
+// What a MultiheadAttention serves, for prepack(): self-attention (query, key and value one
+// tensor), cross-attention (the query from one sequence, key and value from another), or both.
+enum class AttentionUse { self, cross, both };
 
 struct MultiheadAttentionOptions {
   Index embed_dim = 0;
@@ -57,6 +64,14 @@ struct MultiheadAttentionOutput {
   Tensor<T, 3> output;                                // [batch, Lq, embed_dim]
   std::optional<Tensor<T, 3>> attn_weights;           // [batch, Lq, Lk'] when averaged
   std::optional<Tensor<T, 4>> attn_weights_per_head;  // [batch, heads, Lq, Lk'] otherwise
+};
+
+// What forward_into and attend_into return beside the output they write: the attention weights,
+// when requested (as in MultiheadAttentionOutput).
+template <class T>
+struct MultiheadAttentionWeights {
+  std::optional<Tensor<T, 3>> attn_weights;
+  std::optional<Tensor<T, 4>> attn_weights_per_head;
 };
 
 // Projected keys and values kept between calls, for incremental decoding: generating token t
@@ -137,22 +152,53 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
   template <TensorLike Qx, TensorLike Kx, TensorLike Vx>
   MultiheadAttentionOutput<T> forward(const Qx& query, const Kx& key, const Vx& value,
                                       const MultiheadAttentionForwardOptions& fo = {},
-                                      std::optional<TensorMap<const T, 2>> residual = {}) const;
+                                      std::optional<TensorMap<const T, 2>> residual = {}) const {
+    MultiheadAttentionOutput<T> result{
+        Tensor<T, 3>(Shape<3>{query.shape()[0], query.shape()[1], embed_dim()}, uninitialized),
+        std::nullopt, std::nullopt};
+    auto w = forward_into(query, key, value, result.output, fo, residual);
+    result.attn_weights = std::move(w.attn_weights);
+    result.attn_weights_per_head = std::move(w.attn_weights_per_head);
+    return result;
+  }
+  // The same, writing the output into `out` [batch, Lq, E]. out may be query, key or value (they
+  // are projected before out is written); it must not overlap `residual`.
+  template <TensorLike Qx, TensorLike Kx, TensorLike Vx>
+  MultiheadAttentionWeights<T> forward_into(const Qx& query, const Kx& key, const Vx& value,
+                                            TensorMap<T, 3> out,
+                                            const MultiheadAttentionForwardOptions& fo = {},
+                                            std::optional<TensorMap<const T, 2>> residual = {}) const;
 
-  // Packs the projection weights for inference (nn::Linear::prepack): the whole in_proj_weight
-  // for self-attention, and out_proj. Call it again after changing the weights; unprepack()
-  // drops the packed copies.
-  void prepack() {
-    if (packed()) {
-      in_proj_packed_ = std::make_shared<const PackedMatrix<T>>(
-          PackedMatrix<T>::from_weight(in_proj_weight.value));
+  // Packs the projection weights for inference (nn::Linear::prepack), in the slices forward
+  // multiplies by: for self-attention (query, key and value the same tensor) the whole
+  // in_proj_weight; for cross-attention the query's rows and the key's and value's (one [2E, E]
+  // slice, used when key and value are the same tensor, as a decoder's memory is; with kdim or
+  // vdim != embed_dim the three separate weights); and out_proj. `use` says which of the two the module serves, so that a module
+  // used one way does not hold the other's copy (`both`: about twice the projection weights).
+  // Call it again after changing the weights; unprepack() drops the packed copies.
+  void prepack(AttentionUse use = AttentionUse::both) {
+    unprepack();
+    const auto pack = [](const auto& w) {
+      return std::make_shared<const PackedMatrix<T>>(PackedMatrix<T>::from_weight(w));
+    };
+    const bool self = use != AttentionUse::cross, cross = use != AttentionUse::self;
+    if (packed() && self) packed_proj_[kQKV] = pack(in_proj_weight.value);
+    if (cross) {
+      packed_proj_[kQ] = pack(proj_slice(kQ));
+      if (packed()) {
+        packed_proj_[kKV] = pack(proj_slice(kKV));
+      } else {
+        packed_proj_[kK] = pack(proj_slice(kK));
+        packed_proj_[kV] = pack(proj_slice(kV));
+      }
     }
     out_proj.prepack();
   }
   void unprepack() noexcept {
-    in_proj_packed_.reset();
+    for (auto& p : packed_proj_) p.reset();
     out_proj.unprepack();
   }
+  bool is_prepacked() const noexcept { return out_proj.is_prepacked(); }
 
   // Projects key [batch, n, kdim] and value [batch, n, vdim] and appends them to `cache`.
   template <TensorLike Kx, TensorLike Vx>
@@ -163,7 +209,22 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
   // j <= length - Lq + i, so a block of new tokens appended just before attends causally.
   template <TensorLike Qx>
   MultiheadAttentionOutput<T> attend(const Qx& query, const KVCache<T>& cache,
-                                     const MultiheadAttentionForwardOptions& fo = {}) const;
+                                     const MultiheadAttentionForwardOptions& fo = {}) const {
+    MultiheadAttentionOutput<T> result{
+        Tensor<T, 3>(Shape<3>{query.shape()[0], query.shape()[1], embed_dim()}, uninitialized),
+        std::nullopt, std::nullopt};
+    auto w = attend_into(query, cache, result.output, fo);
+    result.attn_weights = std::move(w.attn_weights);
+    result.attn_weights_per_head = std::move(w.attn_weights_per_head);
+    return result;
+  }
+  // The same into `out` [batch, Lq, E], plus `residual` ([batch * Lq, E]) fused into the output
+  // projection as in forward. out may be query; it must not overlap `residual` or the cache.
+  template <TensorLike Qx>
+  MultiheadAttentionWeights<T> attend_into(const Qx& query, const KVCache<T>& cache,
+                                           TensorMap<T, 3> out,
+                                           const MultiheadAttentionForwardOptions& fo = {},
+                                           std::optional<TensorMap<const T, 2>> residual = {}) const;
 
   template <class Self, class F>
   static void visit(Self& self, F&& f, const std::string& prefix) {
@@ -183,6 +244,32 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
   }
 
  private:
+  // Slices of the input projection that forward multiplies by, and their packed copies.
+  enum ProjSlice { kQ = 0, kK = 1, kV = 2, kKV = 3, kQKV = 4 };
+  // The weight of a slice: rows of in_proj_weight, or (kQ, kK, kV) the separate weights.
+  TensorMap<const T, 2> proj_slice(int part) const {
+    if (part == kKV && packed()) {
+      const Index E = options_.embed_dim;
+      return TensorMap<const T, 2>(in_proj_weight.value.data() + E * E, {2 * E, E});
+    }
+    if (part == kKV) return {};  // separate weights: no [2E, E] slice
+    return proj_weight(part);
+  }
+  // x [B, n, features] times the slice's weight^T plus its bias, into out [B, n, rows of slice]:
+  // from the packed copy when prepack() made one.
+  template <class X>
+  void project(const X& x, int part, TensorMap<T, 3> out) const {
+    const Index parts = part == kQKV ? 3 : part == kKV ? 2 : 1;
+    const int first = part == kQKV ? 0 : part == kKV ? 1 : part;
+    const auto& packed_w = packed_proj_[part];
+    if (packed_w && packed_w->cols() == out.dim(2))
+      linear_into(x, *packed_w, out, proj_bias(first, parts));
+    else if (part == kQKV)
+      linear_into(x, in_proj_weight.value, out, proj_bias(0, 3));
+    else
+      linear_into(x, proj_slice(part), out, proj_bias(first, parts));
+  }
+
   // Rows [part*E, (part+1)*E) of the packed weight (or the separate weight), and its bias slice.
   TensorMap<const T, 2> proj_weight(int part) const {
     const Index E = options_.embed_dim;
@@ -198,23 +285,31 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
     return lo;
   }
 
-  // Masks, attention over already projected q/k/v (read through strides), output projection.
-  // Lk keys can be masked; Lk2 >= Lk keys are attended (the rest were appended).
-  MultiheadAttentionOutput<T> attend_projected(const detail::Strided<const T>& qs,
-                                               const detail::Strided<const T>& ks,
-                                               const detail::Strided<const T>& vs, Index B,
-                                               Index Lq, Index Lk, Index Lk2, Index causal_offset,
-                                               const MultiheadAttentionForwardOptions& fo,
-                                               std::optional<TensorMap<const T, 2>> residual) const;
+  // Throws ShapeError unless out is [B, Lq, E].
+  void check_out(std::string_view fn, const TensorMap<T, 3>& out, Index B, Index Lq) const {
+    const Index expected[] = {B, Lq, options_.embed_dim};
+    detail::check_shape_equal(fn, "out", out.shape(), expected);
+  }
+
+  // Masks, attention over already projected q/k/v (read through strides), output projection into
+  // out. Lk keys can be masked; Lk2 >= Lk keys are attended (the rest were appended).
+  MultiheadAttentionWeights<T> attend_projected(const detail::Strided<const T>& qs,
+                                                const detail::Strided<const T>& ks,
+                                                const detail::Strided<const T>& vs, Index B,
+                                                Index Lq, Index Lk, Index Lk2, Index causal_offset,
+                                                const MultiheadAttentionForwardOptions& fo,
+                                                std::optional<TensorMap<const T, 2>> residual,
+                                                TensorMap<T, 3> out) const;
 
   MultiheadAttentionOptions options_{};
-  std::shared_ptr<const PackedMatrix<T>> in_proj_packed_;  // prepack(): in_proj_weight^T
+  std::shared_ptr<const PackedMatrix<T>> packed_proj_[5];  // prepack(): by ProjSlice
 };
 
 template <class T>
 template <TensorLike Qx, TensorLike Kx, TensorLike Vx>
-MultiheadAttentionOutput<T> MultiheadAttention<T>::forward(
-    const Qx& query, const Kx& key, const Vx& value, const MultiheadAttentionForwardOptions& fo,
+MultiheadAttentionWeights<T> MultiheadAttention<T>::forward_into(
+    const Qx& query, const Kx& key, const Vx& value, TensorMap<T, 3> out,
+    const MultiheadAttentionForwardOptions& fo,
     std::optional<TensorMap<const T, 2>> residual) const {
   static_assert(rank_v<Qx> == 3 && rank_v<Kx> == 3 && rank_v<Vx> == 3,
                 "nn::MultiheadAttention takes batch-first [batch, seq, features] tensors");
@@ -234,48 +329,49 @@ MultiheadAttentionOutput<T> MultiheadAttention<T>::forward(
   detail::check_shape_equal(fn, "key", kv.shape(), k_expected);
   const Index v_expected[] = {B, Lk, options_.vdim};
   detail::check_shape_equal(fn, "value", vv.shape(), v_expected);
+  check_out(fn, out, B, Lq);
 
-  // ---- projections: [batch * seq, E] each, one product for all heads ----
+  // ---- projections: [batch * seq, E] each, one product for all heads, into scratch ----
+  detail::ScratchFrame frame;
   const bool self_attention = packed() && qv.data() == kv.data() && kv.data() == vv.data() &&
                               qv.shape() == kv.shape() && kv.shape() == vv.shape();
-  Tensor<T, 3> qkv_buf, q_buf, kv_buf, k_buf, v_buf;
   detail::Strided<const T> qs, ks, vs;
   if (self_attention) {
     // qkv: [B, L, 3E] = x [B, L, E] x in_proj_weight^T [E, 3E]
-    if (in_proj_packed_ && in_proj_packed_->rows() == E && in_proj_packed_->cols() == 3 * E)
-      qkv_buf = linear(qv, *in_proj_packed_, proj_bias(0, 3));
-    else
-      qkv_buf = linear(qv, in_proj_weight.value, proj_bias(0, 3));
-    qs = {qkv_buf.data(), Lq * 3 * E, hd, 3 * E};
-    ks = {qkv_buf.data() + E, Lk * 3 * E, hd, 3 * E};
-    vs = {qkv_buf.data() + 2 * E, Lk * 3 * E, hd, 3 * E};
+    const auto qkv = frame.tensor<T, 3>({B, Lq, 3 * E});
+    project(qv, kQKV, qkv);
+    qs = {qkv.data(), Lq * 3 * E, hd, 3 * E};
+    ks = {qkv.data() + E, Lk * 3 * E, hd, 3 * E};
+    vs = {qkv.data() + 2 * E, Lk * 3 * E, hd, 3 * E};
   } else {
     // q: [B, Lq, E]
-    q_buf = linear(qv, proj_weight(0), proj_bias(0));
-    qs = {q_buf.data(), Lq * E, hd, E};
+    const auto q = frame.tensor<T, 3>({B, Lq, E});
+    project(qv, kQ, q);
+    qs = {q.data(), Lq * E, hd, E};
     if (packed() && kv.data() == vv.data() && kv.shape() == vv.shape()) {
       // kv: [B, Lk, 2E] = key x (rows E..3E of in_proj_weight)^T
-      const TensorMap<const T, 2> w_kv(in_proj_weight.value.data() + E * E, {2 * E, E});
-      kv_buf = linear(kv, w_kv, proj_bias(1, 2));
-      ks = {kv_buf.data(), Lk * 2 * E, hd, 2 * E};
-      vs = {kv_buf.data() + E, Lk * 2 * E, hd, 2 * E};
+      const auto kv_proj = frame.tensor<T, 3>({B, Lk, 2 * E});
+      project(kv, kKV, kv_proj);
+      ks = {kv_proj.data(), Lk * 2 * E, hd, 2 * E};
+      vs = {kv_proj.data() + E, Lk * 2 * E, hd, 2 * E};
     } else {
       // k: [B, Lk, E], v: [B, Lk, E]
-      k_buf = linear(kv, proj_weight(1), proj_bias(1));
-      v_buf = linear(vv, proj_weight(2), proj_bias(2));
-      ks = {k_buf.data(), Lk * E, hd, E};
-      vs = {v_buf.data(), Lk * E, hd, E};
+      const auto k = frame.tensor<T, 3>({B, Lk, E});
+      const auto v = frame.tensor<T, 3>({B, Lk, E});
+      project(kv, kK, k);
+      project(vv, kV, v);
+      ks = {k.data(), Lk * E, hd, E};
+      vs = {v.data(), Lk * E, hd, E};
     }
   }
 
   // ---- extra keys: bias_k / bias_v, then a zero key and value (PyTorch's order) ----
   const Index extra = (options_.add_bias_kv ? 1 : 0) + (options_.add_zero_attn ? 1 : 0);
   const Index Lk2 = Lk + extra;
-  Tensor<T, 3> k_ext, v_ext;
   if (extra) {
     // k_ext, v_ext: [B, Lk + extra, E]; the appended rows hold bias_k / bias_v, then zeros.
-    k_ext = Tensor<T, 3>(Shape<3>{B, Lk2, E});
-    v_ext = Tensor<T, 3>(Shape<3>{B, Lk2, E});
+    auto k_ext = frame.tensor<T, 3>({B, Lk2, E}).setZero();
+    auto v_ext = frame.tensor<T, 3>({B, Lk2, E}).setZero();
     for (Index b = 0; b < B; ++b) {
       for (Index j = 0; j < Lk; ++j) {
         std::copy_n(ks.base + b * ks.batch + j * ks.row, E, &k_ext(b, j, 0));
@@ -290,7 +386,7 @@ MultiheadAttentionOutput<T> MultiheadAttention<T>::forward(
     vs = {v_ext.data(), Lk2 * E, hd, E};
   }
 
-  return attend_projected(qs, ks, vs, B, Lq, Lk, Lk2, 0, fo, residual);
+  return attend_projected(qs, ks, vs, B, Lq, Lk, Lk2, 0, fo, residual, out);
 }
 
 template <class T>
@@ -337,8 +433,10 @@ void MultiheadAttention<T>::append_kv(KVCache<T>& cache, const Kx& key, const Vx
 
 template <class T>
 template <TensorLike Qx>
-MultiheadAttentionOutput<T> MultiheadAttention<T>::attend(
-    const Qx& query, const KVCache<T>& cache, const MultiheadAttentionForwardOptions& fo) const {
+MultiheadAttentionWeights<T> MultiheadAttention<T>::attend_into(
+    const Qx& query, const KVCache<T>& cache, TensorMap<T, 3> out,
+    const MultiheadAttentionForwardOptions& fo,
+    std::optional<TensorMap<const T, 2>> residual) const {
   static_assert(rank_v<Qx> == 3, "attend takes a [batch, Lq, embed_dim] query");
   constexpr std::string_view fn = "tessera::nn::MultiheadAttention::attend";
   const auto qv = cview(query);
@@ -350,21 +448,24 @@ MultiheadAttentionOutput<T> MultiheadAttention<T>::attend(
   if (Lk > 0 && cache.k.dim(0) != B)
     detail::raise<ShapeError>(fn, "argument 'query' has batch ", B, ", the cache holds batch ",
                               cache.k.dim(0));
+  check_out(fn, out, B, Lq);
   // q: [B, Lq, E]
-  const auto q = linear(qv, proj_weight(0), proj_bias(0));
+  detail::ScratchFrame frame;
+  const auto q = frame.tensor<T, 3>({B, Lq, E});
+  project(qv, kQ, q);
   const Index cap = cache.k.dim(1);
   const detail::Strided<const T> qs{q.data(), Lq * E, hd, E};
   const detail::Strided<const T> ks{cache.k.data(), cap * E, hd, E};
   const detail::Strided<const T> vs{cache.v.data(), cap * E, hd, E};
-  return attend_projected(qs, ks, vs, B, Lq, Lk, Lk, Lk - Lq, fo, std::nullopt);
+  return attend_projected(qs, ks, vs, B, Lq, Lk, Lk, Lk - Lq, fo, residual, out);
 }
 
 template <class T>
-MultiheadAttentionOutput<T> MultiheadAttention<T>::attend_projected(
+MultiheadAttentionWeights<T> MultiheadAttention<T>::attend_projected(
     const detail::Strided<const T>& qs, const detail::Strided<const T>& ks,
     const detail::Strided<const T>& vs, Index B, Index Lq, Index Lk, Index Lk2, Index causal_offset,
-    const MultiheadAttentionForwardOptions& fo,
-    std::optional<TensorMap<const T, 2>> residual) const {
+    const MultiheadAttentionForwardOptions& fo, std::optional<TensorMap<const T, 2>> residual,
+    TensorMap<T, 3> out) const {
   constexpr std::string_view fn = "tessera::nn::MultiheadAttention::forward";
   const Index E = options_.embed_dim, H = options_.num_heads, hd = head_dim();
   // ---- masks, resolved against the scores [B, H, Lq, Lk] ----
@@ -392,9 +493,17 @@ MultiheadAttentionOutput<T> MultiheadAttention<T>::attend_projected(
   }
 
   // ---- attention per (batch, head), written into the heads' columns of attn [B, Lq, E] ----
-  Tensor<T, 3> attn(Shape<3>{B, Lq, E}, uninitialized);
-  std::optional<Tensor<T, 4>> weights;
-  if (fo.need_weights) weights.emplace(Shape<4>{B, H, Lq, Lk2}, uninitialized);
+  detail::ScratchFrame frame;
+  const auto attn = frame.tensor<T, 3>({B, Lq, E});
+  // weights: [B, H, Lq, Lk'], returned per head or only read to average them
+  MultiheadAttentionWeights<T> result;
+  TensorMap<T, 4> weights;
+  if (fo.need_weights && fo.average_attn_weights) {
+    weights = frame.tensor<T, 4>({B, H, Lq, Lk2});
+  } else if (fo.need_weights) {
+    result.attn_weights_per_head.emplace(Shape<4>{B, H, Lq, Lk2}, uninitialized);
+    weights = *result.attn_weights_per_head;
+  }
   detail::AttentionProblem<T> p;
   p.batch = B, p.heads = H, p.lq = Lq, p.lk = Lk2, p.d = hd, p.dv = hd;
   p.q = qs, p.k = ks, p.v = vs;
@@ -405,25 +514,20 @@ MultiheadAttentionOutput<T> MultiheadAttention<T>::attend_projected(
   p.masks[0] = attn_rows ? &*attn_rows : nullptr;
   p.masks[1] = pad_rows ? &*pad_rows : nullptr;
   p.mask_lk = Lk;
-  p.weights = weights ? weights->data() : nullptr;
+  p.weights = fo.need_weights ? weights.data() : nullptr;
   detail::attention_run(p);  // fused unless the weights are requested
 
   // ---- output projection: [B, Lq, E] ----
-  MultiheadAttentionOutput<T> result{out_proj.forward(attn, Activation::identity, residual),
-                                     std::nullopt, std::nullopt};
-  if (weights) {
-    if (fo.average_attn_weights) {
-      // mean over heads: [B, Lq, Lk']
-      Tensor<T, 3> avg(Shape<3>{B, Lq, Lk2});
-      for (Index b = 0; b < B; ++b) {
-        auto a = avg[b].as_matrix();
-        for (Index h = 0; h < H; ++h) a += (*weights)[b][h].as_matrix();
-        a /= static_cast<T>(H);
-      }
-      result.attn_weights = std::move(avg);
-    } else {
-      result.attn_weights_per_head = std::move(weights);
+  out_proj.forward_into(attn, out, Activation::identity, residual);
+  if (fo.need_weights && fo.average_attn_weights) {
+    // mean over heads: [B, Lq, Lk']
+    Tensor<T, 3> avg(Shape<3>{B, Lq, Lk2});
+    for (Index b = 0; b < B; ++b) {
+      auto a = avg[b].as_matrix();
+      for (Index h = 0; h < H; ++h) a += weights[b][h].as_matrix();
+      a /= static_cast<T>(H);
     }
+    result.attn_weights = std::move(avg);
   }
   return result;
 }

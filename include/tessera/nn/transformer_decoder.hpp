@@ -1,6 +1,8 @@
 // tessera: nn::TransformerDecoder, a stack of TransformerDecoderLayer with an optional final
 // LayerNorm, as torch.nn.TransformerDecoder (parameters layers.<i>.*, norm.*), plus cached
-// incremental decoding for generation.
+// incremental decoding for generation. A layer may write over its own input, so the stack runs
+// every layer in place in the output it returns: no buffer per layer, and the layers'
+// intermediates come from the thread's scratch arena.
 #pragma once
 
 #include <vector>
@@ -57,10 +59,27 @@ class TransformerDecoder : public Module<TransformerDecoder<T>> {
   template <TensorLike X, TensorLike M>
   Tensor<T, 3> forward(const X& tgt, const M& memory,
                        const TransformerDecoderLayerForwardOptions& fo = {}) const {
-    Tensor<T, 3> x = layers.front().forward(tgt, memory, fo);
-    for (std::size_t i = 1; i < layers.size(); ++i) x = layers[i].forward(x, memory, fo);
-    if (options_.final_norm) norm.forward_into(x, x);
-    return x;
+    return transformer_output<T>(
+        tgt, [&](TensorMap<T, 3> out) { forward_into(tgt, memory, out, fo); });
+  }
+  // The same into `out` (tgt's shape). out may be tgt; it must not overlap memory, which every
+  // layer reads after the one before it wrote out.
+  template <TensorLike X, TensorLike M>
+  void forward_into(const X& tgt, const M& memory, TensorMap<T, 3> out,
+                    const TransformerDecoderLayerForwardOptions& fo = {}) const {
+    static_assert(rank_v<X> == 3, "TransformerDecoder takes [batch, L, d_model]");
+    constexpr std::string_view fn = "tessera::nn::TransformerDecoder::forward_into";
+    check_transformer_out(fn, out, cview(tgt));
+    const auto mv = cview(memory);
+    const auto* o0 = reinterpret_cast<const char*>(out.data());
+    const auto* m0 = reinterpret_cast<const char*>(mv.data());
+    if (out.size() > 0 && mv.size() > 0 && o0 < m0 + mv.size() * sizeof(T) &&
+        m0 < o0 + out.size() * sizeof(T))
+      detail::raise<ValueError>(fn, "argument 'out' overlaps argument 'memory', which every layer ",
+                                "reads after the one before it wrote out");
+    layers.front().forward_into(tgt, memory, out, fo);
+    for (std::size_t i = 1; i < layers.size(); ++i) layers[i].forward_into(out, memory, out, fo);
+    if (options_.final_norm) norm.forward_into(out, out);
   }
 
   // Starts generation against `memory` [batch, Lm, d_model]: projects it once per layer. The
@@ -83,11 +102,12 @@ class TransformerDecoder : public Module<TransformerDecoder<T>> {
       detail::raise<ValueError>("tessera::nn::TransformerDecoder::step", "the cache has ",
                                 cache.layers.size(), " layers, the decoder ", layers.size(),
                                 " (make it with make_cache)");
-    Tensor<T, 3> x = layers.front().step(tgt, cache.layers.front(), cache.memory_key_padding_mask);
-    for (std::size_t i = 1; i < layers.size(); ++i)
-      x = layers[i].step(x, cache.layers[i], cache.memory_key_padding_mask);
-    if (options_.final_norm) norm.forward_into(x, x);
-    return x;
+    return transformer_output<T>(tgt, [&](TensorMap<T, 3> out) {
+      layers.front().step_into(tgt, cache.layers.front(), out, cache.memory_key_padding_mask);
+      for (std::size_t i = 1; i < layers.size(); ++i)
+        layers[i].step_into(out, cache.layers[i], out, cache.memory_key_padding_mask);
+      if (options_.final_norm) norm.forward_into(out, out);
+    });
   }
 
   // Packs every layer's weights for inference (nn::Linear::prepack).

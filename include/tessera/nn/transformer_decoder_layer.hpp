@@ -7,12 +7,15 @@
 //
 // Parameters under PyTorch's names: self_attn.*, multihead_attn.*, linear1.*, linear2.*,
 // norm1.*, norm2.*, norm3.*. For generation, `step` runs new target positions against a cache of
-// the self-attention keys/values and of the projected memory, so token t costs O(t).
+// the self-attention keys/values and of the projected memory, so token t costs O(t). As in the
+// encoder layer, each skip connection is fused into the product that ends its block, and the
+// intermediates live in the calling thread's scratch arena (core/scratch.hpp).
 #pragma once
 
 #include <optional>
 
 #include "tessera/core/mask.hpp"
+#include "tessera/core/scratch.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/nn/feed_forward.hpp"
 #include "tessera/nn/layer_norm.hpp"
@@ -75,18 +78,32 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
   template <TensorLike X, TensorLike M>
   Tensor<T, 3> forward(const X& tgt, const M& memory,
                        const TransformerDecoderLayerForwardOptions& fo = {}) const {
+    return transformer_output<T>(
+        tgt, [&](TensorMap<T, 3> out) { forward_into(tgt, memory, out, fo); });
+  }
+  // The same into `out` (tgt's shape). out may be tgt or memory, or overlap them: both are read
+  // only before out is first written.
+  template <TensorLike X, TensorLike M>
+  void forward_into(const X& tgt, const M& memory, TensorMap<T, 3> out,
+                    const TransformerDecoderLayerForwardOptions& fo = {}) const {
     static_assert(rank_v<X> == 3 && rank_v<M> == 3,
                   "TransformerDecoderLayer takes [batch, L, d_model]");
+    const auto xv = cview(tgt);
+    check_transformer_out("tessera::nn::TransformerDecoderLayer::forward_into", out, xv);
     const MultiheadAttentionForwardOptions sa{.key_padding_mask = fo.tgt_key_padding_mask,
                                               .attn_mask = fo.tgt_mask,
                                               .is_causal = fo.tgt_is_causal};
     const MultiheadAttentionForwardOptions ca{.key_padding_mask = fo.memory_key_padding_mask,
                                               .attn_mask = fo.memory_mask,
                                               .is_causal = fo.memory_is_causal};
-    Tensor<T, 3> x(cview(tgt));
-    return run(
-        x, [&](const auto& h) { return self_attn.forward(h, h, h, sa).output; },
-        [&](const auto& h) { return multihead_attn.forward(h, memory, memory, ca).output; });
+    run(
+        xv, out,
+        [&](const auto& h, const auto& dst, const auto& residual) {
+          self_attn.forward_into(h, h, h, dst, sa, residual);
+        },
+        [&](const auto& h, const auto& dst, const auto& residual) {
+          multihead_attn.forward_into(h, memory, memory, dst, ca, residual);
+        });
   }
 
   // Prepares the cache for generation against `memory` [batch, Lm, d_model].
@@ -103,28 +120,35 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
   template <TensorLike X>
   Tensor<T, 3> step(const X& tgt, DecoderLayerCache<T>& cache,
                     const std::optional<Mask>& memory_key_padding_mask = std::nullopt) const {
+    return transformer_output<T>(
+        tgt, [&](TensorMap<T, 3> out) { step_into(tgt, cache, out, memory_key_padding_mask); });
+  }
+  // The same into `out` (tgt's shape); out may be tgt, as in forward_into.
+  template <TensorLike X>
+  void step_into(const X& tgt, DecoderLayerCache<T>& cache, TensorMap<T, 3> out,
+                 const std::optional<Mask>& memory_key_padding_mask = std::nullopt) const {
     static_assert(rank_v<X> == 3, "TransformerDecoderLayer::step takes [batch, n, d_model]");
-    Tensor<T, 3> x(cview(tgt));
+    const auto xv = cview(tgt);
+    check_transformer_out("tessera::nn::TransformerDecoderLayer::step_into", out, xv);
     const MultiheadAttentionForwardOptions sa{.is_causal = true};
     const MultiheadAttentionForwardOptions ca{.key_padding_mask = memory_key_padding_mask,
                                               .need_weights = cache.record_cross_attention};
-    return run(
-        x,
-        [&](const auto& h) {
+    run(
+        xv, out,
+        [&](const auto& h, const auto& dst, const auto& residual) {
           self_attn.append_kv(cache.self_kv, h, h);
-          return self_attn.attend(h, cache.self_kv, sa).output;
+          self_attn.attend_into(h, cache.self_kv, dst, sa, residual);
         },
-        [&](const auto& h) {
-          auto r = multihead_attn.attend(h, cache.memory_kv, ca);
-          if (r.attn_weights) cache.cross_attention = std::move(*r.attn_weights);
-          return std::move(r.output);
+        [&](const auto& h, const auto& dst, const auto& residual) {
+          auto w = multihead_attn.attend_into(h, cache.memory_kv, dst, ca, residual);
+          if (w.attn_weights) cache.cross_attention = std::move(*w.attn_weights);
         });
   }
 
   // Packs the attentions' and the feed-forward's weights for inference (nn::Linear::prepack).
   void prepack() {
-    self_attn.prepack();
-    multihead_attn.prepack();
+    self_attn.prepack(AttentionUse::self);
+    multihead_attn.prepack(AttentionUse::cross);
     ff.prepack();
   }
 
@@ -139,22 +163,32 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
   }
 
  private:
-  // The three residual blocks around the given self- and cross-attention, in either norm order.
+  // The three residual blocks around the given self- and cross-attention, in either norm order,
+  // from tgt into out. block(h, dst, residual) writes attention(h) + residual into dst. tgt (and
+  // whatever the blocks read) is read only before out is written, by the feed-forward block.
   template <class SelfAttn, class CrossAttn>
-  Tensor<T, 3> run(Tensor<T, 3>& x, SelfAttn&& self_block, CrossAttn&& cross_block) const {
+  void run(TensorMap<const T, 3> tgt, TensorMap<T, 3> out, SelfAttn&& self_block,
+           CrossAttn&& cross_block) const {
+    // x, y: the self- and cross-attention blocks' outputs [batch, L, d_model], in scratch.
+    detail::ScratchFrame frame;
+    const auto x = frame.tensor<T, 3>(tgt.shape());
+    const auto y = frame.tensor<T, 3>(tgt.shape());
     if (options_.norm_first) {
-      x.as_array() += self_block(norm1.forward(x)).as_array();
-      x.as_array() += cross_block(norm2.forward(x)).as_array();
-      x.as_array() += ff.forward(norm3.forward(x)).as_array();
-    } else {
-      x.as_array() += self_block(x).as_array();
-      norm1.forward_into(x, x);
-      x.as_array() += cross_block(x).as_array();
-      norm2.forward_into(x, x);
-      x.as_array() += ff.forward(x).as_array();
-      norm3.forward_into(x, x);
+      const auto h = frame.tensor<T, 3>(tgt.shape());  // each block's normalised input
+      norm1.forward_into(tgt, h);
+      self_block(cview(h), x, transformer_rows(tgt));
+      norm2.forward_into(x, h);
+      cross_block(cview(h), y, transformer_rows(x));
+      norm3.forward_into(y, h);
+      ff.forward_into(h, out, transformer_rows(y));
+      return;
     }
-    return std::move(x);
+    self_block(tgt, x, transformer_rows(tgt));
+    norm1.forward_into(x, x);
+    cross_block(cview(x), y, transformer_rows(x));
+    norm2.forward_into(y, y);
+    ff.forward_into(y, out, transformer_rows(y));
+    norm3.forward_into(out, out);
   }
 
   TransformerLayerOptions options_{};

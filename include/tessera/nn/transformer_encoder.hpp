@@ -1,5 +1,7 @@
 // tessera: nn::TransformerEncoder, a stack of TransformerEncoderLayer with an optional final
-// LayerNorm, as torch.nn.TransformerEncoder (parameters layers.<i>.*, norm.*).
+// LayerNorm, as torch.nn.TransformerEncoder (parameters layers.<i>.*, norm.*). A layer may write
+// over its own input, so the stack runs every layer in place in the output it returns: no buffer
+// per layer, and the layers' intermediates come from the thread's scratch arena.
 #pragma once
 
 #include <vector>
@@ -43,10 +45,17 @@ class TransformerEncoder : public Module<TransformerEncoder<T>> {
   // src: [batch, L, d_model] -> [batch, L, d_model]
   template <TensorLike X>
   Tensor<T, 3> forward(const X& src, const TransformerEncoderLayerForwardOptions& fo = {}) const {
-    Tensor<T, 3> x = layers.front().forward(src, fo);
-    for (std::size_t i = 1; i < layers.size(); ++i) x = layers[i].forward(x, fo);
-    if (options_.final_norm) norm.forward_into(x, x);
-    return x;
+    return transformer_output<T>(src, [&](TensorMap<T, 3> out) { forward_into(src, out, fo); });
+  }
+  // The same into `out` (src's shape); out may be src.
+  template <TensorLike X>
+  void forward_into(const X& src, TensorMap<T, 3> out,
+                    const TransformerEncoderLayerForwardOptions& fo = {}) const {
+    static_assert(rank_v<X> == 3, "TransformerEncoder takes [batch, L, d_model]");
+    check_transformer_out("tessera::nn::TransformerEncoder::forward_into", out, cview(src));
+    layers.front().forward_into(src, out, fo);
+    for (std::size_t i = 1; i < layers.size(); ++i) layers[i].forward_into(out, out, fo);
+    if (options_.final_norm) norm.forward_into(out, out);
   }
 
   // Packs every layer's weights for inference (nn::Linear::prepack).

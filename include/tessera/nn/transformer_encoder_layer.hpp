@@ -4,13 +4,16 @@
 //   norm_first = true  (pre-norm):   x = x + self_attn(norm1(x));  x = x + ff(norm2(x))
 //
 // Parameters under PyTorch's names: self_attn.*, linear1.*, linear2.*, norm1.*, norm2.*.
-// Dropout is not applied (inference).
+// Dropout is not applied (inference). The intermediates live in the calling thread's scratch
+// arena (core/scratch.hpp): forward allocates only its output, forward_into nothing.
 #pragma once
 
 #include <cstdint>
 #include <optional>
 
+#include "tessera/core/error.hpp"
 #include "tessera/core/mask.hpp"
+#include "tessera/core/scratch.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/kernels/activation.hpp"
 #include "tessera/nn/feed_forward.hpp"
@@ -36,6 +39,28 @@ struct TransformerEncoderLayerForwardOptions {
   std::optional<Mask> src_key_padding_mask;  // [batch, L]; PyTorch's bool = Mask::blocked
   bool is_causal = false;
 };
+
+// [rows, d_model] view of a [batch, L, d_model] tensor: the shape a fused residual takes.
+template <class X>
+auto transformer_rows(const X& x) {
+  return cview(x).template reshape<2>({-1, x.shape()[2]});
+}
+
+// A new tensor of x's shape, [batch, L, d_model], filled by into(out): forward in terms of
+// forward_into.
+template <class T, class X, class Into>
+Tensor<T, 3> transformer_output(const X& x, Into&& into) {
+  Tensor<T, 3> out(x.shape(), uninitialized);
+  into(TensorMap<T, 3>(out));
+  return out;
+}
+
+// Throws ShapeError unless `out` has the shape of `x` (the layer's input, [batch, L, d_model]).
+template <class T>
+void check_transformer_out(std::string_view fn, const TensorMap<T, 3>& out,
+                           const TensorMap<const T, 3>& x) {
+  detail::check_shape_equal(fn, "out", out.shape(), x.shape());
+}
 
 // Checks what the attention and norm constructors do not. (Not in a nested `detail`
 // namespace: that would hide tessera::detail inside tessera::nn.)
@@ -77,31 +102,41 @@ class TransformerEncoderLayer : public Module<TransformerEncoderLayer<T>> {
   // src: [batch, L, d_model] -> [batch, L, d_model]
   template <TensorLike X>
   Tensor<T, 3> forward(const X& src, const TransformerEncoderLayerForwardOptions& fo = {}) const {
+    return transformer_output<T>(src, [&](TensorMap<T, 3> out) { forward_into(src, out, fo); });
+  }
+  // The same into `out` (src's shape). out may be src, or overlap it: src is read only before
+  // out is first written, so a stack can run every layer in place.
+  template <TensorLike X>
+  void forward_into(const X& src, TensorMap<T, 3> out,
+                    const TransformerEncoderLayerForwardOptions& fo = {}) const {
     static_assert(rank_v<X> == 3, "TransformerEncoderLayer takes [batch, L, d_model]");
+    const auto xv = cview(src);
+    check_transformer_out("tessera::nn::TransformerEncoderLayer::forward_into", out, xv);
     const MultiheadAttentionForwardOptions sa{.key_padding_mask = fo.src_key_padding_mask,
                                               .attn_mask = fo.src_mask,
                                               .is_causal = fo.is_causal};
     // Each skip connection is added inside the product that ends its block (the attention's
-    // output projection, linear2), so no pass of its own sweeps the activations.
-    const auto xv = cview(src);
-    const auto rows = [](const auto& t) {
-      return cview(t).template reshape<2>({-1, t.shape()[2]});
-    };
+    // output projection, linear2), so no pass of its own sweeps the activations. x: the
+    // attention block's output [batch, L, d_model], in scratch.
+    detail::ScratchFrame frame;
+    const auto x = frame.tensor<T, 3>(xv.shape());
     if (options_.norm_first) {
-      const auto h = norm1.forward(xv);
-      Tensor<T, 3> x = self_attn.forward(h, h, h, sa, rows(xv)).output;
-      return ff.forward(norm2.forward(x), rows(x));
+      const auto h = frame.tensor<T, 3>(xv.shape());
+      norm1.forward_into(xv, h);
+      self_attn.forward_into(h, h, h, x, sa, transformer_rows(xv));
+      norm2.forward_into(x, h);
+      ff.forward_into(h, out, transformer_rows(x));
+      return;
     }
-    Tensor<T, 3> x = self_attn.forward(xv, xv, xv, sa, rows(xv)).output;
+    self_attn.forward_into(xv, xv, xv, x, sa, transformer_rows(xv));
     norm1.forward_into(x, x);
-    x = ff.forward(x, rows(x));
-    norm2.forward_into(x, x);
-    return x;
+    ff.forward_into(x, out, transformer_rows(x));
+    norm2.forward_into(out, out);
   }
 
   // Packs the attention's and the feed-forward's weights for inference (nn::Linear::prepack).
   void prepack() {
-    self_attn.prepack();
+    self_attn.prepack(AttentionUse::self);
     ff.prepack();
   }
 

@@ -193,7 +193,7 @@ void length_args(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 using tessera_bench::BM_PeakFMA;
-BENCHMARK_TEMPLATE(BM_PeakFMA, 16);
+BENCHMARK_TEMPLATE(BM_PeakFMA, tessera_bench::kPeakAccumulators);
 BENCHMARK(BM_SDPA_Fused)->Apply(sdpa_args);
 BENCHMARK(BM_SDPA_Blocked)->Apply(sdpa_args);
 BENCHMARK(BM_SDPA_Reference)->Apply(sdpa_args);

@@ -4,13 +4,14 @@
 //   tessera_bench::set_traffic(...)     items/s (SetItemsProcessed) and a "GB/s" counter
 //   tessera_bench::set_gflops(...)      a "GFLOPS" counter
 //   tessera_bench::random_tensor<T>()   a seeded, uniformly filled tensor
-//   tessera_bench::BM_PeakFMA<Acc>      single-thread FP32 FMA throughput through tessera::simd
+//   tessera_bench::BM_PeakFMA<Acc>      single-thread FP32 FMA throughput through tessera::simd;
+//                                       register it with kPeakAccumulators chains (per ISA)
 //   tessera_bench::BM_Copy<T>           memcpy bandwidth of a [rows, n] buffer of T (read + write)
 //
 // Counters are rates in decimal units: "GB/s" is 1e9 bytes per second, "GFLOPS" 1e9 flops per
 // second. Each binary registers the templates it wants, e.g.
 //
-//   BENCHMARK_TEMPLATE(tessera_bench::BM_PeakFMA, 16);
+//   BENCHMARK_TEMPLATE(tessera_bench::BM_PeakFMA, tessera_bench::kPeakAccumulators);
 //   BENCHMARK_TEMPLATE(tessera_bench::BM_Copy, float)->Args({64, 1024});
 #pragma once
 
@@ -52,8 +53,19 @@ tessera::Tensor<T, Rank> random_tensor(const tessera::Shape<Rank>& shape, std::u
 
 // Peak single-thread FP32 FMA throughput: Acc independent chains of acc = acc * a + b on full
 // tessera::simd packets (zmm on AVX-512). Acc must cover FMA latency x FMA ports (4 x 2 on
-// Sapphire Rapids), and stay under the 32 vector registers. Each state iteration runs kReps
-// rounds of Acc FMAs: 2 * width * Acc * kReps flops.
+// Sapphire Rapids and Zen 3) and, with a and b, fit the vector registers: 16 chains spill with
+// AVX2's 16 registers (58 GFLOPS against a real 101 on a Zen 3 core), so kPeakAccumulators is 16
+// where there are 32 registers (AVX-512) and 12 where there are 16 (AVX2, SSE). Each state
+// iteration runs kReps rounds of Acc FMAs: 2 * width * Acc * kReps flops. Without FMA (SSE2
+// baseline) a multiply and an add stand for each FMA: the number is that build's peak, not the
+// core's.
+#if defined(__AVX512F__)
+inline constexpr int kVectorRegisters = 32;
+#else
+inline constexpr int kVectorRegisters = 16;
+#endif
+inline constexpr int kPeakAccumulators = kVectorRegisters >= 32 ? 16 : 12;
+
 template <int Acc>
 void BM_PeakFMA(benchmark::State& state) {
   single_thread();
@@ -79,6 +91,7 @@ void BM_PeakFMA(benchmark::State& state) {
   for (int i = 0; i < Acc; ++i) benchmark::DoNotOptimize(acc[i]);
   set_gflops(state, 2.0 * W * Acc * kReps);
   state.counters["lanes"] = static_cast<double>(W);
+  state.counters["chains"] = Acc;
 }
 
 // memcpy of a [rows, n] buffer of T: the copy bandwidth baseline. GB/s counts read + write.

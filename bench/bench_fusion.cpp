@@ -123,7 +123,7 @@ void BM_BottleneckFusion(benchmark::State& state) {
 }  // namespace
 
 using tessera_bench::BM_PeakFMA;
-BENCHMARK_TEMPLATE(BM_PeakFMA, 16);
+BENCHMARK_TEMPLATE(BM_PeakFMA, tessera_bench::kPeakAccumulators);
 BENCHMARK(BM_EarlyFusion)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_LateFusion)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_CoAttentionFusion)->Unit(benchmark::kMillisecond);

@@ -246,7 +246,7 @@ void thread_args(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 using tessera_bench::BM_PeakFMA;
-BENCHMARK_TEMPLATE(BM_PeakFMA, 16);
+BENCHMARK_TEMPLATE(BM_PeakFMA, tessera_bench::kPeakAccumulators);
 BENCHMARK(BM_Square_Tessera)->Apply(square_args);
 BENCHMARK(BM_Square_Eigen)->Apply(square_args);
 BENCHMARK(BM_Square_Naive)->Apply(naive_args);

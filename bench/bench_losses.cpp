@@ -63,7 +63,7 @@ void sizes(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 using tessera_bench::BM_PeakFMA;
-BENCHMARK_TEMPLATE(BM_PeakFMA, 16);
+BENCHMARK_TEMPLATE(BM_PeakFMA, tessera_bench::kPeakAccumulators);
 BENCHMARK(BM_ClipLoss_Chunked)->Apply(sizes);
 BENCHMARK(BM_ClipLoss_Materialized)->Apply(sizes);
 

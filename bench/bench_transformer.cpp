@@ -114,7 +114,7 @@ void layer_args(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 using tessera_bench::BM_PeakFMA;
-BENCHMARK_TEMPLATE(BM_PeakFMA, 16);
+BENCHMARK_TEMPLATE(BM_PeakFMA, tessera_bench::kPeakAccumulators);
 BENCHMARK(BM_TransformerEncoderLayer)->Apply(layer_args);
 BENCHMARK(BM_TransformerEncoderLayer_Prepacked)->Apply(layer_args);
 BENCHMARK(BM_TransformerEncoderLayer_2Threads)->Apply(layer_args)->UseRealTime();

@@ -135,7 +135,9 @@ def main():
                       args.min_time)
     ts.update(tessera_runs(args.bench_layer,
                            "BM_TransformerEncoderLayer(_Prepacked)?/", args.min_time))
-    peak = next(v for k, v in ts.items() if k.startswith("BM_PeakFMA"))["GFLOPS"]
+    # The best of the peak runs (each binary registers the chain count that fits its ISA's
+    # registers; the highest is the real peak).
+    peak = max(v["GFLOPS"] for k, v in ts.items() if k.startswith("BM_PeakFMA"))
     print(f"tessera BM_PeakFMA: {peak:.1f} GFLOPS\n")
 
     header = f"{'shape':<40}{'PyTorch ms':>11}{'GFLOPS':>8}{'tessera ms':>12}{'GFLOPS':>8}" \

@@ -1,9 +1,14 @@
 # Settings shared by tessera's own tests, benchmarks and examples (never by consumers).
 
-# tessera_dev: what every in-tree program links: the library, warnings, and -march=native when on.
+# tessera_dev: what every in-tree program links: the library, warnings, and the instruction set:
+# TESSERA_MARCH when set (CI builds the suite for x86-64, haswell and native), else -march=native
+# when TESSERA_NATIVE is on.
 add_library(tessera_dev INTERFACE)
 target_link_libraries(tessera_dev INTERFACE tessera::tessera)
-if(TESSERA_NATIVE)
+if(TESSERA_MARCH)
+  target_compile_options(tessera_dev INTERFACE -march=${TESSERA_MARCH})
+  message(STATUS "tessera: tests, benchmarks and examples built with -march=${TESSERA_MARCH}")
+elseif(TESSERA_NATIVE)
   target_link_libraries(tessera_dev INTERFACE tessera::native)
 endif()
 if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")

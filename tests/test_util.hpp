@@ -68,6 +68,17 @@ void expect_repeat_allocates_nothing(F&& call) {
   EXPECT_EQ(detail::scratch().live_frames(), 0);
 }
 
+// Owning Eigen copies of a tensor's elements, for comparing results that are temporaries: the
+// tensors' own views (as_vector, as_array) refuse a temporary, which would dangle.
+template <TensorLike X>
+Eigen::Matrix<scalar_t<X>, Eigen::Dynamic, 1> owned_vector(const X& x) {
+  return cview(x).as_vector();
+}
+template <TensorLike X>
+RowMajorArray<scalar_t<X>> owned_array(const X& x) {
+  return cview(x).as_array();
+}
+
 }  // namespace tessera::test
 
 // Expects `stmt` to throw `Exc` whose what() contains every one of the given substrings.

@@ -40,6 +40,14 @@ class Mask {
   static Mask blocked(const M& m) {
     return boolean(m, MaskKind::blocked);
   }
+  // A Mask keeps a view of its tensor: a temporary would be gone before the mask is used.
+  template <class T, int R>
+  static Mask allowed(const Tensor<T, R>&&) = delete;
+  template <class T, int R>
+  static Mask blocked(const Tensor<T, R>&&) = delete;
+  template <class T, int R>
+  static Mask additive(const Tensor<T, R>&&) = delete;
+
   template <TensorLike M>
   static Mask additive(const M& m) {
     using S = scalar_t<M>;
@@ -54,10 +62,16 @@ class Mask {
   // [batch * heads, Lq, Lk] as [batch, heads, Lq, Lk].
   Mask with_shape(std::span<const Index> shape,
                   std::string_view fn = "tessera::Mask::with_shape") const {
-    Index have = 1, want = 1;
-    for (Index d : this->shape()) have *= d;
-    for (Index d : shape) want *= d;
-    if (shape.size() > static_cast<std::size_t>(kMaxRank) || have != want)
+    if (shape.size() > static_cast<std::size_t>(kMaxRank))
+      detail::raise<ShapeError>(fn, "argument 'shape' ", detail::shape_string(shape), " has ",
+                                shape.size(), " dimensions, at most ", kMaxRank, " are supported");
+    for (Index d : shape)
+      if (d < 0)
+        detail::raise<ShapeError>(fn, "argument 'shape' ", detail::shape_string(shape),
+                                  " has a negative dimension");
+    const Index have = detail::checked_shape_size(this->shape(), fn, "the mask");
+    const Index want = detail::checked_shape_size(shape, fn, "argument 'shape'");
+    if (have != want)
       detail::raise<ShapeError>(fn, "cannot view a mask of shape ",
                                 detail::shape_string(this->shape()), " as shape ",
                                 detail::shape_string(shape));

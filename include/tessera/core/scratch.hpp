@@ -190,8 +190,9 @@ class ScratchFrame {
     constexpr std::string_view fn = "tessera::detail::ScratchFrame::alloc";
     if (n < 0) raise<ValueError>(fn, "argument 'n' is ", n, ", expected a value >= 0");
     if (n == 0) return nullptr;
-    constexpr std::size_t limit = (std::numeric_limits<std::size_t>::max() - kTensorAlignment) /
-                                  sizeof(T);
+    // Bytes must fit ptrdiff_t too, so that pointer differences within the block stay defined.
+    constexpr std::size_t limit =
+        (static_cast<std::size_t>(PTRDIFF_MAX) - kTensorAlignment) / sizeof(T);
     if (static_cast<std::size_t>(n) > limit)
       raise<ValueError>(fn, "argument 'n' is ", n, ", too many elements of ", sizeof(T),
                         " bytes to address");
@@ -202,7 +203,7 @@ class ScratchFrame {
   // An uninitialised tensor of the given shape in this frame.
   template <class T, int Rank>
   TensorMap<T, Rank> tensor(const Shape<Rank>& shape) {
-    check_shape_nonnegative<Rank>("tessera::detail::ScratchFrame::tensor", shape);
+    check_shape<Rank>("tessera::detail::ScratchFrame::tensor", shape);
     return TensorMap<T, Rank>(alloc<T>(shape_size<Rank>(shape)), shape);
   }
 

@@ -74,6 +74,8 @@ struct NestedInit<T, 1> {
   using type = std::initializer_list<T>;
 };
 
+// The product of a shape's sizes. Only for shapes already checked by check_shape (every Tensor
+// and TensorMap is), where it cannot overflow.
 template <int Rank>
 Index shape_size(const Shape<Rank>& shape) {
   Index n = 1;
@@ -81,17 +83,26 @@ Index shape_size(const Shape<Rank>& shape) {
   return n;
 }
 
+// Throws ShapeError for a negative size, or for sizes whose product (or the product of any
+// subset of the non-zero ones: rows, strides, offsets) does not fit Index.
 template <int Rank>
-void check_shape_nonnegative(std::string_view fn, const Shape<Rank>& shape) {
+void check_shape(std::string_view fn, const Shape<Rank>& shape) {
   for (Index d : shape)
     if (d < 0)
       raise<ShapeError>(fn, "argument 'shape' ", shape_string(shape), " has a negative dimension");
+  checked_shape_size(shape, fn, "a tensor");
 }
 
-// Aligned buffer management; T is trivially copyable throughout tessera.
+// Aligned buffer management; T is trivially copyable throughout tessera. A size whose bytes do
+// not fit size_t (or ptrdiff_t, so pointer differences stay defined) is a ShapeError; a size
+// that fits but is more than the machine has is std::bad_alloc from operator new.
 template <class T>
-T* aligned_new(Index n) {
+T* aligned_new(Index n, std::string_view fn = "tessera::Tensor") {
   if (n == 0) return nullptr;
+  constexpr auto kMaxBytes = static_cast<std::size_t>(PTRDIFF_MAX) - kTensorAlignment;
+  if (n < 0 || static_cast<std::size_t>(n) > kMaxBytes / sizeof(T))
+    raise<ShapeError>(fn, "a tensor of ", n, " elements of ", sizeof(T),
+                      " bytes is larger than the address space");
   std::size_t bytes = static_cast<std::size_t>(n) * sizeof(T);
   bytes = (bytes + kTensorAlignment - 1) / kTensorAlignment * kTensorAlignment;
   return static_cast<T*>(::operator new (bytes, std::align_val_t{kTensorAlignment}));
@@ -131,6 +142,14 @@ void nested_copy(const List& list, T*& out) {
     for (const auto& sub : list) nested_copy<T, Depth - 1>(sub, out);
   }
 }
+
+// True for Tensor (which owns its elements), false for views. Views of an rvalue Tensor would
+// dangle at the end of the statement, so every member and function that returns or keeps a view
+// refuses one at compile time.
+template <class D>
+inline constexpr bool is_owning_tensor_v = false;
+template <class T, int Rank>
+inline constexpr bool is_owning_tensor_v<Tensor<T, Rank>> = true;
 
 // Shared accessors of Tensor and TensorMap (CRTP). `Derived::data()` decides constness: a
 // const Tensor gives const elements, a TensorMap<T> gives T whatever its own constness.
@@ -173,39 +192,53 @@ class TensorBase {
 
   // x[i]: the i-th slice along the leading dimension, as a view of rank Rank - 1 (an element
   // reference for rank 1). Always bounds checked: it is not meant for inner loops.
-  decltype(auto) operator[](Index i) const { return slice_impl(self().data(), i); }
-  decltype(auto) operator[](Index i) { return slice_impl(self().data(), i); }
+  decltype(auto) operator[](Index i) const& { return slice_impl(self().data(), i); }
+  decltype(auto) operator[](Index i) & { return slice_impl(self().data(), i); }
+  void operator[](Index) && requires is_owning_tensor_v<Derived> = delete;
+  void operator[](Index) const&& requires is_owning_tensor_v<Derived> = delete;
 
   // A view with another shape of the same size. One dimension may be -1 (inferred).
   template <int NewRank>
-  auto reshape(Shape<NewRank> new_shape) const {
+  auto reshape(Shape<NewRank> new_shape) const& {
     return reshape_impl<NewRank>(self().data(), new_shape);
   }
   template <int NewRank>
-  auto reshape(Shape<NewRank> new_shape) {
+  auto reshape(Shape<NewRank> new_shape) & {
     return reshape_impl<NewRank>(self().data(), new_shape);
   }
+  template <int NewRank>
+  void reshape(Shape<NewRank>) && requires is_owning_tensor_v<Derived> = delete;
+  template <int NewRank>
+  void reshape(Shape<NewRank>) const&& requires is_owning_tensor_v<Derived> = delete;
 
   // Views of the whole tensor.
-  auto view() const {
+  auto view() const& {
     return TensorMap<std::remove_pointer_t<decltype(self().data())>, Rank>(self().data(), shape_);
   }
-  auto view() {
+  auto view() & {
     return TensorMap<std::remove_pointer_t<decltype(self().data())>, Rank>(self().data(), shape_);
   }
+  void view() && requires is_owning_tensor_v<Derived> = delete;
+  void view() const&& requires is_owning_tensor_v<Derived> = delete;
 
   // Eigen interop, zero-copy. The matrix folds every dimension but the last into rows:
   // shape [a, b, c] is seen as an (a*b) x c row-major matrix; rank 1 as a 1 x n row, rank 0 as 1
   // x 1.
   Index rows() const noexcept { return leading_size(); }
   Index cols() const noexcept { return Rank == 0 ? 1 : shape_[Rank - 1]; }
-  auto as_matrix() const { return make_matrix(self().data()); }
-  auto as_matrix() { return make_matrix(self().data()); }
-  auto as_array() const { return make_array(self().data()); }
-  auto as_array() { return make_array(self().data()); }
+  auto as_matrix() const& { return make_matrix(self().data()); }
+  auto as_matrix() & { return make_matrix(self().data()); }
+  void as_matrix() && requires is_owning_tensor_v<Derived> = delete;
+  void as_matrix() const&& requires is_owning_tensor_v<Derived> = delete;
+  auto as_array() const& { return make_array(self().data()); }
+  auto as_array() & { return make_array(self().data()); }
+  void as_array() && requires is_owning_tensor_v<Derived> = delete;
+  void as_array() const&& requires is_owning_tensor_v<Derived> = delete;
   // Every element as one column vector (use `.array()` on it for coefficient-wise work).
-  auto as_vector() const { return make_vector(self().data()); }
-  auto as_vector() { return make_vector(self().data()); }
+  auto as_vector() const& { return make_vector(self().data()); }
+  auto as_vector() & { return make_vector(self().data()); }
+  void as_vector() && requires is_owning_tensor_v<Derived> = delete;
+  void as_vector() const&& requires is_owning_tensor_v<Derived> = delete;
 
   // Fill helpers; only for mutable elements.
   Derived& setZero() { return setConstant(0); }
@@ -310,8 +343,10 @@ class TensorBase {
         raise<ShapeError>("tessera::Tensor::reshape", "argument 'shape' ", shape_string(s),
                           " may hold at most one -1 and no other negative size (tensor of shape ",
                           shape_string(shape_), ")");
-      } else {
-        known *= s[a];
+      } else if (__builtin_mul_overflow(known, s[a], &known)) {
+        raise<ShapeError>("tessera::Tensor::reshape", "argument 'shape' ", shape_string(s),
+                          " has more elements than an index can hold (tensor of shape ",
+                          shape_string(shape_), ")");
       }
     }
     const Index n = size();
@@ -357,7 +392,7 @@ class TensorMap : public detail::TensorBase<TensorMap<T, Rank>, Rank> {
 
   TensorMap() = default;
   TensorMap(T* data, const Shape<Rank>& shape) : Base(shape), data_(data) {
-    detail::check_shape_nonnegative<Rank>("tessera::TensorMap", shape);
+    detail::check_shape<Rank>("tessera::TensorMap", shape);
     if (data == nullptr && this->size() != 0)
       detail::raise<ValueError>("tessera::TensorMap", "argument 'data' is null for shape ",
                                 detail::shape_string(shape), " with ", this->size(), " elements");
@@ -407,7 +442,7 @@ class Tensor : public detail::TensorBase<Tensor<T, Rank>, Rank> {
       : Tensor(Shape<Rank>{static_cast<Index>(dims)...}) {}
   // Elements left uninitialised: for outputs that are about to be overwritten.
   Tensor(const Shape<Rank>& shape, Uninitialized) : Base(shape) {
-    detail::check_shape_nonnegative<Rank>("tessera::Tensor", shape);
+    detail::check_shape<Rank>("tessera::Tensor", shape);
     data_ = detail::aligned_new<T>(this->size());
   }
   // From nested braces: Tensor<float, 2> m{{1, 2, 3}, {4, 5, 6}}. Ragged lists throw ShapeError.
@@ -415,6 +450,7 @@ class Tensor : public detail::TensorBase<Tensor<T, Rank>, Rank> {
   Tensor(typename detail::NestedInit<T, (Rank > 0 ? Rank : 1)>::type values) requires(Rank > 0) {
     Shape<Rank> shape{};
     detail::nested_shape<T, Rank, Rank>(values, shape, true);
+    detail::check_shape<Rank>("tessera::Tensor", shape);
     this->shape_ = shape;
     data_ = detail::aligned_new<T>(this->size());
     T* out = data_;
@@ -486,15 +522,18 @@ using scalar_t = typename std::remove_cvref_t<X>::Scalar;
 template <class X>
 inline constexpr int rank_v = std::remove_cvref_t<X>::rank;
 
-// A read-only view of any tensor-like value.
+// A read-only view of any tensor-like value. Not of a temporary Tensor: the view would dangle.
 template <TensorLike X>
 TensorMap<const scalar_t<X>, rank_v<X>> cview(const X& x) {
   return TensorMap<const scalar_t<X>, rank_v<X>>(x.data(), x.shape());
 }
+template <class T, int Rank>
+void cview(const Tensor<T, Rank>&&) = delete;
 
-// A writable view of a Tensor or a TensorMap over mutable elements.
+// A writable view of a Tensor or a TensorMap over mutable elements (not of a temporary Tensor).
 template <class X>
-requires TensorLike<std::remove_cvref_t<X>>
+requires(TensorLike<std::remove_cvref_t<X>> &&
+         !(std::is_rvalue_reference_v<X&&> && detail::is_owning_tensor_v<std::remove_cvref_t<X>>))
 auto mview(X&& x) {
   using E = std::remove_pointer_t<decltype(x.data())>;
   static_assert(!std::is_const_v<E>, "tessera: a writable tensor is needed here");

@@ -244,7 +244,8 @@ TEST(ClipLossErrors, Messages) {
   TESSERA_EXPECT_THROW_MSG(clip_loss(a, Tensor<double, 2>(4, 2), 1.0), ShapeError, "'b'", "[4, 2]");
   TESSERA_EXPECT_THROW_MSG(clip_loss(Tensor<double, 2>(0, 2), Tensor<double, 2>(0, 2), 1.0),
                            ShapeError, fn, "'a'", "rows >= 1");
-  TESSERA_EXPECT_THROW_MSG(clip_loss(a, a, NAN), ValueError, fn, "'logit_scale'", "finite");
+  // A NaN t (a diverged parameter) is not an error: it gives NaN (tests/robustness).
+  EXPECT_TRUE(std::isnan(clip_loss(a, a, NAN).loss));
   TESSERA_EXPECT_THROW_MSG(clip_loss(a, a, INFINITY), ValueError, "'logit_scale' is inf");
   TESSERA_EXPECT_THROW_MSG(clip_loss(a, a, 1.0, {.max_logit_scale = 0.0}), ValueError,
                            "'max_logit_scale' is 0", "> 0");

@@ -139,15 +139,16 @@ TEST(DualEncoderErrors, Messages) {
   TESSERA_EXPECT_THROW_MSG(
       make_model<double>(
           {.image_width = 5, .text_width = 3, .embed_dim = 4, .logit_scale_init = -1}),
-      ValueError, "LogitScale", "'init' is -1");
+      ValueError, fn, "option 'logit_scale_init' is -1");
   // The image tower gives 5 features where 7 are declared.
   const auto wide = make_model<double>({.image_width = 7, .text_width = 3, .embed_dim = 4});
   TESSERA_EXPECT_THROW_MSG(wide.encode_image(Tensor<double, 2>(2, 6)), ShapeError,
                            "DualEncoder::image_features", "returned shape [2, 5]",
                            "expected [2, 7]");
   const auto model = make_model<double>();
+  // The text tower (an nn::Linear here) reports its own shape error.
   TESSERA_EXPECT_THROW_MSG(model.encode_text(Tensor<double, 2>(2, 5)), ShapeError,
-                           "tessera::linear");
+                           "tessera::nn::Linear::forward", "[2, 5]");
   TESSERA_EXPECT_THROW_MSG(model.logits(Tensor<double, 2>(2, 3), Tensor<double, 2>(2, 4)),
                            ShapeError, "DualEncoder::logits", "'image_embeds' has shape [2, 3]");
   TESSERA_EXPECT_THROW_MSG(model.logits(Tensor<double, 2>(2, 4), Tensor<double, 2>(1, 5)),

@@ -35,7 +35,8 @@ struct FakeTextEncoder {
     for (std::size_t p = 0; p < prompts.size(); ++p) {
       std::uint64_t h = 1469598103934665603ull;  // FNV-1a of the prompt
       for (char c : prompts[p]) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
-      out[static_cast<Index>(p)].assign(tt::random_rows<T>(1, dim, h)[0]);
+      const auto row = tt::random_rows<T>(1, dim, h);
+      out[static_cast<Index>(p)].assign(row[0]);
     }
     return out;
   }

@@ -298,7 +298,7 @@ TEST(Safetensors, PyTorchStyleFile) {
 
 TEST(Safetensors, ExtraEntryFieldsAndWhitespaceAreAccepted) {
   const std::string header =
-      " \n{ \"x\" : { \"shape\" : [ 1 ] , \"data_offsets\" : [0, 4], \"dtype\" : \"F32\", "
+      "{ \"x\" : { \"shape\" : [ 1 ] , \"data_offsets\" : [0, 4], \"dtype\" : \"F32\", "
       "\"extra\": {\"nested\": [1, 2, null]} } }\t ";
   Bytes file = file_with(header, 4);
   EXPECT_EQ(parse_safetensors(file).at("x").shape, (std::vector<Index>{1}));
@@ -356,8 +356,16 @@ std::vector<Malformed> malformed_files() {
        one(R"("dtype":32,"shape":[2],"data_offsets":[0,8])"),
        {"tensor 'w'", "\"dtype\" is the integer 32", "expected a string"}},
       {"unknown dtype",
-       one(R"("dtype":"F8_E5M2","shape":[2],"data_offsets":[0,8])"),
-       {"tensor 'w'", "unknown dtype 'F8_E5M2'", "expected one of BOOL"}},
+       one(R"("dtype":"F12","shape":[2],"data_offsets":[0,8])"),
+       {"tensor 'w'", "unknown dtype 'F12'", "expected one of BOOL"}},
+      {"safetensors dtype tessera does not read",
+       one(R"("dtype":"F8_E5M2","shape":[8],"data_offsets":[0,8])"),
+       {"tensor 'w'", "dtype 'F8_E5M2' is a safetensors dtype that tessera does not read",
+        "it reads BOOL"}},
+      {"leading whitespace before the header's object",
+       file_with(" {}"),
+       {"the header starts with byte 0x20", "expected '{'"}},
+      {"leading newline before the header's object", file_with("\n{}"), {"starts with byte 0x0a"}},
       {"lower-case dtype",
        one(R"("dtype":"f32","shape":[2],"data_offsets":[0,8])"),
        {"unknown dtype 'f32'"}},

@@ -139,8 +139,10 @@ void clip_materialized(MatrixMap<const T> A, MatrixMap<const T> B, T s, T w,
 }  // namespace detail
 
 // CLIP's loss of matching pairs (a_i, b_i), a and b [N, D], with t = logit_scale (the log of
-// the scale); returns dL/da, dL/db and dL/dt. Throws ShapeError for mismatched or empty shapes,
-// ValueError for a non-finite t, a max_logit_scale that is not > 0, or a bad block size.
+// the scale); returns dL/da, dL/db and dL/dt. Throws ShapeError for mismatched or empty shapes
+// (N = 0 or D = 0), ValueError for an infinite t, a max_logit_scale that is not finite and > 0
+// in T, or a block size < 1 (one larger than N means a single tile). A NaN t gives NaN
+// everywhere (loss, gradients, scale), as NaN in a or b gives a NaN loss.
 template <TensorLike A, TensorLike B>
 ClipLossResult<scalar_t<A>> clip_loss(const A& a, const B& b,
                                       std::type_identity_t<scalar_t<A>> logit_scale,
@@ -154,19 +156,28 @@ ClipLossResult<scalar_t<A>> clip_loss(const A& a, const B& b,
   const auto bv = cview(b);
   detail::check_embeddings(fn, "a", av);
   detail::check_same_shape(fn, "a", av, "b", bv);
-  detail::check_finite<T>(fn, "logit_scale", static_cast<double>(logit_scale));
-  if (!(static_cast<T>(opts.max_logit_scale) > 0) || std::isnan(opts.max_logit_scale))
-    detail::raise<ValueError>(fn, "option 'max_logit_scale' is ", opts.max_logit_scale,
-                              ", expected a value > 0");
+  if (std::isinf(logit_scale))
+    detail::raise<ValueError>(fn, "argument 'logit_scale' is ", logit_scale,
+                              ", expected a finite value (the log of the scale)");
+  detail::check_option<T>(fn, "max_logit_scale", opts.max_logit_scale, /*positive=*/true);
   detail::check_reduction(fn, opts.reduction);
   detail::check_block_size(fn, opts.block_size);
 
+  ClipLossResult<T> out;
+  if (std::isnan(logit_scale)) {
+    detail::fill_nan(out, av.shape(), bv.shape());
+    out.grad_logit_scale = out.scale = logit_scale;
+    return out;
+  }
   // torch.clamp(t, max=log(max_logit_scale)).exp(): the gradient passes where t <= the bound.
   const T t_max = std::log(static_cast<T>(opts.max_logit_scale));
   const bool clamped = logit_scale > t_max;
   const T s = std::exp(clamped ? t_max : logit_scale);
+  if (!std::isfinite(s))  // max_logit_scale within an ulp of the type's largest value
+    detail::raise<ValueError>(fn, "option 'max_logit_scale' is ", opts.max_logit_scale,
+                              ", and the scale exp(min(logit_scale, log max_logit_scale)) is ", s,
+                              "; expected a bound whose scale is finite");
   const T w = opts.reduction == Reduction::mean ? T(1) / static_cast<T>(av.dim(0)) : T(1);
-  ClipLossResult<T> out;
   out.grad_a = Tensor<T, 2>(av.shape());
   out.grad_b = Tensor<T, 2>(bv.shape());
   out.scale = s;

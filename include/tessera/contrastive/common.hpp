@@ -46,7 +46,8 @@ using Matrix = RowMajorMatrix<T>;
 template <class T>
 using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
 
-inline Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
+// ceil(a / b) for a >= 0, b >= 1, without overflow for any b (a block size may be INT64_MAX).
+inline Index ceil_div(Index a, Index b) { return a / b + (a % b != 0); }
 
 // ---- argument checks -----------------------------------------------------------------------
 
@@ -76,8 +77,36 @@ void check_same_shape(std::string_view fn, std::string_view a_name, const A& a,
                       ", expected ", shape_string(a.shape()), " (the shape of '", a_name, "')");
 }
 
+// A block size may be anything >= 1; one larger than the matrix means one tile (the tile
+// schedule clamps it, so no product of a block index and a block size can overflow).
 inline void check_block_size(std::string_view fn, Index block) {
   if (block < 1) raise<ValueError>(fn, "option 'block_size' is ", block, ", expected a value >= 1");
+}
+
+// An option that must be finite (and, with `positive`, > 0) in the scalar type T the loss
+// computes in: 1e39 passes a check in double and is inf in float.
+template <class T>
+void check_option(std::string_view fn, std::string_view option, double v, bool positive) {
+  const T t = static_cast<T>(v);
+  if (!std::isfinite(t) || (positive && !(t > 0)))
+    raise<ValueError>(
+        fn, "option '", option, "' is ", v,
+        positive ? ", expected a finite value > 0" : ", expected a finite value",
+        std::isfinite(v) && !std::isfinite(t) ? " in the scalar type computed in" : "");
+}
+
+// A result whose every number is NaN: what a loss returns for a NaN parameter (a diverged
+// logit scale, say), so the NaN shows instead of being hidden or turned into an error about an
+// internal argument.
+template <class Result, class X>
+void fill_nan(Result& r, const X& shape_a, const X& shape_b) {
+  using T = decltype(r.loss);
+  constexpr T nan = std::numeric_limits<T>::quiet_NaN();
+  r.loss = nan;
+  r.grad_a = Tensor<T, 2>(shape_a);
+  r.grad_b = Tensor<T, 2>(shape_b);
+  r.grad_a.as_array().setConstant(nan);
+  r.grad_b.as_array().setConstant(nan);
 }
 
 inline void check_reduction(std::string_view fn, Reduction r) {
@@ -137,6 +166,7 @@ struct Tile {
 // every tile it runs, so scratch buffers are reused from tile to tile.
 template <class Workspace, class F>
 void for_each_tile(Index n_rows, Index n_cols, Index block, F&& f) {
+  block = std::min(block, std::max<Index>({n_rows, n_cols, 1}));
   const Index nr = ceil_div(n_rows, block), nc = ceil_div(n_cols, block);
   const Index steps = std::max(nr, nc);
   for (Index k = 0; k < steps; ++k) {

@@ -69,16 +69,8 @@ class DualEncoder : public nn::Module<DualEncoder<T, ImageTower, TextTower>> {
   DualEncoder(ImageTower image_tower, TextTower text_tower, const DualEncoderOptions& o)
       : vision_model(std::move(image_tower)),
         text_model(std::move(text_tower)),
-        temperature({.init = o.logit_scale_init}),
+        temperature({.init = checked(o).logit_scale_init}),
         options_(o) {
-    constexpr std::string_view fn = "tessera::contrastive::DualEncoder";
-    if (o.image_width < 1 || o.text_width < 1 || o.embed_dim < 1)
-      tessera::detail::raise<ValueError>(
-          fn, "options 'image_width', 'text_width' and 'embed_dim' are ", o.image_width, ", ",
-          o.text_width, " and ", o.embed_dim, ", expected values >= 1");
-    if (!(o.max_logit_scale > 0) || std::isnan(o.max_logit_scale))
-      tessera::detail::raise<ValueError>(fn, "option 'max_logit_scale' is ", o.max_logit_scale,
-                                         ", expected a value > 0");
     visual_projection = ProjectionHead<T>({.in_features = o.image_width,
                                            .embed_dim = o.embed_dim,
                                            .bias = o.projection_bias,
@@ -128,7 +120,13 @@ class DualEncoder : public nn::Module<DualEncoder<T, ImageTower, TextTower>> {
     const Index f[] = {bv.dim(0), options_.embed_dim};
     tessera::detail::check_shape_equal(fn, "text_embeds", bv.shape(), f);
     // [B_image, B_text] = s [B_image, E] x [B_text, E]^T
-    return matmul(av, bv, {.transpose_b = true, .alpha = static_cast<double>(logit_scale())});
+    const T s = logit_scale();
+    if (std::isnan(s)) {  // a NaN logit_scale parameter: NaN logits, not an error about 'alpha'
+      Tensor<T, 2> out(Shape<2>{av.dim(0), bv.dim(0)});
+      out.as_array().setConstant(s);
+      return out;
+    }
+    return matmul(av, bv, {.transpose_b = true, .alpha = static_cast<double>(s)});
   }
 
   // CLIP's loss of matching pairs of tower features (row i of each a pair), and its backward
@@ -168,6 +166,22 @@ class DualEncoder : public nn::Module<DualEncoder<T, ImageTower, TextTower>> {
           "tessera::contrastive::DualEncoder::" + std::string(what), "the tower returned shape ",
           tessera::detail::shape_string(x.shape()), ", expected [", x.dim(0), ", ", width, "]");
     return x;
+  }
+
+  // The options checked (before any member is built from them), so errors name DualEncoder and
+  // its options as the caller wrote them.
+  static const DualEncoderOptions& checked(const DualEncoderOptions& o) {
+    constexpr std::string_view fn = "tessera::contrastive::DualEncoder";
+    if (o.image_width < 1 || o.text_width < 1 || o.embed_dim < 1)
+      tessera::detail::raise<ValueError>(
+          fn, "options 'image_width', 'text_width' and 'embed_dim' are ", o.image_width, ", ",
+          o.text_width, " and ", o.embed_dim, ", expected values >= 1");
+    detail::check_option<T>(fn, "max_logit_scale", o.max_logit_scale, /*positive=*/true);
+    detail::check_option<T>(fn, "logit_scale_init", o.logit_scale_init, /*positive=*/true);
+    if (!std::isfinite(std::log(static_cast<T>(o.logit_scale_init))))
+      tessera::detail::raise<ValueError>(fn, "option 'logit_scale_init' is ", o.logit_scale_init,
+                                         ", whose log is not finite in the scalar type");
+    return o;
   }
 
   DualEncoderOptions options_{};

@@ -116,8 +116,9 @@ void info_nce_materialized(MatrixMap<const T> A, MatrixMap<const T> B, T s, T w,
 }  // namespace detail
 
 // InfoNCE of anchors a [N, D] against candidates b [M, D] (M >= N, b_i the positive of a_i), with
-// dL/da, dL/db and dL/ds. Throws ShapeError for mismatched or empty shapes, ValueError for a
-// temperature or scale that is not finite and > 0, both given, or a bad block size.
+// dL/da, dL/db and dL/ds. Throws ShapeError for mismatched or empty shapes (N = 0, M = 0 or
+// D = 0), ValueError for a temperature or scale that is not finite and > 0 in T, both given, or a
+// block size < 1 (one larger than M means a single tile). NaN in a or b gives a NaN loss.
 template <TensorLike A, TensorLike B>
 InfoNceLossResult<scalar_t<A>> info_nce_loss(const A& a, const B& b,
                                              const InfoNceLossOptions& opts = {}) {

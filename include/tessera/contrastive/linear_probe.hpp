@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <string>
@@ -57,6 +58,8 @@ class LinearProbe : public nn::Module<LinearProbe<T>> {
                                          "options 'in_features' and 'num_classes' are ",
                                          o.in_features, " and ", o.num_classes,
                                          ", expected in_features >= 1 and num_classes >= 2");
+    tessera::detail::checked_mul(o.in_features, o.num_classes, "tessera::contrastive::LinearProbe",
+                                 "the weight [num_classes, in_features]");
     linear = nn::Linear<T>({.in_features = o.in_features,
                             .out_features = o.num_classes,
                             .bias = true,
@@ -72,20 +75,21 @@ class LinearProbe : public nn::Module<LinearProbe<T>> {
     return linear.forward(x);
   }
 
-  // The most probable class of every row [B].
+  // The most probable class of every row [B] (ties: the smaller id). A row whose logits hold
+  // NaN predicts its first NaN, as torch.argmax does.
   template <TensorLike X>
   Tensor<Index, 1> predict(const X& x) const {
-    const auto l = logits(x);
-    Tensor<Index, 1> out(Shape<1>{l.dim(0)});
-    for (Index i = 0; i < l.dim(0); ++i) l.as_matrix().row(i).maxCoeff(&out(i));
-    return out;
+    return argmax_rows(logits(x));
   }
 
-  // The fraction of rows predicted as their label.
+  // The fraction of rows predicted as their label: 0 for no rows, NaN when any row's logits
+  // hold NaN (a NaN embedding or weight must not yield a plausible accuracy).
   template <TensorLike X, TensorLike L>
   double accuracy(const X& x, const L& labels) const {
     const auto y = checked_labels("tessera::contrastive::LinearProbe::accuracy", x, labels);
-    const auto p = predict(x);
+    const auto l = logits(x);
+    if (l.as_array().isNaN().any()) return std::numeric_limits<double>::quiet_NaN();
+    const auto p = argmax_rows(l);
     Index hits = 0;
     for (Index i = 0; i < p.dim(0); ++i) hits += p(i) == y[static_cast<std::size_t>(i)];
     return p.dim(0) ? static_cast<double>(hits) / static_cast<double>(p.dim(0)) : 0.0;
@@ -97,7 +101,7 @@ class LinearProbe : public nn::Module<LinearProbe<T>> {
   T loss_and_grad(const X& x, const L& labels, double weight_decay = 0.0) {
     constexpr std::string_view fn = "tessera::contrastive::LinearProbe::loss_and_grad";
     const auto y = checked_labels(fn, x, labels);
-    check_weight_decay(fn, weight_decay);
+    check_weight_decay(fn, "argument", weight_decay);
     check_nonempty(fn, x);
     return step(cview(x), y, static_cast<T>(weight_decay));
   }
@@ -108,13 +112,13 @@ class LinearProbe : public nn::Module<LinearProbe<T>> {
   std::vector<T> fit(const X& x, const L& labels, const LinearProbeFitOptions& o = {}) {
     constexpr std::string_view fn = "tessera::contrastive::LinearProbe::fit";
     const auto y = checked_labels(fn, x, labels);
-    check_weight_decay(fn, o.weight_decay);
+    check_weight_decay(fn, "option", o.weight_decay);
     if (o.epochs < 1)
       tessera::detail::raise<ValueError>(fn, "option 'epochs' is ", o.epochs,
                                          ", expected a value >= 1");
     if (!(static_cast<T>(o.learning_rate) > 0) || !std::isfinite(static_cast<T>(o.learning_rate)))
       tessera::detail::raise<ValueError>(fn, "option 'learning_rate' is ", o.learning_rate,
-                                         ", expected a finite value > 0");
+                                         ", expected a finite value > 0 in the scalar type");
     if (o.batch_size < 0)
       tessera::detail::raise<ValueError>(fn, "option 'batch_size' is ", o.batch_size,
                                          ", expected 0 (full batch) or a value >= 1");
@@ -224,10 +228,24 @@ class LinearProbe : public nn::Module<LinearProbe<T>> {
                                          ", expected at least one row");
   }
 
-  static void check_weight_decay(std::string_view fn, double wd) {
-    if (!(wd >= 0) || !std::isfinite(wd))
-      tessera::detail::raise<ValueError>(fn, "option 'weight_decay' is ", wd,
-                                         ", expected a finite value >= 0");
+  // Checked in T: 1e39 is finite in double and inf in float.
+  static void check_weight_decay(std::string_view fn, std::string_view kind, double wd) {
+    if (!(wd >= 0) || !std::isfinite(static_cast<T>(wd)))
+      tessera::detail::raise<ValueError>(fn, kind, " 'weight_decay' is ", wd,
+                                         ", expected a finite value >= 0 in the scalar type");
+  }
+
+  static Tensor<Index, 1> argmax_rows(const Tensor<T, 2>& l) {
+    Tensor<Index, 1> out(Shape<1>{l.dim(0)});
+    for (Index i = 0; i < l.dim(0); ++i) {
+      Index best = 0;
+      for (Index j = 1; j < l.dim(1); ++j) {
+        if (std::isnan(l(i, best))) break;
+        if (std::isnan(l(i, j)) || l(i, j) > l(i, best)) best = j;
+      }
+      out(i) = best;
+    }
+    return out;
   }
 
   LinearProbeOptions options_{};

@@ -87,12 +87,18 @@ struct PairTerms {
 };
 
 // One term f(||u - v||): returns f and adds w f'(d) (u - v) / d to gu and subtracts it from gv
-// (nothing at d = 0).
+// (nothing at d = 0). A NaN in u or v makes d NaN, and then the term and both gradient rows NaN:
+// the hinge's [x]_+ must not turn it into a plausible 0.
 template <class T, class U, class V, class GU, class GV>
 T pair_term(const U& u, const V& v, bool similar, const PairTerms<T>& terms, T w, GU&& gu,
             GV&& gv) {
   const auto diff = (u - v).eval();
   const T d = diff.norm();
+  if (std::isnan(d)) {
+    gu.setConstant(std::numeric_limits<T>::quiet_NaN());
+    gv.setConstant(std::numeric_limits<T>::quiet_NaN());
+    return d;
+  }
   const auto [f, df] = similar ? terms.similar(d) : terms.dissimilar(d);
   if (df != 0 && d > 0) {
     const T c = w * df / d;
@@ -158,8 +164,10 @@ HardestNegatives<T> mine_hardest_negatives(MatrixMap<const T> X1, MatrixMap<cons
 
 // The pair loss of x1 and x2 [N, D] with labels [N] (any arithmetic type holding whole numbers;
 // 0/1 similarity, or class ids with hardest_negative); returns dL/dx1 and dL/dx2. Throws
-// ShapeError for mismatched or empty shapes, ValueError for labels out of range, a margin that
-// is not finite and >= 0, an unknown form, mining or reduction, or a bad block size.
+// ShapeError for mismatched or empty shapes (N = 0 or D = 0), ValueError for labels out of
+// range, a margin that is not finite and >= 0 in T, an unknown form, mining or reduction, or a
+// block size < 1 (one larger than N means a single tile). NaN in x1 or x2 gives a NaN loss and
+// NaN gradient rows for the pairs it touches.
 template <TensorLike X1, TensorLike X2, TensorLike L>
 PairLossResult<scalar_t<X1>> pair_loss(const X1& x1, const X2& x2, const L& labels,
                                        const PairLossOptions& opts = {}) {

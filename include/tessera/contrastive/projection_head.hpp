@@ -57,6 +57,8 @@ class ProjectionHead : public nn::Module<ProjectionHead<T>> {
     if (!(static_cast<T>(o.eps) > 0) || !std::isfinite(static_cast<T>(o.eps)))
       tessera::detail::raise<ValueError>(fn, "option 'eps' is ", o.eps,
                                          ", expected a finite value > 0");
+    tessera::detail::checked_mul(o.in_features, o.embed_dim, fn,
+                                 "the weight [embed_dim, in_features]");
     proj = nn::Linear<T>({.in_features = o.in_features,
                           .out_features = o.embed_dim,
                           .bias = o.bias,
@@ -114,7 +116,7 @@ class ProjectionHead : public nn::Module<ProjectionHead<T>> {
     auto DY = dy.as_matrix();
     const T eps = static_cast<T>(options_.eps);
     for (Index i = 0; i < b; ++i) {
-      if (fwd.norm(i) > eps)
+      if (!(fwd.norm(i) <= eps))  // a NaN norm takes this branch: NaN in, NaN out
         DY.row(i) = (Gm.row(i) - E.row(i) * E.row(i).dot(Gm.row(i))) / fwd.norm(i);
       else
         DY.row(i) = Gm.row(i) / eps;

@@ -121,8 +121,9 @@ void siglip_materialized(MatrixMap<const T> A, MatrixMap<const T> B, T s, T bias
 
 // SigLIP's loss of matching pairs (a_i, b_i), a and b [N, D], with t = logit_scale (the log of
 // the scale) and bias = logit_bias; returns dL/da, dL/db, dL/dt and dL/dbias. Throws ShapeError
-// for mismatched or empty shapes, ValueError for a non-finite t, exp(t) or bias, or a bad block
-// size.
+// for mismatched or empty shapes (N = 0 or D = 0), ValueError for an infinite t or bias, an exp(t)
+// that is not finite in T, or a block size < 1 (one larger than N means a single tile). A NaN t
+// or bias gives NaN everywhere, as NaN in a or b gives a NaN loss.
 template <TensorLike A, TensorLike B>
 SigLipLossResult<scalar_t<A>> siglip_loss(const A& a, const B& b,
                                           std::type_identity_t<scalar_t<A>> logit_scale,
@@ -137,17 +138,24 @@ SigLipLossResult<scalar_t<A>> siglip_loss(const A& a, const B& b,
   const auto bv = cview(b);
   detail::check_embeddings(fn, "a", av);
   detail::check_same_shape(fn, "a", av, "b", bv);
-  detail::check_finite<T>(fn, "logit_scale", static_cast<double>(logit_scale));
-  if (!std::isfinite(std::exp(logit_scale)))
+  if (std::isinf(logit_scale) ||
+      (!std::isnan(logit_scale) && !std::isfinite(std::exp(logit_scale))))
     detail::raise<ValueError>(fn, "argument 'logit_scale' is ", logit_scale,
-                              ", expected a value whose exp is finite");
-  detail::check_finite<T>(fn, "logit_bias", static_cast<double>(logit_bias));
+                              ", expected a value whose exp is finite (the log of the scale)");
+  if (std::isinf(logit_bias))
+    detail::raise<ValueError>(fn, "argument 'logit_bias' is ", logit_bias,
+                              ", expected a finite value");
   detail::check_reduction(fn, opts.reduction);
   detail::check_block_size(fn, opts.block_size);
 
+  SigLipLossResult<T> out;
+  if (std::isnan(logit_scale) || std::isnan(logit_bias)) {
+    detail::fill_nan(out, av.shape(), bv.shape());
+    out.grad_logit_scale = out.grad_logit_bias = std::numeric_limits<T>::quiet_NaN();
+    return out;
+  }
   const T s = std::exp(logit_scale);
   const T w = opts.reduction == Reduction::mean ? T(1) / static_cast<T>(av.dim(0)) : T(1);
-  SigLipLossResult<T> out;
   out.grad_a = Tensor<T, 2>(av.shape());
   out.grad_b = Tensor<T, 2>(bv.shape());
   if (opts.materialized)

@@ -78,6 +78,9 @@ class ZeroShotClassifier {
     if (!(static_cast<T>(o.logit_scale) > 0) || !std::isfinite(static_cast<T>(o.logit_scale)))
       tessera::detail::raise<ValueError>(fn, "option 'logit_scale' is ", o.logit_scale,
                                          ", expected a finite value > 0");
+    tessera::detail::checked_mul(static_cast<Index>(class_names_.size()),
+                                 static_cast<Index>(templates_.size()), fn,
+                                 "the prompts (class_names x templates)");
     std::vector<std::string> prompts;
     for (const auto& name : class_names_)
       for (const auto& tmpl : templates_) prompts.push_back(format_prompt(tmpl, name));
@@ -117,7 +120,9 @@ class ZeroShotClassifier {
                   {.transpose_b = true, .alpha = options_.logit_scale});
   }
 
-  // The k most probable classes of every image, most probable first (ties: the smaller id).
+  // The k most probable classes of every image, most probable first (ties: the smaller id). A
+  // NaN probability (from a NaN embedding) ranks first, as torch.topk ranks NaN, and is reported
+  // as NaN.
   template <TensorLike X>
   ZeroShotPrediction<T> predict(const X& image_embeds, Index k = 1) const {
     if (k < 1 || k > num_classes())
@@ -133,8 +138,13 @@ class ZeroShotClassifier {
     std::vector<Index> order(static_cast<std::size_t>(c));
     for (Index i = 0; i < b; ++i) {
       std::iota(order.begin(), order.end(), Index{0});
+      // A strict weak order even with NaN (a plain > is not one, and partial_sort would be
+      // undefined): NaN above every number, equal to NaN.
       std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](Index x, Index y) {
-        return probs(i, x) > probs(i, y) || (probs(i, x) == probs(i, y) && x < y);
+        const T px = probs(i, x), py = probs(i, y);
+        const bool nx = std::isnan(px), ny = std::isnan(py);
+        if (nx != ny) return nx;
+        return (!nx && px > py) || ((nx || px == py) && x < y);
       });
       for (Index j = 0; j < k; ++j) {
         const Index cls = order[static_cast<std::size_t>(j)];

@@ -42,6 +42,16 @@
 #include "tessera/core/error.hpp"
 #include "tessera/io/state_dict.hpp"
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+#define TESSERA_IO_POSIX 1
+#else
+#define TESSERA_IO_POSIX 0
+#endif
+
 namespace tessera::io {
 
 // Largest header the reader accepts, as the reference implementation does.
@@ -52,21 +62,18 @@ namespace detail {
 // Deeper JSON than this cannot be a safetensors header (which nests three levels).
 inline constexpr std::size_t kSafetensorsMaxJsonDepth = 64;
 
-// A name for a message: quoted and, if very long, cut (at a UTF-8 character boundary).
-inline std::string quote_name(std::string_view s) {
-  constexpr std::size_t kMax = 120;
-  if (s.size() <= kMax) return "'" + std::string(s) + "'";
-  std::size_t cut = kMax;
-  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xc0u) == 0x80u) --cut;
-  return "'" + std::string(s.substr(0, cut)) + "...' (" + std::to_string(s.size()) + " bytes)";
-}
-
 // nlohmann's messages quote the bytes where parsing stopped, which may be anything: keep ASCII.
 inline std::string printable(std::string_view s) {
   std::string out(s);
   for (char& c : out)
     if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
   return out;
+}
+
+inline std::string hex_byte(std::byte b) {
+  constexpr char digits[] = "0123456789abcdef";
+  const auto v = static_cast<unsigned>(b);
+  return {digits[v >> 4], digits[v & 15u]};
 }
 
 // Throws IoError from function `fn`, prefixing the message with `where` (e.g. the file).
@@ -213,6 +220,9 @@ class SafetensorsHeaderSax final : public nlohmann::json_sax<nlohmann::json> {
     Frame& f = stack_.back();
     switch (f.ctx) {
       case Ctx::Top:
+        // "__metadata__": null (MLX writes it) is no metadata, as the reference reader's
+        // Option<HashMap<String, String>> reads it.
+        if (f.key == "__metadata__" && v.kind == JsonScalar::Null) return true;
         if (f.key == "__metadata__")
           fail_("\"__metadata__\" is ", v.describe(), ", expected an object of strings");
         fail_(tensor(), ": the header entry is ", v.describe(),
@@ -228,6 +238,9 @@ class SafetensorsHeaderSax final : public nlohmann::json_sax<nlohmann::json> {
           if (v.kind != JsonScalar::String)
             fail_(tensor(), ": \"dtype\" is ", v.describe(), ", expected a string");
           const auto d = dtype_from_name(v.text);
+          if (!d && is_unsupported_safetensors_dtype(v.text))
+            fail_(tensor(), ": dtype ", quote_name(v.text),
+                  " is a safetensors dtype that tessera does not read; it reads ", dtype_list());
           if (!d)
             fail_(tensor(), ": unknown dtype ", quote_name(v.text), ", expected one of ",
                   dtype_list());
@@ -383,6 +396,12 @@ inline SafetensorsHeader parse_safetensors_header(const SafetensorsFail& fail,
     fail("the header (", header.size(), " bytes) is too large to parse in the available memory");
   }
   SafetensorsHeader h = sax.take();
+  // The format: "the header data MUST begin with a { character"; JSON whitespace may pad it at
+  // the end (the writer pads with spaces), never at the start.
+  if (header.empty() || header[0] != std::byte{'{'})
+    fail("the header starts with byte 0x", hex_byte(header[0]),
+         ", expected '{' (a safetensors header begins with its JSON object; only trailing ",
+         "padding is allowed)");
 
   // The tensors must tile the data region exactly: no overlap, no hole, nothing left over.
   std::sort(h.entries.begin(), h.entries.end(), [](const auto& a, const auto& b) {
@@ -471,6 +490,99 @@ inline std::string safetensors_header_json(std::string_view fn, const StateDict&
   return out;
 }
 
+// A regular file opened for reading, or an IoError through `fail`. On POSIX systems the file
+// is opened without blocking (O_NONBLOCK: opening a FIFO with no writer would wait forever)
+// and checked with fstat on the open descriptor, so what is checked is what is read.
+class RegularFile {
+ public:
+  RegularFile(const std::filesystem::path& path, const SafetensorsFail& fail) : fail_(fail) {
+#if TESSERA_IO_POSIX
+    do {
+      fd_ = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    } while (fd_ < 0 && errno == EINTR);
+    if (fd_ < 0) {
+      const int err = errno;
+      if (err == ENOENT) fail_("no such file");
+      fail_("cannot open it for reading: ", std::generic_category().message(err));
+    }
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0)
+      fail_("cannot determine its size: ", std::generic_category().message(errno));
+    if (!S_ISREG(st.st_mode)) fail_("it is ", kind(st.st_mode), ", expected a regular file");
+    if (st.st_size < 0) fail_("cannot determine its size");
+    size_ = static_cast<std::uint64_t>(st.st_size);
+    // Reads of a regular file never return EAGAIN; blocking mode back for clarity.
+    const int flags = ::fcntl(fd_, F_GETFL);
+    if (flags >= 0) ::fcntl(fd_, F_SETFL, flags & ~O_NONBLOCK);
+#else
+    std::error_code ec;
+    const auto st = std::filesystem::status(path, ec);
+    if (st.type() == std::filesystem::file_type::not_found) fail_("no such file");
+    if (ec) fail_("cannot access it: ", ec.message());
+    if (std::filesystem::is_directory(st)) fail_("it is a directory, expected a regular file");
+    if (!std::filesystem::is_regular_file(st)) fail_("it is not a regular file");
+    in_.open(path, std::ios::binary);
+    if (!in_) fail_("cannot open it for reading: ", std::generic_category().message(errno));
+    in_.seekg(0, std::ios::end);
+    const std::streamoff size = in_.tellg();
+    in_.seekg(0, std::ios::beg);
+    if (size < 0 || !in_) fail_("cannot determine its size");
+    size_ = static_cast<std::uint64_t>(size);
+#endif
+  }
+  RegularFile(const RegularFile&) = delete;
+  RegularFile& operator=(const RegularFile&) = delete;
+  ~RegularFile() {
+#if TESSERA_IO_POSIX
+    if (fd_ >= 0) ::close(fd_);
+#endif
+  }
+
+  std::uint64_t size() const noexcept { return size_; }
+
+  // Reads exactly `count` bytes into dst, or fails naming `what`.
+  void read(std::byte* dst, std::uint64_t count, const std::string& what) {
+    std::uint64_t done = 0;
+#if TESSERA_IO_POSIX
+    while (done < count) {
+      const std::uint64_t chunk = std::min<std::uint64_t>(count - done, std::uint64_t{1} << 30);
+      const ssize_t got = ::read(fd_, dst + done, static_cast<std::size_t>(chunk));
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0)
+        fail_("reading ", what, " failed after ", done, " of ", count,
+              " bytes: ", std::generic_category().message(errno));
+      if (got == 0) break;
+      done += static_cast<std::uint64_t>(got);
+    }
+#else
+    if (count > 0) {
+      in_.read(reinterpret_cast<char*>(dst), static_cast<std::streamsize>(count));
+      done = static_cast<std::uint64_t>(in_.gcount());
+    }
+#endif
+    if (done != count)
+      fail_("reading ", what, " failed after ", done, " of ", count,
+            " bytes (was the file changed while being read?)");
+  }
+
+ private:
+#if TESSERA_IO_POSIX
+  static const char* kind(mode_t m) {
+    if (S_ISDIR(m)) return "a directory";
+    if (S_ISFIFO(m)) return "a FIFO (named pipe)";
+    if (S_ISSOCK(m)) return "a socket";
+    if (S_ISCHR(m)) return "a character device";
+    if (S_ISBLK(m)) return "a block device";
+    return "not a regular file";
+  }
+  int fd_ = -1;
+#else
+  std::ifstream in_;
+#endif
+  const SafetensorsFail& fail_;
+  std::uint64_t size_ = 0;
+};
+
 }  // namespace detail
 
 // Parses a whole safetensors file held in memory. Throws IoError for any malformed input.
@@ -487,30 +599,17 @@ inline StateDict parse_safetensors(std::span<const std::byte> file) {
                                      });
 }
 
-// Reads a safetensors file. Throws IoError naming the path if it cannot be read or is malformed.
-// Tensor bytes are read straight into the result: memory use is the file size, once.
+// Reads a safetensors file. Throws IoError naming the path if it cannot be read, is not a
+// regular file (a directory, a FIFO or a device: reading one could block forever or never
+// end), or is malformed. Tensor bytes are read straight into the result: memory use is the file
+// size, once.
 inline StateDict load_safetensors(const std::filesystem::path& path) {
   const detail::SafetensorsFail fail{"tessera::io::load_safetensors",
                                      "file '" + path.string() + "': "};
-  std::error_code ec;
-  const auto st = std::filesystem::status(path, ec);
-  if (st.type() == std::filesystem::file_type::not_found) fail("no such file");
-  if (ec) fail("cannot access it: ", ec.message());
-  if (std::filesystem::is_directory(st)) fail("it is a directory, expected a file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open it for reading: ", std::generic_category().message(errno));
-  in.seekg(0, std::ios::end);
-  const std::streamoff size = in.tellg();
-  in.seekg(0, std::ios::beg);
-  if (size < 0 || !in) fail("cannot determine its size");
-  const auto file_size = static_cast<std::uint64_t>(size);
-
-  auto read = [&](std::byte* dst, std::uint64_t count, const char* what) {
-    if (count == 0) return;
-    in.read(reinterpret_cast<char*>(dst), static_cast<std::streamsize>(count));
-    if (static_cast<std::uint64_t>(in.gcount()) != count)
-      fail("reading ", what, " failed after ", in.gcount(), " of ", count,
-           " bytes (was the file changed while being read?)");
+  detail::RegularFile in(path, fail);
+  const std::uint64_t file_size = in.size();
+  auto read = [&](std::byte* dst, std::uint64_t count, const std::string& what) {
+    in.read(dst, count, what);
   };
   std::byte prefix[8] = {};
   read(prefix, std::min<std::uint64_t>(8, file_size), "the header length");
@@ -522,7 +621,7 @@ inline StateDict load_safetensors(const std::filesystem::path& path) {
   // The entries tile the data region in order, so the tensors are read front to back.
   return detail::assemble_state_dict(
       std::move(parsed), [&](const detail::SafetensorsEntry& e, std::byte* dst) {
-        read(dst, e.end - e.begin, ("tensor " + detail::quote_name(e.name)).c_str());
+        read(dst, e.end - e.begin, "tensor " + detail::quote_name(e.name));
       });
 }
 

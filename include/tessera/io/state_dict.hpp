@@ -48,6 +48,29 @@ namespace detail {
 using tessera::detail::raise;
 using tessera::detail::shape_string;
 
+// A name for a message: quoted and, if very long, cut (at a UTF-8 character boundary), so a
+// megabyte-long key never makes a megabyte-long message.
+inline std::string quote_name(std::string_view s) {
+  constexpr std::size_t kMax = 120;
+  if (s.size() <= kMax) return "'" + std::string(s) + "'";
+  std::size_t cut = kMax;
+  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xc0u) == 0x80u) --cut;
+  return "'" + std::string(s.substr(0, cut)) + "...' (" + std::to_string(s.size()) + " bytes)";
+}
+
+// "'a', 'b', ... (N in all)": names quoted and cut as quote_name does, at most
+// tessera::detail::kMaxListedItems of them.
+template <class Names>
+std::string name_list(const Names& names) {
+  std::vector<std::string> shown;
+  std::size_t n = 0;
+  for (const auto& name : names)
+    if (n++ < tessera::detail::kMaxListedItems) shown.push_back(quote_name(name));
+  std::string out = tessera::detail::capped_list(shown, shown.size(), "");
+  if (n > shown.size()) out += ", ... (" + std::to_string(n) + " in all)";
+  return out;
+}
+
 inline std::optional<std::string_view> dtype_name_or_none(DType d) noexcept {
   switch (d) {
     case DType::BOOL:
@@ -78,6 +101,15 @@ inline std::optional<DType> dtype_from_name(std::string_view name) noexcept {
   for (DType d : kAllDTypes)
     if (dtype_name_or_none(d) == name) return d;
   return std::nullopt;
+}
+
+// The safetensors dtypes that tessera does not read (unsigned wider than a byte, 8-, 6- and
+// 4-bit floats, complex), so a message can say "not supported" rather than "unknown".
+inline bool is_unsupported_safetensors_dtype(std::string_view name) noexcept {
+  for (std::string_view d :
+       {"U16", "U32", "U64", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4", "C64"})
+    if (d == name) return true;
+  return false;
 }
 
 // "BOOL, U8, ..., F64", for messages.
@@ -127,8 +159,8 @@ inline std::size_t dtype_size(DType d) {
 // The DType named `name` (exact, case-sensitive: "F32"). Throws IoError naming an unknown name.
 inline DType parse_dtype(std::string_view name) {
   if (auto d = detail::dtype_from_name(name)) return *d;
-  detail::raise<IoError>("tessera::io::parse_dtype", "unknown dtype '", name, "', expected one of ",
-                         detail::dtype_list());
+  detail::raise<IoError>("tessera::io::parse_dtype", "unknown dtype ", detail::quote_name(name),
+                         ", expected one of ", detail::dtype_list());
 }
 
 // IEEE binary16 and bfloat16 bit patterns to float. Both are exact: every half and bfloat16
@@ -312,15 +344,15 @@ inline std::optional<Index> checked_nbytes(Index numel, DType d) noexcept {
 // value (rounding as static_cast does); to integer types truncate toward zero and throw
 // ValueError when the value has no representation in To (NaN, infinity, out of range).
 template <class To, class From>
-To convert_element(From v, Index i, DType src) {
+To convert_element(From v, Index i, DType src, std::string_view fn, std::string_view what) {
   if constexpr (std::is_same_v<To, bool>) {
     return v != From(0);
   } else if constexpr (std::is_floating_point_v<To> || std::is_same_v<From, bool>) {
     return static_cast<To>(v);
   } else if constexpr (std::is_integral_v<From>) {
     if (!std::in_range<To>(v))
-      raise<ValueError>("tessera::io::StoredTensor::copy_to", "element ", i, " of the ",
-                        dtype_name(src), " tensor is ", +v, ", out of range of the target type");
+      raise<ValueError>(fn, what, "element ", i, " of the ", dtype_name(src), " tensor is ", +v,
+                        ", out of range of the target type");
     return static_cast<To>(v);
   } else {
     // Integral To in [lo, hi): both bounds are powers of two, exact in double.
@@ -329,8 +361,7 @@ To convert_element(From v, Index i, DType src) {
     const double hi = std::ldexp(1.0, digits);
     const double t = std::trunc(static_cast<double>(v));
     if (!(t >= lo && t < hi))
-      raise<ValueError>("tessera::io::StoredTensor::copy_to", "element ", i, " of the ",
-                        dtype_name(src), " tensor is ", v,
+      raise<ValueError>(fn, what, "element ", i, " of the ", dtype_name(src), " tensor is ", v,
                         ", which has no value in the integer target type");
     return static_cast<To>(t);
   }
@@ -373,10 +404,16 @@ struct StoredTensor {
   // T's own; the bytes are read with memcpy, never through a cast pointer.
   template <class T>
   void copy_to(T* out) const {
+    copy_to(out, "tessera::io::StoredTensor::copy_to", "");
+  }
+  // The same, with errors naming `fn` (the entry point the user called) and starting with
+  // `what` (e.g. "tensor 'w': ").
+  template <class T>
+  void copy_to(T* out, std::string_view fn, std::string_view what) const {
     static_assert(std::is_arithmetic_v<T> && !std::is_const_v<T>,
                   "StoredTensor::copy_to writes arithmetic scalars");
-    check("tessera::io::StoredTensor::copy_to");
-    detail::visit_dtype("tessera::io::StoredTensor::copy_to", dtype, [&](auto dc) {
+    check(fn);
+    detail::visit_dtype(fn, dtype, [&](auto dc) {
       using Tr = detail::DTypeTraits<decltype(dc)::value>;
       using Bits = typename Tr::Bits;
       if constexpr (Tr::raw && std::is_same_v<typename Tr::Value, T> &&
@@ -387,7 +424,7 @@ struct StoredTensor {
         const std::byte* p = bytes.data();
         for (Index i = 0; i < n; ++i)
           out[i] = detail::convert_element<T>(
-              Tr::decode(detail::load_le<Bits>(p + i * Index{sizeof(Bits)})), i, dtype);
+              Tr::decode(detail::load_le<Bits>(p + i * Index{sizeof(Bits)})), i, dtype, fn, what);
       }
     });
   }
@@ -417,7 +454,8 @@ struct StoredTensor {
     s.dtype = D;
     s.shape.assign(t.shape().begin(), t.shape().end());
     const Index n = s.numel();
-    s.bytes.resize(static_cast<std::size_t>(n) * sizeof(typename Tr::Bits));
+    s.bytes.resize(static_cast<std::size_t>(tessera::detail::checked_mul(
+        n, Index{sizeof(typename Tr::Bits)}, "tessera::io::StoredTensor::from", "the tensor")));
     const T* src = t.data();
     if constexpr (std::endian::native == std::endian::little && !std::is_same_v<T, bool>) {
       if (n) std::memcpy(s.bytes.data(), src, s.bytes.size());
@@ -463,7 +501,8 @@ class StateDict {
     t.check(fn);
     const auto [it, added] = tensors_.try_emplace(std::move(name), std::move(t));
     if (!added)
-      detail::raise<ValueError>(fn, "a tensor named '", it->first, "' is already present");
+      detail::raise<ValueError>(fn, "a tensor named ", detail::quote_name(it->first),
+                                " is already present");
   }
   // Removes the tensor named `name`; false when there is none.
   bool erase(std::string_view name) {
@@ -479,17 +518,15 @@ class StateDict {
   Tensor<T, R> get(std::string_view name) const {
     constexpr std::string_view fn = "tessera::io::StateDict::get";
     const StoredTensor& s = lookup(fn, name);
+    const std::string what = "tensor " + detail::quote_name(name) + ": ";
     if (s.shape.size() != static_cast<std::size_t>(R))
-      detail::raise<ShapeError>(fn, "tensor '", name, "' has shape ", detail::shape_string(s.shape),
-                                " (rank ", s.shape.size(), "), expected rank ", R);
+      detail::raise<ShapeError>(fn, what, "has shape ", detail::shape_string(s.shape), " (rank ",
+                                s.shape.size(), "), expected rank ", R);
+    s.check(fn);
     Shape<R> shape{};
-    std::copy(s.shape.begin(), s.shape.end(), shape.begin());
+    for (std::size_t i = 0; i < shape.size(); ++i) shape[i] = s.shape[i];  // R = 0: no copy
     Tensor<T, R> out(shape, uninitialized);
-    try {
-      s.copy_to(out.data());
-    } catch (const ValueError& e) {
-      detail::raise<ValueError>(fn, "tensor '", name, "': ", e.what());
-    }
+    s.copy_to(out.data(), fn, what);
     return out;
   }
 
@@ -509,18 +546,13 @@ class StateDict {
   const StoredTensor& lookup(std::string_view fn, std::string_view name) const {
     const auto it = tensors_.find(name);
     if (it != tensors_.end()) return it->second;
-    std::string have;
-    std::size_t listed = 0;
-    for (const auto& kv : tensors_) {
-      if (listed == 8) {
-        have += ", ...";
-        break;
-      }
-      have += (listed++ ? ", '" : "'") + kv.first + "'";
-    }
-    detail::raise<ValueError>(fn, "no tensor named '", name, "' (the state dict holds ",
-                              tensors_.size(), tensors_.size() == 1 ? " tensor" : " tensors",
-                              have.empty() ? "" : ": ", have, ")");
+    std::vector<std::string_view> names;
+    names.reserve(tensors_.size());
+    for (const auto& kv : tensors_) names.push_back(kv.first);
+    detail::raise<ValueError>(fn, "no tensor named ", detail::quote_name(name),
+                              " (the state dict holds ", tensors_.size(),
+                              tensors_.size() == 1 ? " tensor" : " tensors",
+                              names.empty() ? "" : ": ", detail::name_list(names), ")");
   }
 
   map_type tensors_;

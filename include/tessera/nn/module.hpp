@@ -48,9 +48,12 @@ class Module {
   // Copies every parameter from `dict[prefix + name]`, converting the stored dtype to the
   // module's scalar type. A stored shape that differs throws ShapeError naming the key. With
   // `strict`, keys the module lacks and keys under `prefix` that the module does not have are
-  // listed together in one ValueError, as PyTorch's strict loading does; nothing is changed then.
+  // listed together in one ValueError, as PyTorch's strict loading does (each list capped at
+  // the first 20 and their count, so a checkpoint under another naming gives a short message);
+  // nothing is changed then.
   void load_state_dict(const io::StateDict& dict, const std::string& prefix = "",
                        bool strict = true) {
+    constexpr std::string_view fn = "tessera::nn::Module::load_state_dict";
     std::vector<std::string> missing;
     std::set<std::string> used;
     // First pass: check everything, so a failed load leaves the module as it was.
@@ -69,8 +72,8 @@ class Module {
           for (std::size_t i = 0; same && i < expected.size(); ++i)
             same = st->shape[i] == expected[i];
           if (!same)
-            detail::raise<ShapeError>("tessera::nn::Module::load_state_dict", "key '", name,
-                                      "' has shape ", detail::shape_string(st->shape),
+            detail::raise<ShapeError>(fn, "key ", io::detail::quote_name(name), " has shape ",
+                                      detail::shape_string(st->shape),
                                       " in the state dict, the module expects ",
                                       detail::shape_string(expected));
         },
@@ -81,19 +84,14 @@ class Module {
     if (strict && (!missing.empty() || !unexpected.empty())) {
       std::ostringstream os;
       os << "error loading the state dict";
-      if (!missing.empty()) {
-        os << "; missing keys:";
-        for (const auto& k : missing) os << " '" << k << "'";
-      }
-      if (!unexpected.empty()) {
-        os << "; unexpected keys:";
-        for (const auto& k : unexpected) os << " '" << k << "'";
-      }
-      detail::raise<ValueError>("tessera::nn::Module::load_state_dict", os.str());
+      if (!missing.empty()) os << "; missing keys: " << io::detail::name_list(missing);
+      if (!unexpected.empty()) os << "; unexpected keys: " << io::detail::name_list(unexpected);
+      detail::raise<ValueError>(fn, os.str());
     }
     for_each_parameter(
         [&](const std::string& name, auto& p) {
-          if (const io::StoredTensor* st = dict.find(name)) st->copy_to(p.value.data());
+          if (const io::StoredTensor* st = dict.find(name))
+            st->copy_to(p.value.data(), fn, "key " + io::detail::quote_name(name) + ": ");
         },
         prefix);
   }

@@ -347,8 +347,9 @@ TYPED_TEST(LinearTest, MatmulAlphaAndAccumulate) {
   for (Index i = 0; i < c.size(); ++i) EXPECT_EQ(c.data()[i], T(7));
   TESSERA_EXPECT_THROW_MSG(tessera::matmul_into(a0, b0, c, {.alpha = NAN}), tessera::ValueError,
                            "tessera::matmul:", "option 'alpha' is nan", "finite");
-  if constexpr (std::is_same_v<T, float>)
+  if constexpr (std::is_same_v<T, float>) {
     EXPECT_THROW(tessera::matmul_into(a0, b0, c, {.alpha = 1e39}), tessera::ValueError);
+  }
 }
 
 // ---- errors ----------------------------------------------------------------------------------

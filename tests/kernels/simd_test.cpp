@@ -137,6 +137,20 @@ TYPED_TEST(SimdTest, ExpOfMinusInfinityIsZero) {
   EXPECT_EQ(nonzero, 0) << "of " << W<T> << " lanes; exp(-inf) gave " << e[0];
 }
 
+// Eigen's exp clamps its argument (float without AVX-512 at -88.72, where e^x is the subnormal
+// 2.94e-39; double at -709.78): every x below the clamp must still give exactly 0, on every
+// instruction set, and NaN must stay NaN.
+TYPED_TEST(SimdTest, ExpBelowTheClampIsZeroAndOfNaNIsNaN) {
+  using T = TypeParam;
+  const T below = std::is_same_v<T, float> ? T(-88.8) : T(-709.9);
+  for (T v : {below, T(-1000), -std::numeric_limits<T>::max()}) {
+    const auto e = unpack<T>(simd::exp(simd::set1<T>(v)));
+    for (Index i = 0; i < W<T>; ++i) EXPECT_EQ(e[i], T(0)) << "exp(" << v << ") lane " << i;
+  }
+  const auto e = unpack<T>(simd::exp(simd::set1<T>(std::numeric_limits<T>::quiet_NaN())));
+  for (Index i = 0; i < W<T>; ++i) EXPECT_TRUE(std::isnan(e[i])) << "exp(NaN) lane " << i;
+}
+
 // exp_fast in float: at most 2 ulp from the correctly rounded e^x wherever the result is normal
 // (and not flushed: the non-AVX-512 path flushes below 2.4e-38), over every 509th float between
 // -110 and 95, both signs; the ends and the special values exactly.

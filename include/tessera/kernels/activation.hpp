@@ -12,6 +12,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <string_view>
+#include <type_traits>
 #include <unsupported/Eigen/SpecialFunctions>
 
 #include "tessera/core/error.hpp"
@@ -62,7 +63,29 @@ inline std::string_view activation_fn_name(Activation a) {
   return "tessera::activate";
 }
 
-// out = act(x) over n contiguous elements; out may alias x.
+inline bool is_valid(Activation a) {
+  switch (a) {
+    case Activation::identity:
+    case Activation::relu:
+    case Activation::gelu:
+    case Activation::gelu_tanh:
+    case Activation::silu:
+    case Activation::tanh:
+      return true;
+  }
+  return false;
+}
+
+// Throws ValueError unless `act` is one of Activation's enumerators (an Activation(42) cast from
+// an integer would otherwise leave the output unwritten or apply the identity).
+inline void check_activation(std::string_view fn, std::string_view arg, Activation act) {
+  if (!is_valid(act))
+    raise<ValueError>(fn, "argument '", arg, "' is Activation(",
+                      static_cast<std::underlying_type_t<Activation>>(act),
+                      "), expected one of identity, relu, gelu, gelu_tanh, silu, tanh");
+}
+
+// out = act(x) over n contiguous elements; out may alias x. act must be valid (check_activation).
 template <class T>
 void activate(Activation act, const T* x, T* out, Index n) {
   using Arr = Eigen::Array<T, Eigen::Dynamic, 1>;
@@ -97,9 +120,17 @@ template <TensorLike X, class Y>
 void activate_into(Activation act, const X& x, Y&& out) {
   static_assert(std::is_same_v<scalar_t<X>, scalar_t<Y>>, "input and output scalar types differ");
   static_assert(std::is_floating_point_v<scalar_t<X>>, "activations need a floating-point tensor");
-  detail::check_shape_equal(detail::activation_fn_name(act), "out", out.shape(), x.shape());
+  detail::check_activation("tessera::activate", "act", act);
+  const std::string_view fn = detail::activation_fn_name(act);
+  detail::check_shape_equal(fn, "out", out.shape(), x.shape());
   const auto* xp = x.data();
   auto* yp = out.data();
+  const auto bytes = static_cast<std::size_t>(cview(x).size()) * sizeof(scalar_t<X>);
+  // Element-wise, so out may be x itself; a partial overlap would read elements already written.
+  if (detail::ranges_partially_overlap(xp, bytes, yp, bytes))
+    detail::raise<ValueError>(fn,
+                              "argument 'out' partially overlaps argument 'x'; it must be x "
+                              "itself or not overlap it");
   // Split into 64-element blocks so that every thread count cuts the data at the same packet
   // boundaries: the vector and scalar-tail code paths then see the same elements every time.
   constexpr Index kBlock = 64;

@@ -511,6 +511,7 @@ inline constexpr bool kGemmUsesBlas = false;
 
 template <class T>
 void gemm(const GemmProblem<T>& p) {
+  detail::check_activation("tessera::gemm", "epilogue.activation", p.epilogue.activation);
   if (p.m == 0 || p.n == 0) return;
   const double work =
       static_cast<double>(p.m) * static_cast<double>(p.n) * static_cast<double>(p.k);

@@ -29,7 +29,7 @@ struct LinearOptions {
   Activation activation = Activation::identity;  // applied after the bias
   // [rows, out]: the output's shape flattened to two dimensions (x.reshape<2>({-1, out})), added
   // after the activation. It must not overlap the output (the product is stored before the
-  // residual is read).
+  // residual is read): ValueError.
   std::optional<TensorMap<const T, 2>> residual;
 };
 
@@ -41,6 +41,26 @@ struct MatmulOptions {
 };
 
 namespace detail {
+
+// Bytes spanned by a row-major [rows, cols] block with row stride ld (0 when it is empty).
+template <class T>
+std::size_t span_bytes(Index rows, Index cols, Index ld) {
+  if (rows <= 0 || cols <= 0) return 0;
+  return (static_cast<std::size_t>(rows - 1) * static_cast<std::size_t>(ld) +
+          static_cast<std::size_t>(cols)) *
+         sizeof(T);
+}
+
+// Throws ValueError when the output [out, out + out_bytes) shares memory with an input: the
+// product reads every input while it writes the output, so no overlap (not even the input
+// itself) gives the right answer.
+template <class T>
+void check_output_disjoint(std::string_view fn, const T* out, std::size_t out_bytes,
+                           std::string_view in_name, const T* in, std::size_t in_bytes) {
+  if (ranges_overlap(out, out_bytes, in, in_bytes))
+    raise<ValueError>(fn, "argument 'out' overlaps argument '", in_name,
+                      "'; the output must not share memory with an input");
+}
 
 // Checks and runs y = act(x W^T + b) + residual; `weight` is W's storage ([out, in]) or null when
 // `packed` holds W^T.
@@ -68,6 +88,16 @@ void linear_run(const X& x, const T* weight, const PackedMatrix<T>* packed, Inde
     const Index r_expected[] = {rows, out_f};
     detail::check_shape_equal(fn, "residual", opts.residual->shape(), r_expected);
   }
+  check_activation(fn, "activation", opts.activation);
+  const std::size_t out_bytes = span_bytes<T>(rows, out_f, out_f);
+  check_output_disjoint(fn, yv.data(), out_bytes, "x", xv.data(), span_bytes<T>(rows, in, in));
+  if (weight)
+    check_output_disjoint(fn, yv.data(), out_bytes, "weight", weight, span_bytes<T>(out_f, in, in));
+  if (opts.bias)
+    check_output_disjoint(fn, yv.data(), out_bytes, "bias", opts.bias->data(),
+                          span_bytes<T>(1, out_f, out_f));
+  if (opts.residual)
+    check_output_disjoint(fn, yv.data(), out_bytes, "residual", opts.residual->data(), out_bytes);
   GemmProblem<T> p;
   p.m = rows;
   p.n = out_f;
@@ -89,8 +119,9 @@ void linear_run(const X& x, const T* weight, const PackedMatrix<T>* packed, Inde
 
 }  // namespace detail
 
-// y = act(x W^T + b) + residual into `out` of shape [..., out_features]. out must not overlap x or
-// W.
+// y = act(x W^T + b) + residual into `out` of shape [..., out_features]. out must not overlap x,
+// W, the bias or the residual (ValueError); an activation that is not one of Activation's values is
+// a ValueError.
 template <TensorLike X, TensorLike W, class Y>
 void linear_into(const X& x, const W& weight, Y&& out,
                  const LinearOptions<scalar_t<X>>& opts = {}) {
@@ -166,7 +197,7 @@ void gemm_one(const T* a, const T* b, T* c, Index m, Index k, Index n, const Mat
 
 // c = alpha op(a) op(b) into `out` (added to it with `accumulate`), for matrices
 // ([m, k] x [k, n]) or batches of them ([batch, m, k] x [batch, k, n]). out must not overlap a
-// or b. alpha must be finite in the tensors' scalar type.
+// or b (ValueError). alpha must be finite in the tensors' scalar type.
 template <TensorLike A, TensorLike B, class C>
 void matmul_into(const A& a, const B& b, C&& out, const MatmulOptions& opts = {}) {
   using T = scalar_t<A>;
@@ -203,6 +234,11 @@ void matmul_into(const A& a, const B& b, C&& out, const MatmulOptions& opts = {}
   if (!std::isfinite(static_cast<T>(opts.alpha)))
     detail::raise<ValueError>(fn, "option 'alpha' is ", opts.alpha,
                               ", expected a finite value in the tensors' scalar type");
+  const std::size_t c_bytes = detail::span_bytes<T>(batch * m, n, n);
+  detail::check_output_disjoint(fn, cv.data(), c_bytes, "a", av.data(),
+                                detail::span_bytes<T>(batch, m * k, m * k));
+  detail::check_output_disjoint(fn, cv.data(), c_bytes, "b", bv.data(),
+                                detail::span_bytes<T>(batch, k * n, k * n));
   const Index sa = m * k, sb = k * n, sc = m * n;
   if (batch == 1) {
     detail::gemm_one(av.data(), bv.data(), cv.data(), m, k, n, opts);

@@ -1,5 +1,8 @@
 // tessera: row-wise L2 normalisation, x / max(||x||_2, eps), as PyTorch's F.normalize(x, dim=-1).
-// A zero row stays zero (it is divided by eps, not by 0).
+// A zero row stays zero (it is divided by eps, not by 0). A row whose sum of squares overflows T
+// (floats around 1e20) is scaled by a power of two first (x / max(||x||, eps) is invariant to the
+// scale but for eps, which is scaled with it). NaN in a row gives a NaN row; an infinity gives
+// NaN there and 0 elsewhere (x / inf), as PyTorch's F.normalize does.
 #pragma once
 
 #include <cmath>
@@ -7,6 +10,7 @@
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/core/threading.hpp"
+#include "tessera/kernels/norm.hpp"
 #include "tessera/kernels/softmax.hpp"
 
 namespace tessera {
@@ -18,10 +22,19 @@ struct L2NormalizeOptions {
 namespace detail {
 
 template <class T>
-void l2_normalize_row(const T* x, T* y, Index n, T eps) {
+void l2_normalize_row(const T* x, T* y, Index n, T eps, bool may_rescale = true) {
   using Arr = Eigen::Array<T, Eigen::Dynamic, 1>;
   Eigen::Map<const Arr> xa(x, n);
-  const T norm = std::sqrt(xa.square().sum());
+  const T ss = xa.square().sum();
+  if (!std::isfinite(ss) && may_rescale) {
+    const T s = rescale_factor(x, n);  // 0 for a row holding NaN or inf: nothing to rescale
+    if (s != 0) {
+      scale_into(x, y, n, s);
+      l2_normalize_row(y, y, n, eps * s, false);
+      return;
+    }
+  }
+  const T norm = std::sqrt(ss);
   // A division, not a multiplication by 1 / max(norm, eps): that reciprocal overflows for a
   // subnormal eps and would turn a zero row into 0 * inf = NaN.
   Eigen::Map<Arr>(y, n) = xa / std::max(norm, eps);

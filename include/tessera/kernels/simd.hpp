@@ -52,15 +52,19 @@ EIGEN_STRONG_INLINE P max(const P& a, const P& b) {
   return Eigen::internal::pmax(a, b);
 }
 // e^x, Eigen's vectorised exp (a Cody-Waite range reduction and a polynomial, about 1 ulp).
-// Eigen's double exp clamps its argument at -709.78, so e^-inf would come out as 5.6e-309; for
-// double every x whose e^x is below the smallest subnormal, -inf included, gives exactly 0 here,
-// as std::exp does. (Eigen's float exp already returns 0 there, so float pays nothing.)
+// Eigen clamps the argument below (double at -709.78, giving 5.6e-309 for e^-inf; float, except
+// with AVX-512, at -88.72, giving the subnormal 2.9e-39 for e^-inf), so here every x below the
+// clamp, -inf included, gives exactly 0: e^-inf = 0 on every instruction set, as std::exp gives,
+// and the values flushed are below the smallest normal T (an absolute error under FLT_MIN /
+// DBL_MIN). NaN compares false and stays NaN.
 template <class P>
 EIGEN_STRONG_INLINE P exp(const P& x) {
   using T = typename Eigen::internal::unpacket_traits<P>::type;
   const P e = Eigen::internal::pexp(x);
-  if constexpr (std::is_same_v<T, double> && Eigen::internal::unpacket_traits<P>::size > 1) {
-    const P lowest = Eigen::internal::pset1<P>(-745.13321910194122);  // log(denorm_min)
+  if constexpr (Eigen::internal::unpacket_traits<P>::size > 1) {
+    // Eigen's clamps: e^-709.784 = 5.6e-309, e^-88.723 = 2.9e-39, both subnormal.
+    const P lowest =
+        Eigen::internal::pset1<P>(std::is_same_v<T, double> ? T(-709.784) : T(-88.723f));
     return Eigen::internal::pselect(Eigen::internal::pcmp_lt(x, lowest), Eigen::internal::pzero(e),
                                     e);
   } else {

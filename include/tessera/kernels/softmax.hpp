@@ -5,8 +5,12 @@
 //   logsumexp(x)     = m + log(sum_k exp(x_k - m))
 //
 // Subtracting the row maximum keeps every exp in [0, 1], so logits of +-1e4 are exact enough.
-// Masked positions (see Mask) count as -inf. A row whose every entry is masked out gives:
-// softmax all zeros, log_softmax all -inf, logsumexp -inf (the value of an empty sum), never NaN.
+// Masked positions (see Mask) count as -inf. A row whose every entry is masked out (or -inf)
+// gives: softmax all zeros, log_softmax all -inf, logsumexp -inf (the value of an empty sum).
+// Non-finite logits follow PyTorch (torch.softmax / log_softmax / logsumexp):
+//   - a NaN anywhere in a row makes the whole row NaN (and its logsumexp NaN), on every path;
+//   - a +inf in a row (and no NaN) makes softmax and log_softmax NaN for the whole row (the
+//     shift gives inf - inf) and logsumexp +inf.
 #pragma once
 
 #include <cmath>
@@ -114,12 +118,30 @@ void shift_row(const T* x, T* y, Index n, T m, T c) {
   for (; j < n; ++j) y[j] = (x[j] - m) - c;
 }
 
-// One row of softmax; y may alias x.
+template <class T>
+bool row_has_nan(const T* x, Index n) {
+  for (Index j = 0; j < n; ++j)
+    if (std::isnan(x[j])) return true;
+  return false;
+}
+
+// row_max skips NaN (a plain compare in the scalar tail), so a row whose maximum comes out
+// infinite is looked at again here, off the fast path: a NaN anywhere wins. Returns the NaN to
+// fill the row with, or m.
+template <class T>
+T infinite_row_max(const T* x, Index n, T m) {
+  return row_has_nan(x, n) ? std::numeric_limits<T>::quiet_NaN() : m;
+}
+
+// One row of softmax; y may alias x. A finite maximum needs no check: a NaN in the row makes the
+// sum NaN and with it every output.
 template <class T>
 void softmax_row(const T* x, T* y, Index n) {
   const T m = row_max(x, n);
-  if (m == -std::numeric_limits<T>::infinity()) {  // empty or fully masked row
-    std::fill(y, y + n, T(0));
+  if (std::isinf(m)) {
+    // -inf: an empty or fully masked row; +inf gives inf - inf, NaN, as in PyTorch.
+    const T mm = infinite_row_max(x, n, m);
+    std::fill(y, y + n, mm < 0 ? T(0) : std::numeric_limits<T>::quiet_NaN());
     return;
   }
   const T s = exp_shifted(x, y, n, m);
@@ -130,26 +152,36 @@ void softmax_row(const T* x, T* y, Index n) {
 template <class T>
 void log_softmax_row(const T* x, T* y, Index n) {
   const T m = row_max(x, n);
-  if (m == -std::numeric_limits<T>::infinity()) {
-    std::fill(y, y + n, -std::numeric_limits<T>::infinity());
+  if (std::isinf(m)) {
+    const T mm = infinite_row_max(x, n, m);
+    std::fill(y, y + n, mm < 0 ? mm : std::numeric_limits<T>::quiet_NaN());
     return;
   }
   const T s = exp_shifted<T>(x, nullptr, n, m);
   shift_row(x, y, n, m, std::log(s));
 }
 
+// logsumexp of one row: -inf for an empty or fully masked row, +inf for a row holding +inf
+// (e^inf dominates the sum), NaN for a row holding NaN.
 template <class T>
 T logsumexp_row(const T* x, Index n) {
   const T m = row_max(x, n);
-  if (m == -std::numeric_limits<T>::infinity()) return m;
+  if (std::isinf(m)) return infinite_row_max(x, n, m);
   return m + std::log(exp_shifted<T>(x, nullptr, n, m));
 }
 
+// out has x's shape, and is either x itself or disjoint from it: each row is written after its
+// own row of x is read, so a partial overlap would feed rows already written back in.
 template <class X, class Y>
 void check_rowwise_io(std::string_view fn, const X& x, const Y& out) {
   static_assert(rank_v<X> >= 1, "row-wise kernels need a tensor of rank >= 1");
   static_assert(std::is_same_v<scalar_t<X>, scalar_t<Y>>, "input and output scalar types differ");
   check_shape_equal(fn, "out", out.shape(), x.shape());
+  const auto bytes = static_cast<std::size_t>(cview(x).size()) * sizeof(scalar_t<X>);
+  if (ranges_partially_overlap(x.data(), bytes, out.data(), bytes))
+    raise<ValueError>(fn,
+                      "argument 'out' partially overlaps argument 'x'; it must be x itself "
+                      "or not overlap it");
 }
 
 // Runs row_fn(x_row, y_row, n) over every row, applying the mask first when there is one.

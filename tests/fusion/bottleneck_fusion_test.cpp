@@ -344,7 +344,7 @@ TYPED_TEST(BottleneckFusionTest, RejectsBadOptions) {
   TESSERA_EXPECT_THROW_MSG(
       BottleneckFusion<T>(
           {.encoder = {.layer = {.d_model = 8, .nhead = 3, .dim_feedforward = 16}}}),
-      ValueError, "num_heads is 3");
+      ValueError, fn, "nhead is 3");
 }
 
 TYPED_TEST(BottleneckFusionTest, RejectsBadInputs) {

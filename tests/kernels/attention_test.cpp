@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "fixture.hpp"
@@ -9,6 +12,7 @@
 
 namespace {
 
+using tessera::AttentionImpl;
 using tessera::Index;
 using tessera::Mask;
 using tessera::Shape;
@@ -178,7 +182,6 @@ TYPED_TEST(AttentionKernelTest, FullyMaskedRowsGiveZerosNotNaN) {
 // lengths and head dims 32-256 with Dv != D.
 TYPED_TEST(AttentionKernelTest, FusedEqualsReference) {
   using T = TypeParam;
-  using tessera::AttentionImpl;
   const T tol = std::is_same_v<T, float> ? T(2e-6) : T(1e-13);
   auto check = [&](const Tensor<T, 4>& q, const Tensor<T, 4>& k, const Tensor<T, 4>& v,
                    tessera::SDPAOptions o, const std::string& what) {
@@ -245,12 +248,17 @@ TYPED_TEST(AttentionKernelTest, SameResultAcrossThreadCounts) {
   q.setRandom(1);
   k.setRandom(2);
   v.setRandom(3);
-  tessera::set_num_threads(1);
-  const auto one = tessera::scaled_dot_product_attention(q, k, v, {.causal = true});
-  tessera::set_num_threads(2);
-  const auto two = tessera::scaled_dot_product_attention(q, k, v, {.causal = true});
-  tessera::set_num_threads(tessera::max_threads());
-  for (Index i = 0; i < one.size(); ++i) ASSERT_EQ(one.data()[i], two.data()[i]);
+  for (auto impl : {AttentionImpl::fused, AttentionImpl::reference}) {
+    tessera::set_num_threads(1);
+    const auto one = tessera::scaled_dot_product_attention(q, k, v, {.causal = true, .impl = impl});
+    for (int threads : {2, 3}) {
+      tessera::set_num_threads(threads);
+      const auto many =
+          tessera::scaled_dot_product_attention(q, k, v, {.causal = true, .impl = impl});
+      EXPECT_TRUE(tessera::test::same_bits(many, one)) << "threads=" << threads;
+    }
+    tessera::set_num_threads(tessera::max_threads());
+  }
 }
 
 // Runs the fused kernel directly on [B, H, L, D] tensors with the keys split into `splits`
@@ -300,7 +308,8 @@ TYPED_TEST(AttentionKernelTest, KeySplitsMatchOnePass) {
     const tessera::detail::MaskRows mrows(Mask::blocked(pad).with_shape({2, 1, 1, lk}), target,
                                           "test", "mask");
     for (bool causal : {false, true})
-      for (const tessera::detail::MaskRows* mask : {static_cast<decltype(&mrows)>(nullptr), &mrows}) {
+      for (const tessera::detail::MaskRows* mask :
+           {static_cast<decltype(&mrows)>(nullptr), &mrows}) {
         const Index offset = causal ? lk - lq : 0;  // queries are the last lq positions
         std::vector<T> lse1, lse_s;
         const auto one = fused_with_splits(q, k, v, 1, causal, offset, mask, lse1);
@@ -311,8 +320,8 @@ TYPED_TEST(AttentionKernelTest, KeySplitsMatchOnePass) {
               return (!causal || j <= i + offset) && !(mask && pad(b, j));
             },
             [](auto...) { return 0.0; });
-        const std::string what = "lq=" + std::to_string(lq) + (causal ? " causal" : "") +
-                                 (mask ? " padded" : "");
+        const std::string what =
+            "lq=" + std::to_string(lq) + (causal ? " causal" : "") + (mask ? " padded" : "");
         tessera::test::expect_tensor_near(one, ref, kernel_tol<T>(), what);
         for (Index splits : {2, 3, 7, 16, 5000}) {
           const auto split = fused_with_splits(q, k, v, splits, causal, offset, mask, lse_s);
@@ -326,24 +335,200 @@ TYPED_TEST(AttentionKernelTest, KeySplitsMatchOnePass) {
   }
 }
 
-// Decoding: one query over a long cache uses the key split when there are more threads than
-// heads; the result matches the single-thread one.
-TYPED_TEST(AttentionKernelTest, DecodingAcrossThreadCounts) {
+// Decoding: one query over a long cache splits the keys into ranges fixed by the problem's size
+// (never by the thread count), so 1, 2 and 3 threads give bit-identical results (README: results
+// do not depend on the thread count). Also a few query rows (the direct path) and a prefill.
+TYPED_TEST(AttentionKernelTest, DecodingIsBitIdenticalAcrossThreadCounts) {
   using T = TypeParam;
-  const T tol = std::is_same_v<T, float> ? T(2e-6) : T(1e-13);
-  Tensor<T, 4> q(1, 1, 1, 64), k(1, 1, 4096, 64), v(1, 1, 4096, 64);
+  if (tessera::max_threads() < 2) GTEST_SKIP() << "built without OpenMP: one thread only";
+  for (const auto [H, Lq] : {std::pair<Index, Index>{1, 1}, {8, 1}, {2, 3}, {1, 200}}) {
+    const Index Lk = 8192;
+    Tensor<T, 4> q(1, H, Lq, 64), k(1, H, Lk, 64), v(1, H, Lk, 64);
+    q.setRandom(1);
+    k.setRandom(2);
+    v.setRandom(3);
+    const std::string what = "H=" + std::to_string(H) + " Lq=" + std::to_string(Lq);
+    tessera::set_num_threads(1);
+    const auto one = tessera::scaled_dot_product_attention(q, k, v);
+    const auto ref = reference(
+        q, k, v, 1.0 / 8.0, [](auto...) { return true; }, [](auto...) { return 0.0; });
+    tessera::test::expect_tensor_near(one, ref, kernel_tol<T>(), what);
+    for (int threads : {2, 3}) {
+      tessera::set_num_threads(threads);
+      const auto many = tessera::scaled_dot_product_attention(q, k, v);
+      EXPECT_TRUE(tessera::test::same_bits(many, one)) << what << " threads=" << threads;
+    }
+    tessera::set_num_threads(tessera::max_threads());
+  }
+}
+
+// The key split depends on the problem only: decoding one head over 8192 keys is split, 64 or
+// more work items are not, and short key lists never are.
+TYPED_TEST(AttentionKernelTest, KeySplitsDependOnTheProblemOnly) {
+  using T = TypeParam;
+  EXPECT_GT(tessera::detail::flash_key_splits<T>(1, 8192), 1);
+  EXPECT_LE(
+      tessera::detail::flash_key_splits<T>(1, 8192) * tessera::detail::FlashTile<T>::kKeys * 4,
+      8192);  // each range at least four key tiles
+  EXPECT_EQ(tessera::detail::flash_key_splits<T>(64, 8192), 1);
+  // Fewer than two ranges of four key tiles: never split.
+  EXPECT_EQ(tessera::detail::flash_key_splits<T>(1, 8 * tessera::detail::FlashTile<T>::kKeys - 1),
+            1);
+}
+
+// NaN in, NaN out: a NaN in one query row makes that output row NaN (and only it), on the fused,
+// decoding (split keys) and reference paths, for key counts below, at and above a tile; a row
+// whose every key is masked out still gives zeros, NaN query or not.
+TYPED_TEST(AttentionKernelTest, NaNQueryRowGivesNaNRow) {
+  using T = TypeParam;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  for (Index lq : {1, 3, 9})
+    for (Index lk : {1, 5, 17, 64, 100, 4096}) {
+      Tensor<T, 4> q(1, 2, lq, 16), k(1, 2, lk, 16), v(1, 2, lk, 8);
+      q.setRandom(1);
+      k.setRandom(2);
+      v.setRandom(3);
+      const Index nan_row = lq - 1;
+      for (Index d = 0; d < 16; ++d) q(0, 1, nan_row, d) = nan;
+      // Row 0 of head 0 sees no key (when lq > 1 it is not the NaN row's head anyway).
+      Tensor<bool, 4> blocked(1, 2, lq, lk);
+      for (Index j = 0; j < lk; ++j) blocked(0, 0, 0, j) = blocked(0, 1, nan_row, j) = lq > 1;
+      for (auto impl : {AttentionImpl::fused, AttentionImpl::reference}) {
+        const std::string what = "lq=" + std::to_string(lq) + " lk=" + std::to_string(lk) +
+                                 (impl == AttentionImpl::fused ? " fused" : " reference");
+        const auto out = tessera::scaled_dot_product_attention(q, k, v, {.impl = impl});
+        for (Index i = 0; i < lq; ++i)
+          for (Index e = 0; e < 8; ++e) {
+            EXPECT_FALSE(std::isnan(out(0, 0, i, e))) << what << " head 0 row " << i;
+            EXPECT_EQ(std::isnan(out(0, 1, i, e)), i == nan_row) << what << " head 1 row " << i;
+          }
+        if (lq == 1) continue;
+        // Masked out completely, the NaN row gives zeros, as does the masked row of head 0.
+        const auto masked = tessera::scaled_dot_product_attention(
+            q, k, v, {.mask = Mask::blocked(blocked), .impl = impl});
+        for (Index e = 0; e < 8; ++e) {
+          EXPECT_EQ(masked(0, 1, nan_row, e), T(0)) << what << " masked NaN row";
+          EXPECT_EQ(masked(0, 0, 0, e), T(0)) << what << " masked row";
+          EXPECT_FALSE(std::isnan(masked(0, 0, 1, e))) << what;
+        }
+      }
+    }
+}
+
+// A NaN in one key, in one value of a visible key, or in an additive mask entry reaches the
+// output. (A NaN value of a key that every row masks out may too, as in PyTorch: 0 * NaN.)
+TYPED_TEST(AttentionKernelTest, NaNInKeysValuesAndMasksReachesTheOutput) {
+  using T = TypeParam;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  for (Index lq : {1, 70})
+    for (Index lk : {7, 300}) {
+      Tensor<T, 4> q(1, 1, lq, 16), k(1, 1, lk, 16), v(1, 1, lk, 8);
+      q.setRandom(1);
+      k.setRandom(2);
+      v.setRandom(3);
+      for (auto impl : {AttentionImpl::fused, AttentionImpl::reference}) {
+        const std::string what = "lq=" + std::to_string(lq) + " lk=" + std::to_string(lk) +
+                                 (impl == AttentionImpl::fused ? " fused" : " reference");
+        Tensor<T, 4> k_nan = k;
+        k_nan(0, 0, lk / 2, 3) = nan;
+        const auto a = tessera::scaled_dot_product_attention(q, k_nan, v, {.impl = impl});
+        for (Index i = 0; i < a.size(); ++i) ASSERT_TRUE(std::isnan(a.data()[i])) << what << " key";
+        Tensor<T, 4> v_nan = v;
+        v_nan(0, 0, lk / 2, 5) = nan;
+        const auto b = tessera::scaled_dot_product_attention(q, k, v_nan, {.impl = impl});
+        for (Index i = 0; i < lq; ++i)
+          for (Index e = 0; e < 8; ++e) ASSERT_EQ(std::isnan(b(0, 0, i, e)), e == 5) << what;
+        Tensor<T, 2> add(lq, lk);
+        add(0, lk - 1) = nan;
+        const auto c = tessera::scaled_dot_product_attention(
+            q, k, v, {.mask = Mask::additive(add), .impl = impl});
+        for (Index i = 0; i < lq; ++i)
+          for (Index e = 0; e < 8; ++e) ASSERT_EQ(std::isnan(c(0, 0, i, e)), i == 0) << what;
+      }
+    }
+}
+
+// With the weights returned (the reference path), a NaN query row gives NaN weights and output.
+TYPED_TEST(AttentionKernelTest, NaNQueryRowGivesNaNWeights) {
+  using T = TypeParam;
+  Tensor<T, 4> q(1, 1, 2, 4), k(1, 1, 3, 4), v(1, 1, 3, 2);
   q.setRandom(1);
   k.setRandom(2);
   v.setRandom(3);
-  tessera::set_num_threads(1);
-  const auto one = tessera::scaled_dot_product_attention(q, k, v);
-  tessera::set_num_threads(2);
-  const auto two = tessera::scaled_dot_product_attention(q, k, v);
-  tessera::set_num_threads(tessera::max_threads());
-  tessera::test::expect_tensor_near(two, one, tol, "decoding on 2 threads");
-  EXPECT_EQ(tessera::detail::flash_key_splits<T>(1, 4096, 2), 2);
-  EXPECT_EQ(tessera::detail::flash_key_splits<T>(8, 4096, 2), 1);
-  EXPECT_EQ(tessera::detail::flash_key_splits<T>(1, 100, 8), 1);  // too few keys to split
+  q(0, 0, 1, 2) = std::numeric_limits<T>::quiet_NaN();
+  const auto r = tessera::scaled_dot_product_attention_with_weights(q, k, v);
+  for (Index j = 0; j < 3; ++j) {
+    EXPECT_FALSE(std::isnan(r.weights(0, 0, 0, j)));
+    EXPECT_TRUE(std::isnan(r.weights(0, 0, 1, j)));
+  }
+  for (Index e = 0; e < 2; ++e) EXPECT_TRUE(std::isnan(r.output(0, 0, 1, e)));
+}
+
+// The scale is checked in the scalar type computed in: 1e39 is finite as a double but inf as a
+// float (which made every output NaN).
+TYPED_TEST(AttentionKernelTest, ScaleMustBeFiniteInTheScalarType) {
+  using T = TypeParam;
+  Tensor<T, 4> q(1, 2, 3, 8), k(1, 2, 4, 8), v(1, 2, 4, 8);
+  q.setRandom(1);
+  k.setRandom(2);
+  v.setRandom(3);
+  if constexpr (std::is_same_v<T, float>) {
+    TESSERA_EXPECT_THROW_MSG(tessera::scaled_dot_product_attention(q, k, v, {.scale = 1e39}),
+                             tessera::ValueError, "tessera::scaled_dot_product_attention",
+                             "'scale'", "1e+39", "inf");
+  } else {
+    const auto out = tessera::scaled_dot_product_attention(q, k, v, {.scale = 1e39});
+    for (Index i = 0; i < out.size(); ++i) EXPECT_TRUE(std::isfinite(out.data()[i]));
+  }
+  TESSERA_EXPECT_THROW_MSG(tessera::scaled_dot_product_attention(
+                               q, k, v, {.scale = std::numeric_limits<double>::quiet_NaN()}),
+                           tessera::ValueError, "'scale'");
+}
+
+// Every empty extent, on both paths and with the weights: no pointer arithmetic on an empty
+// operand (UBSan), zeros where there are query rows but no keys.
+TYPED_TEST(AttentionKernelTest, EveryEmptyExtent) {
+  using T = TypeParam;
+  const Shape<4> shapes[][3] = {
+      {{0, 2, 3, 4}, {0, 2, 5, 4}, {0, 2, 5, 6}}, {{2, 0, 3, 4}, {2, 0, 5, 4}, {2, 0, 5, 6}},
+      {{2, 2, 0, 4}, {2, 2, 5, 4}, {2, 2, 5, 6}}, {{2, 2, 3, 4}, {2, 2, 0, 4}, {2, 2, 0, 6}},
+      {{2, 2, 3, 0}, {2, 2, 5, 0}, {2, 2, 5, 6}}, {{2, 2, 3, 4}, {2, 2, 5, 4}, {2, 2, 5, 0}},
+      {{2, 2, 3, 0}, {2, 2, 0, 0}, {2, 2, 0, 0}}};
+  for (const auto& s : shapes) {
+    Tensor<T, 4> q(s[0]), k(s[1]), v(s[2]);
+    q.setConstant(1);
+    k.setConstant(2);
+    v.setRandom(3);
+    const std::string what = tessera::detail::shape_string(s[0]) + " " +
+                             tessera::detail::shape_string(s[1]) + " " +
+                             tessera::detail::shape_string(s[2]);
+    for (auto impl : {AttentionImpl::fused, AttentionImpl::reference}) {
+      const auto out = tessera::scaled_dot_product_attention(q, k, v, {.impl = impl});
+      ASSERT_EQ(out.shape(), (Shape<4>{s[0][0], s[0][1], s[0][2], s[2][3]})) << what;
+      for (Index b = 0; b < out.dim(0); ++b)
+        for (Index h = 0; h < out.dim(1); ++h)
+          for (Index i = 0; i < out.dim(2); ++i)
+            for (Index e = 0; e < out.dim(3); ++e) {
+              T mean = 0;  // equal scores: the mean of the values
+              for (Index j = 0; j < v.dim(2); ++j) mean += v(b, h, j, e);
+              if (v.dim(2) > 0) mean /= T(v.dim(2));
+              EXPECT_NEAR(out(b, h, i, e), mean, kernel_tol<T>()) << what;
+            }
+    }
+    const auto r = tessera::scaled_dot_product_attention_with_weights(q, k, v);
+    EXPECT_EQ(r.weights.shape(), (Shape<4>{s[0][0], s[0][1], s[0][2], s[1][2]})) << what;
+  }
+}
+
+// Weights of 2^32 x 2^32 per head do not fit an index: a ShapeError, not an allocation of a
+// wrapped size.
+TYPED_TEST(AttentionKernelTest, WeightsTooLargeForAnIndex) {
+  using T = TypeParam;
+  const Index n = Index(1) << 32;
+  Tensor<T, 4> q(1, 1, n, 0), k(1, 1, n, 0), v(1, 1, n, 0);
+  TESSERA_EXPECT_THROW_MSG(
+      tessera::scaled_dot_product_attention_with_weights(q, k, v), tessera::ShapeError,
+      "tessera::scaled_dot_product_attention_with_weights", "the attention weights");
 }
 
 TYPED_TEST(AttentionKernelTest, RejectsBadShapes) {

@@ -24,6 +24,7 @@ using tessera::Tensor;
 using tessera::ValueError;
 using tessera::nn::AttentionPooling;
 using tessera::nn::AttentionPoolingOptions;
+using tessera::test::owned_vector;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
@@ -137,7 +138,8 @@ TYPED_TEST(AttentionPoolingTest, MatchesReference) {
   expect_matches_reference(big, random_h<T>(9, 65, 40, 3), {}, nullptr, "larger");
   // A view works as well as a tensor.
   const auto h = random_h<T>(2, 5, 6, 4);
-  EXPECT_TRUE(m.forward(tessera::cview(h)).context.as_vector() == m.forward(h).context.as_vector());
+  EXPECT_TRUE(owned_vector(m.forward(tessera::cview(h)).context) ==
+              owned_vector(m.forward(h).context));
 }
 
 TYPED_TEST(AttentionPoolingTest, WeightsAreDistributionsAndContextIsAnAverage) {
@@ -268,7 +270,7 @@ TYPED_TEST(AttentionPoolingTest, StateDictRoundTrip) {
   const AttentionPooling<T> a({.input_dim = 6, .attention_dim = 4, .seed = 1});
   AttentionPooling<T> b({.input_dim = 6, .attention_dim = 4, .seed = 2});
   const auto h = random_h<T>(3, 5, 6, 9);
-  EXPECT_FALSE(a.forward(h).context.as_vector() == b.forward(h).context.as_vector());
+  EXPECT_FALSE(owned_vector(a.forward(h).context) == owned_vector(b.forward(h).context));
   const auto sd = a.state_dict("enc.pool.");
   b.load_state_dict(sd, "enc.pool.");
   const auto ra = a.forward(h), rb = b.forward(h);
@@ -277,7 +279,7 @@ TYPED_TEST(AttentionPoolingTest, StateDictRoundTrip) {
   AttentionPooling<T> c({.input_dim = 6, .attention_dim = 4, .seed = 3});
   c.load_state_dict(tessera::io::parse_safetensors(tessera::io::serialize_safetensors(sd)),
                     "enc.pool.");
-  EXPECT_TRUE(c.forward(h).context.as_vector() == ra.context.as_vector());
+  EXPECT_TRUE(owned_vector(c.forward(h).context) == ra.context.as_vector());
 }
 
 TYPED_TEST(AttentionPoolingTest, StrictLoadingErrors) {
@@ -291,7 +293,7 @@ TYPED_TEST(AttentionPoolingTest, StrictLoadingErrors) {
     ASSERT_TRUE(sd.erase("p.proj.bias"));
     sd.insert("p.context_vector", Tensor<T, 1>(4));
     TESSERA_EXPECT_THROW_MSG(m.load_state_dict(sd, "p."), ValueError, fn,
-                             "missing keys: 'p.proj.bias' 'p.query'",
+                             "missing keys: 'p.proj.bias', 'p.query'",
                              "unexpected keys: 'p.context_vector'");
   }
   {
@@ -364,6 +366,48 @@ TYPED_TEST(AttentionPoolingTest, MatchesPyTorch) {
   expect_parity(r.weights, fx.expected<T, 2>("weights"), "attention_pooling weights");
   EXPECT_EQ(r.weights(1, 4), T(0));  // padded steps
   EXPECT_EQ(r.weights(1, 5), T(0));
+}
+
+}  // namespace
+
+namespace {
+
+// Parameters replaced by tensors of the wrong shape: forward throws a ShapeError naming the
+// parameter under its state-dict name.
+TYPED_TEST(AttentionPoolingTest, ParametersOfTheWrongShapeAreNamed) {
+  using T = TypeParam;
+  const auto h = random_h<T>(2, 5, 6, 1);
+  const std::string fn = "tessera::nn::AttentionPooling::forward";
+  AttentionPooling<T> m({.input_dim = 6, .attention_dim = 4, .seed = 1});
+  m.query.value = Tensor<T, 1>(3);
+  TESSERA_EXPECT_THROW_MSG(m.forward(h), ShapeError, fn.c_str(),
+                           "parameter 'query' has shape [3], expected [4]");
+  m.query.value = Tensor<T, 1>(4);
+  m.proj.weight.value = Tensor<T, 2>(6, 4);
+  TESSERA_EXPECT_THROW_MSG(m.forward(h), ShapeError, fn.c_str(),
+                           "parameter 'proj.weight' has shape [6, 4], expected [4, 6]");
+  m.proj.weight.value = Tensor<T, 2>(4, 6);
+  m.proj.bias.value = Tensor<T, 1>(6);
+  TESSERA_EXPECT_THROW_MSG(m.forward(h), ShapeError, fn.c_str(),
+                           "parameter 'proj.bias' has shape [6], expected [4]");
+}
+
+// NaN in, NaN out: a NaN in one step of one sequence makes that sequence's weights and context
+// NaN; the other sequence stays finite.
+TYPED_TEST(AttentionPoolingTest, NaNStepGivesNaNSequence) {
+  using T = TypeParam;
+  AttentionPooling<T> m({.input_dim = 6, .attention_dim = 4, .seed = 1});
+  auto h = random_h<T>(2, 5, 6, 1);
+  h(1, 3, 2) = std::numeric_limits<T>::quiet_NaN();
+  const auto r = m.forward(h);
+  for (Index t = 0; t < 5; ++t) {
+    EXPECT_FALSE(std::isnan(r.weights(0, t)));
+    EXPECT_TRUE(std::isnan(r.weights(1, t)));
+  }
+  for (Index d = 0; d < 6; ++d) {
+    EXPECT_FALSE(std::isnan(r.context(0, d)));
+    EXPECT_TRUE(std::isnan(r.context(1, d)));
+  }
 }
 
 }  // namespace

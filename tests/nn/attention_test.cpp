@@ -25,6 +25,7 @@ using tessera::ValueError;
 using tessera::nn::Attention;
 using tessera::nn::AttentionOptions;
 using tessera::nn::AttentionScore;
+using tessera::test::owned_vector;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr AttentionScore kScores[] = {AttentionScore::dot, AttentionScore::scaled_dot,
@@ -146,12 +147,12 @@ TYPED_TEST(AttentionTest, MatchesReferenceForEveryScore) {
     expect_matches_reference(m, q, k, v, {}, nullptr, std::string(to_string(s)));
     // Views are accepted as well as tensors.
     const auto r = m.forward(tessera::cview(q), tessera::cview(k), tessera::cview(v));
-    EXPECT_TRUE(r.output.as_vector() == m.forward(q, k, v).output.as_vector());
+    EXPECT_TRUE(r.output.as_vector() == owned_vector(m.forward(q, k, v).output));
     // One batch, one query, one key: the weight is 1 and the output is the value.
     const auto one = m.forward(random3<T>(1, 1, o.query_dim, 4), random3<T>(1, 1, o.key_dim, 5),
                                random3<T>(1, 1, 3, 6));
     EXPECT_EQ(one.weights(0, 0, 0), T(1));
-    EXPECT_TRUE(one.output.as_vector() == random3<T>(1, 1, 3, 6).as_vector());
+    EXPECT_TRUE(one.output.as_vector() == owned_vector(random3<T>(1, 1, 3, 6)));
   }
 }
 
@@ -387,7 +388,8 @@ TYPED_TEST(AttentionTest, StateDictRoundTrip) {
     const auto v = random3<T>(2, 4, 3, 3);
     const auto sd = a.state_dict("layer.att.");
     if (a.num_parameters() > 0) {
-      EXPECT_FALSE(a.forward(q, k, v).output.as_vector() == b.forward(q, k, v).output.as_vector());
+      EXPECT_FALSE(owned_vector(a.forward(q, k, v).output) ==
+                   owned_vector(b.forward(q, k, v).output));
     }
     b.load_state_dict(sd, "layer.att.");
     const auto ra = a.forward(q, k, v), rb = b.forward(q, k, v);
@@ -397,7 +399,7 @@ TYPED_TEST(AttentionTest, StateDictRoundTrip) {
     Attention<T> c(options_for(s, 3));
     c.load_state_dict(tessera::io::parse_safetensors(tessera::io::serialize_safetensors(sd)),
                       "layer.att.");
-    EXPECT_TRUE(c.forward(q, k, v).output.as_vector() == ra.output.as_vector()) << to_string(s);
+    EXPECT_TRUE(owned_vector(c.forward(q, k, v).output) == ra.output.as_vector()) << to_string(s);
   }
 }
 
@@ -519,6 +521,56 @@ TYPED_TEST(AttentionTest, MatchesPyTorchGeneral) {
 }
 TYPED_TEST(AttentionTest, MatchesPyTorchAdditive) {
   check_fixture<TypeParam>("attention_scores_additive", AttentionScore::additive);
+}
+
+}  // namespace
+
+namespace {
+
+// Parameters replaced by tensors of the wrong shape: forward throws a ShapeError naming the
+// parameter under its state-dict name, for each score that reads one.
+TYPED_TEST(AttentionTest, ParametersOfTheWrongShapeAreNamed) {
+  using T = TypeParam;
+  const auto q = random3<T>(2, 4, 5, 1);
+  const auto k = random3<T>(2, 6, 3, 2);
+  const auto v = random3<T>(2, 6, 2, 3);
+  Attention<T> general(options_for(AttentionScore::general));
+  general.weight.value = Tensor<T, 2>(3, 5);
+  TESSERA_EXPECT_THROW_MSG(general.forward(q, k, v), ShapeError, "tessera::nn::Attention::forward",
+                           "parameter 'weight' has shape [3, 5], expected [5, 3]");
+  Attention<T> additive(options_for(AttentionScore::additive));
+  additive.query_proj.weight.value = Tensor<T, 2>(4, 3);
+  TESSERA_EXPECT_THROW_MSG(additive.forward(q, k, v), ShapeError, "tessera::nn::Attention::forward",
+                           "parameter 'query_proj.weight' has shape [4, 3], expected [4, 5]");
+  additive.query_proj.weight.value = Tensor<T, 2>(4, 5);
+  additive.key_proj.weight.value = Tensor<T, 2>(2, 3);
+  TESSERA_EXPECT_THROW_MSG(additive.forward(q, k, v), ShapeError,
+                           "parameter 'key_proj.weight' has shape [2, 3], expected [4, 3]");
+  additive.key_proj.weight.value = Tensor<T, 2>(4, 3);
+  additive.v.weight.value = Tensor<T, 2>(4, 1);
+  TESSERA_EXPECT_THROW_MSG(additive.forward(q, k, v), ShapeError,
+                           "parameter 'v.weight' has shape [4, 1], expected [1, 4]");
+}
+
+// NaN in, NaN out: a NaN in one query row gives that row NaN weights and a NaN output, for every
+// score; the other rows stay finite.
+TYPED_TEST(AttentionTest, NaNQueryRowGivesNaNRow) {
+  using T = TypeParam;
+  for (AttentionScore s : kScores) {
+    Attention<T> m(options_for(s));
+    auto q = random3<T>(2, 4, 5, 1);
+    const auto k = random3<T>(2, 6, m.key_dim(), 2);
+    const auto v = random3<T>(2, 6, 2, 3);
+    q(1, 2, 0) = std::numeric_limits<T>::quiet_NaN();
+    const auto r = m.forward(q, k, v);
+    for (Index b = 0; b < 2; ++b)
+      for (Index i = 0; i < 4; ++i) {
+        for (Index j = 0; j < 6; ++j)
+          EXPECT_EQ(std::isnan(r.weights(b, i, j)), b == 1 && i == 2) << to_string(s);
+        for (Index e = 0; e < 2; ++e)
+          EXPECT_EQ(std::isnan(r.output(b, i, e)), b == 1 && i == 2) << to_string(s);
+      }
+  }
 }
 
 }  // namespace

@@ -2,7 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
+#include <limits>
+#include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "fixture.hpp"
@@ -179,8 +183,8 @@ TYPED_TEST(MultiheadAttentionTest, PrepackedProjectionsEqualUnpacked) {
   using tessera::nn::AttentionUse;
   const auto tol = tessera::test::tol<T>() * 10;
   for (Index kdim : {Index{0}, Index{24}}) {
-    MultiheadAttention<T> mha({.embed_dim = 64, .num_heads = 4, .kdim = kdim, .vdim = kdim,
-                               .seed = 3});
+    MultiheadAttention<T> mha(
+        {.embed_dim = 64, .num_heads = 4, .kdim = kdim, .vdim = kdim, .seed = 3});
     const Index kd = kdim ? kdim : 64;
     Tensor<T, 3> x(2, 37, 64), mem(2, 29, kd), val(2, 29, kd);
     x.setRandom(4);
@@ -350,7 +354,7 @@ TYPED_TEST(MultiheadAttentionTest, ForwardIntoEqualsForwardBitwise) {
   const auto rows = res.template reshape<2>({-1, 12});
   struct Case {
     const MultiheadAttention<T>* m;
-    const Tensor<T, 3> *k, *v;
+    const Tensor<T, 3>*k, *v;
     Fo fo;
     bool residual;
   };
@@ -461,6 +465,229 @@ TYPED_TEST(MultiheadAttentionTest, StateDictNamesAndStrictLoading) {
   sd.insert("attn.in_proj_bias", Tensor<T, 1>(23));
   TESSERA_EXPECT_THROW_MSG(packed.load_state_dict(sd, "attn."), tessera::ShapeError,
                            "'attn.in_proj_bias'", "[23]", "[24]");
+}
+
+}  // namespace
+
+namespace {
+
+// Every parameter replaced by a tensor of the wrong shape: each entry point (forward on the
+// self- and cross-attention paths, attend, append_kv, prepack) throws a ShapeError naming itself
+// and the parameter, before any projection reads past the end of the replacement.
+TYPED_TEST(MultiheadAttentionTest, ParametersOfTheWrongShapeAreNamed) {
+  using T = TypeParam;
+  using tessera::ShapeError;
+  using tessera::nn::KVCache;
+  Tensor<T, 3> x(2, 3, 8), mem(2, 5, 8);
+  x.setRandom(1);
+  mem.setRandom(2);
+  const std::string forward = "tessera::nn::MultiheadAttention::forward",
+                    attend = "tessera::nn::MultiheadAttention::attend",
+                    append_kv = "tessera::nn::MultiheadAttention::append_kv",
+                    prepack = "tessera::nn::MultiheadAttention::prepack";
+  {
+    MultiheadAttention<T> mha({.embed_dim = 8, .num_heads = 2, .seed = 1});
+    mha.in_proj_weight.value = Tensor<T, 2>(8, 8);
+    const std::string msg = "parameter 'in_proj_weight' has shape [8, 8], expected [24, 8]";
+    TESSERA_EXPECT_THROW_MSG(mha.forward(x, mem, mem), ShapeError, forward.c_str(), msg.c_str());
+    TESSERA_EXPECT_THROW_MSG(mha.forward(x, x, x), ShapeError, msg.c_str());
+    KVCache<T> cache;
+    TESSERA_EXPECT_THROW_MSG(mha.append_kv(cache, mem, mem), ShapeError, append_kv.c_str(),
+                             msg.c_str());
+    EXPECT_EQ(cache.length, 0);
+    TESSERA_EXPECT_THROW_MSG(mha.attend(x, cache), ShapeError, attend.c_str(), msg.c_str());
+    TESSERA_EXPECT_THROW_MSG(mha.prepack(), ShapeError, prepack.c_str(), msg.c_str());
+  }
+  struct Case {
+    const char* name;
+    const char* message;
+    std::function<void(MultiheadAttention<T>&)> replace;
+  };
+  const std::vector<Case> cases = {
+      {"in_proj_bias", "parameter 'in_proj_bias' has shape [8], expected [24]",
+       [](auto& m) { m.in_proj_bias.value = Tensor<T, 1>(8); }},
+      {"bias_k", "parameter 'bias_k' has shape [1, 1, 4], expected [1, 1, 8]",
+       [](auto& m) { m.bias_k.value = Tensor<T, 3>(1, 1, 4); }},
+      {"bias_v", "parameter 'bias_v' has shape [8], expected [1, 1, 8]",
+       [](auto& m) { m.bias_v.value = Tensor<T, 3>(8, 1, 1); }},
+      {"out_proj.weight", "parameter 'out_proj.weight' has shape [8, 4], expected [8, 8]",
+       [](auto& m) { m.out_proj.weight.value = Tensor<T, 2>(8, 4); }},
+      {"out_proj.bias", "parameter 'out_proj.bias' has shape [0], expected [8]",
+       [](auto& m) { m.out_proj.bias.value = Tensor<T, 1>(0); }},
+  };
+  for (const auto& c : cases) {
+    MultiheadAttention<T> mha({.embed_dim = 8, .num_heads = 2, .add_bias_kv = true, .seed = 1});
+    c.replace(mha);
+    std::string message = c.message;
+    if (std::string(c.name) == "bias_v") message = "parameter 'bias_v' has shape [8, 1, 1]";
+    TESSERA_EXPECT_THROW_MSG(mha.forward(x, mem, mem), ShapeError, forward.c_str(),
+                             message.c_str());
+    TESSERA_EXPECT_THROW_MSG(mha.forward(x, x, x, {.need_weights = true}), ShapeError,
+                             message.c_str());
+    TESSERA_EXPECT_THROW_MSG(mha.prepack(), ShapeError, prepack.c_str(), message.c_str());
+  }
+  // Separate projection weights (kdim, vdim != embed_dim).
+  MultiheadAttention<T> sep({.embed_dim = 8, .num_heads = 2, .kdim = 5, .vdim = 3, .seed = 1});
+  Tensor<T, 3> k(2, 4, 5), v(2, 4, 3);
+  sep.k_proj_weight.value = Tensor<T, 2>(8, 3);
+  TESSERA_EXPECT_THROW_MSG(sep.forward(x, k, v), ShapeError, forward.c_str(),
+                           "parameter 'k_proj_weight' has shape [8, 3], expected [8, 5]");
+  KVCache<T> cache;
+  TESSERA_EXPECT_THROW_MSG(sep.append_kv(cache, k, v), ShapeError, "'k_proj_weight'");
+  sep.k_proj_weight.value = Tensor<T, 2>(8, 5);
+  sep.q_proj_weight.value = Tensor<T, 2>(4, 8);
+  TESSERA_EXPECT_THROW_MSG(sep.attend(x, cache), ShapeError, attend.c_str(),
+                           "parameter 'q_proj_weight' has shape [4, 8], expected [8, 8]");
+  sep.q_proj_weight.value = Tensor<T, 2>(8, 8);
+  sep.v_proj_weight.value = Tensor<T, 2>(8, 8);
+  TESSERA_EXPECT_THROW_MSG(sep.forward(x, k, v), ShapeError,
+                           "parameter 'v_proj_weight' has shape [8, 8], expected [8, 3]");
+  // Named under a prefix when a composing module checks them.
+  TESSERA_EXPECT_THROW_MSG(sep.check_parameters("outer", "layers.0.self_attn."), ShapeError,
+                           "outer: parameter 'layers.0.self_attn.v_proj_weight'");
+}
+
+// A cache is checked before it is read or appended to: a length past its capacity (the issue's
+// KVCache{k, v = [1, 16, 8], length = 1000}), a negative length, k and v of different shapes, rows
+// of the wrong width.
+TYPED_TEST(MultiheadAttentionTest, InvalidCachesAreRejected) {
+  using T = TypeParam;
+  using tessera::ShapeError;
+  using tessera::ValueError;
+  using tessera::nn::KVCache;
+  MultiheadAttention<T> mha({.embed_dim = 8, .num_heads = 2, .seed = 3});
+  Tensor<T, 3> q(1, 1, 8), kv(1, 2, 8);
+  q.setRandom(1);
+  kv.setRandom(2);
+  KVCache<T> too_long{Tensor<T, 3>(1, 16, 8), Tensor<T, 3>(1, 16, 8), 1000};
+  TESSERA_EXPECT_THROW_MSG(mha.attend(q, too_long), ValueError,
+                           "tessera::nn::MultiheadAttention::attend",
+                           "argument 'cache' has length 1000, expected a value in [0, 16]");
+  TESSERA_EXPECT_THROW_MSG(mha.append_kv(too_long, kv, kv), ValueError,
+                           "tessera::nn::MultiheadAttention::append_kv", "length 1000");
+  KVCache<T> negative{Tensor<T, 3>(1, 16, 8), Tensor<T, 3>(1, 16, 8), -1};
+  TESSERA_EXPECT_THROW_MSG(mha.attend(q, negative), ValueError, "length -1");
+  KVCache<T> mismatched{Tensor<T, 3>(1, 16, 8), Tensor<T, 3>(1, 4, 8), 2};
+  TESSERA_EXPECT_THROW_MSG(mha.attend(q, mismatched), ShapeError,
+                           "k of shape [1, 16, 8] and v of shape [1, 4, 8]");
+  // Even empty, a cache whose v is smaller than its k would be written past v's end.
+  KVCache<T> mismatched_empty{Tensor<T, 3>(1, 16, 8), Tensor<T, 3>(1, 1, 8), 0};
+  TESSERA_EXPECT_THROW_MSG(mha.append_kv(mismatched_empty, kv, kv), ShapeError,
+                           "and v of shape [1, 1, 8]");
+  KVCache<T> narrow{Tensor<T, 3>(1, 16, 4), Tensor<T, 3>(1, 16, 4), 3};
+  TESSERA_EXPECT_THROW_MSG(mha.attend(q, narrow), ShapeError, "[1, 16, 4]",
+                           "expected [batch, capacity, 8]");
+  TESSERA_EXPECT_THROW_MSG(mha.append_kv(narrow, kv, kv), ShapeError, "[1, 16, 4]");
+  // An empty cache of any shape is fine: append_kv reallocates it.
+  KVCache<T> empty_narrow{Tensor<T, 3>(3, 2, 4), Tensor<T, 3>(3, 2, 4), 0};
+  mha.append_kv(empty_narrow, kv, kv);
+  EXPECT_EQ(empty_narrow.length, 2);
+  EXPECT_EQ(empty_narrow.k.dim(2), 8);
+}
+
+// NaN in, NaN out: a NaN in one query row makes that row NaN on the fused path, with the weights
+// (the reference path) and when attending over a cache; one NaN in in_proj_weight makes the whole
+// output NaN (its head's scores are all NaN and out_proj mixes the heads).
+TYPED_TEST(MultiheadAttentionTest, NaNInputsAndWeightsGiveNaN) {
+  using T = TypeParam;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  MultiheadAttention<T> mha({.embed_dim = 8, .num_heads = 2, .seed = 5});
+  Tensor<T, 3> x(2, 5, 8), mem(2, 300, 8);
+  x.setRandom(1);
+  mem.setRandom(2);
+  x(1, 2, 3) = nan;
+  const auto expect_row_nan = [&](const Tensor<T, 3>& y, const std::string& what) {
+    for (Index b = 0; b < 2; ++b)
+      for (Index i = 0; i < 5; ++i)
+        for (Index e = 0; e < 8; ++e)
+          ASSERT_EQ(std::isnan(y(b, i, e)), b == 1 && i == 2) << what << " b=" << b << " i=" << i;
+  };
+  expect_row_nan(mha.forward(x, mem, mem).output, "fused");
+  const auto w = mha.forward(x, mem, mem, {.need_weights = true});
+  expect_row_nan(w.output, "with weights");
+  for (Index j = 0; j < 300; ++j) EXPECT_TRUE(std::isnan((*w.attn_weights)(1, 2, j)));
+  tessera::nn::KVCache<T> cache;
+  mha.append_kv(cache, mem, mem);
+  expect_row_nan(mha.attend(x, cache).output, "attend");
+
+  Tensor<T, 3> clean(2, 5, 8);
+  clean.setRandom(3);
+  for (Index row : {1, 9, 20}) {  // a query, a key and a value row of in_proj_weight
+    MultiheadAttention<T> poisoned({.embed_dim = 8, .num_heads = 2, .seed = 5});
+    poisoned.in_proj_weight.value(row, 4) = nan;
+    for (const auto& y :
+         {poisoned.forward(clean, mem, mem).output, poisoned.forward(clean, clean, clean).output,
+          poisoned.forward(clean, mem, mem, {.need_weights = true}).output})
+      for (Index i = 0; i < y.size(); ++i)
+        ASSERT_TRUE(std::isnan(y.data()[i])) << "in_proj_weight row " << row << " flat " << i;
+  }
+}
+
+// Empty batches, sequences and caches: no pointer arithmetic on an empty buffer (UBSan), and
+// with no keys the attention is zero, leaving out_proj's bias.
+TYPED_TEST(MultiheadAttentionTest, EmptyInputs) {
+  using T = TypeParam;
+  for (bool bias_kv : {false, true}) {
+    MultiheadAttention<T> mha({.embed_dim = 8, .num_heads = 2, .add_bias_kv = bias_kv, .seed = 7});
+    mha.out_proj.bias.value.setRandom(8);
+    for (const auto [B, Lq, Lk] :
+         {std::tuple<Index, Index, Index>{0, 3, 4}, {2, 0, 4}, {2, 3, 0}, {0, 0, 0}, {2, 0, 0}}) {
+      Tensor<T, 3> q(B, Lq, 8), kv(B, Lk, 8);
+      q.setRandom(1);
+      kv.setRandom(2);
+      const std::string what = "B=" + std::to_string(B) + " Lq=" + std::to_string(Lq) +
+                               " Lk=" + std::to_string(Lk) + (bias_kv ? " bias_kv" : "");
+      for (bool weights : {false, true}) {
+        const auto y = mha.forward(q, kv, kv, {.need_weights = weights});
+        ASSERT_EQ(y.output.shape(), (Shape<3>{B, Lq, 8})) << what;
+        if (weights) EXPECT_EQ(y.attn_weights->shape(), (Shape<3>{B, Lq, Lk + bias_kv})) << what;
+        if (!bias_kv)
+          for (Index b = 0; b < B; ++b)
+            for (Index i = 0; i < Lq; ++i)
+              for (Index e = 0; e < 8; ++e)
+                EXPECT_NEAR(y.output(b, i, e), mha.out_proj.bias.value(e), tessera::test::tol<T>())
+                    << what;
+      }
+      if (Lq == Lk) (void)mha.forward(q, q, q);  // self-attention on an empty sequence
+      if (bias_kv) continue;
+      tessera::nn::KVCache<T> cache;
+      mha.append_kv(cache, kv, kv);
+      EXPECT_EQ(cache.length, Lk);
+      const auto y = mha.attend(q, cache);
+      EXPECT_EQ(y.output.shape(), (Shape<3>{B, Lq, 8})) << what;
+    }
+  }
+}
+
+// A default-constructed module (embed_dim 0): empty features, equal (zero) scores, uniform weights.
+TYPED_TEST(MultiheadAttentionTest, DefaultConstructedModuleOnZeroFeatures) {
+  using T = TypeParam;
+  const MultiheadAttention<T> mha;
+  const Tensor<T, 3> x(2, 3, 0);
+  const auto y = mha.forward(x, x, x, {.need_weights = true});
+  EXPECT_EQ(y.output.shape(), (Shape<3>{2, 3, 0}));
+  for (Index i = 0; i < y.attn_weights->size(); ++i)
+    EXPECT_NEAR(y.attn_weights->data()[i], T(1) / T(3), tessera::test::tol<T>());
+}
+
+// Decoding one token over 8192 cached keys (the key split) gives bit-identical results on 1, 2
+// and 3 threads.
+TYPED_TEST(MultiheadAttentionTest, DecodingIsBitIdenticalAcrossThreadCounts) {
+  using T = TypeParam;
+  if (tessera::max_threads() < 2) GTEST_SKIP() << "built without OpenMP: one thread only";
+  MultiheadAttention<T> mha({.embed_dim = 64, .num_heads = 2, .seed = 9});
+  Tensor<T, 3> q(1, 1, 64), mem(1, 8192, 64);
+  q.setRandom(1);
+  mem.setRandom(2);
+  tessera::nn::KVCache<T> cache;
+  mha.append_kv(cache, mem, mem);
+  tessera::set_num_threads(1);
+  const auto one = mha.attend(q, cache).output;
+  for (int threads : {2, 3}) {
+    tessera::set_num_threads(threads);
+    EXPECT_TRUE(tessera::test::same_bits(mha.attend(q, cache).output, one)) << threads;
+  }
+  tessera::set_num_threads(tessera::max_threads());
 }
 
 }  // namespace

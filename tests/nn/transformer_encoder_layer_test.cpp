@@ -79,7 +79,8 @@ TYPED_TEST(TransformerEncoderLayerTest, ConcurrentForwardIsIdentical) {
 TYPED_TEST(TransformerEncoderLayerTest, RejectsBadOptionsAndInputs) {
   using T = TypeParam;
   TESSERA_EXPECT_THROW_MSG(TransformerEncoderLayer<T>({.d_model = 8, .nhead = 3}),
-                           tessera::ValueError, "num_heads is 3");
+                           tessera::ValueError,
+                           "tessera::nn::TransformerEncoderLayer:", "nhead is 3");
   TESSERA_EXPECT_THROW_MSG(TransformerEncoderLayer<T>(
                                {.d_model = 8, .nhead = 2, .activation = tessera::Activation::tanh}),
                            tessera::ValueError, "tessera::nn::TransformerEncoderLayer",
@@ -88,14 +89,16 @@ TYPED_TEST(TransformerEncoderLayerTest, RejectsBadOptionsAndInputs) {
       TransformerEncoderLayer<T>({.d_model = 8, .nhead = 2, .dim_feedforward = 0}),
       tessera::ValueError, "dim_feedforward is 0");
   TransformerEncoderLayer<T> layer({.d_model = 8, .nhead = 2, .dim_feedforward = 16});
-  TESSERA_EXPECT_THROW_MSG(layer.forward(Tensor<T, 3>(2, 3, 7)), tessera::ShapeError, "'query'",
-                           "[2, 3, 7]");
+  // The errors name the layer's entry point and its arguments, not the attention's.
+  TESSERA_EXPECT_THROW_MSG(layer.forward(Tensor<T, 3>(2, 3, 7)), tessera::ShapeError,
+                           "tessera::nn::TransformerEncoderLayer::forward",
+                           "argument 'src' has shape [2, 3, 7]");
   Tensor<bool, 2> pad(3, 3);
   TESSERA_EXPECT_THROW_MSG(
       layer.forward(Tensor<T, 3>(2, 3, 8), {.src_key_padding_mask = Mask::blocked(pad)}),
-      tessera::ShapeError, "'key_padding_mask'", "[3, 3]", "[2, 3]");
+      tessera::ShapeError, "tessera::nn::TransformerEncoderLayer::forward",
+      "argument 'src_key_padding_mask' has shape [3, 3]", "[2, 3]");
 }
-
 
 TYPED_TEST(TransformerEncoderLayerTest, ForwardIntoEqualsForwardInPlaceToo) {
   using T = TypeParam;

@@ -96,8 +96,9 @@ class BottleneckFusion : public nn::Module<BottleneckFusion<T>> {
                  after = static_cast<double>(num_layers() - fusion_layer());
     double flops = 0;
     for (Index L : lengths)
-      flops += before * encoder_layer_flops(L, layer) +
-               after * encoder_layer_flops(L + n_bottlenecks(), layer);
+      flops += before * encoder_layer_flops(static_cast<double>(L), layer) +
+               after * encoder_layer_flops(
+                           static_cast<double>(L) + static_cast<double>(n_bottlenecks()), layer);
     return flops;
   }
   Index num_layers() const noexcept { return options_.encoder.num_layers; }
@@ -113,8 +114,9 @@ class BottleneckFusion : public nn::Module<BottleneckFusion<T>> {
   // and the last bottleneck.
   BottleneckFusionState<T> forward(const TokenSequences<T>& inputs,
                                    const KeyPaddingMasks& key_padding_masks = {}) const {
-    BottleneckFusionState<T> state = initial_state(inputs, key_padding_masks);
-    for (Index l = 0; l < num_layers(); ++l) forward_layer(l, state, key_padding_masks);
+    constexpr std::string_view fn = "tessera::fusion::BottleneckFusion::forward";
+    BottleneckFusionState<T> state = start(fn, inputs, key_padding_masks);
+    for (Index l = 0; l < num_layers(); ++l) run_layer(fn, l, state, key_padding_masks);
     if (options_.encoder.final_norm)
       for (Index m = 0; m < num_modalities(); ++m)
         encoder(m).norm.forward_into(state.tokens[m], state.tokens[m]);
@@ -125,8 +127,41 @@ class BottleneckFusion : public nn::Module<BottleneckFusion<T>> {
   // element. Checks the inputs as forward does.
   BottleneckFusionState<T> initial_state(const TokenSequences<T>& inputs,
                                          const KeyPaddingMasks& key_padding_masks = {}) const {
-    detail::check_modality_inputs<T>("tessera::fusion::BottleneckFusion::forward", inputs,
-                                     num_modalities(), embed_dim(), key_padding_masks);
+    return start("tessera::fusion::BottleneckFusion::initial_state", inputs, key_padding_masks);
+  }
+
+  // Runs layer `layer` (in [0, num_layers)) on `state`, as forward does; the final norm is not
+  // applied. The state must come from initial_state (or earlier layers) with the same masks.
+  void forward_layer(Index layer, BottleneckFusionState<T>& state,
+                     const KeyPaddingMasks& key_padding_masks = {}) const {
+    constexpr std::string_view fn = "tessera::fusion::BottleneckFusion::forward_layer";
+    check_parameters(fn);
+    run_layer(fn, layer, state, key_padding_masks);
+  }
+
+  // Throws, naming `fn`, unless the encoders (ValueError) and every parameter (ShapeError, named
+  // as `prefix` + bottleneck, encoders.<m>.*) have the shapes the options give.
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    detail::check_parameter(fn, prefix, "bottleneck", bottleneck,
+                            {1, n_bottlenecks(), embed_dim()});
+    detail::check_fusion_encoders(fn, prefix, encoders,
+                                  options_.shared_weights ? 1 : num_modalities(), options_.encoder);
+  }
+
+  template <class Self, class F>
+  static void visit(Self& self, F&& f, const std::string& prefix) {
+    f(prefix + "bottleneck", self.bottleneck);
+    for (std::size_t m = 0; m < self.encoders.size(); ++m)
+      nn::TransformerEncoder<T>::visit(self.encoders[m], f,
+                                       prefix + "encoders." + std::to_string(m) + ".");
+  }
+
+ private:
+  // initial_state, with the errors naming `fn`.
+  BottleneckFusionState<T> start(std::string_view fn, const TokenSequences<T>& inputs,
+                                 const KeyPaddingMasks& key_padding_masks) const {
+    check_parameters(fn);
+    detail::check_modality_inputs<T>(fn, inputs, num_modalities(), embed_dim(), key_padding_masks);
     const Index B = inputs[0].dim(0), nb = n_bottlenecks(), E = embed_dim();
     BottleneckFusionState<T> state;
     for (const auto& x : inputs) state.tokens.emplace_back(x);
@@ -136,11 +171,9 @@ class BottleneckFusion : public nn::Module<BottleneckFusion<T>> {
     return state;
   }
 
-  // Runs layer `layer` (in [0, num_layers)) on `state`, as forward does; the final norm is not
-  // applied. The state must come from initial_state (or earlier layers) with the same masks.
-  void forward_layer(Index layer, BottleneckFusionState<T>& state,
-                     const KeyPaddingMasks& key_padding_masks = {}) const {
-    constexpr std::string_view fn = "tessera::fusion::BottleneckFusion::forward_layer";
+  // forward_layer on checked parameters, with the errors naming `fn`.
+  void run_layer(std::string_view fn, Index layer, BottleneckFusionState<T>& state,
+                 const KeyPaddingMasks& key_padding_masks) const {
     const Index M = num_modalities();
     if (layer < 0 || layer >= num_layers())
       detail::raise<IndexError>(fn, "argument 'layer' is ", layer, ", expected a value in [0, ",
@@ -174,21 +207,13 @@ class BottleneckFusion : public nn::Module<BottleneckFusion<T>> {
       // out: [B, L + nb, E]
       const Tensor<T, 3> out = encoder(m).layers[layer].forward(joint, fo);
       state.tokens[m] = detail::slice_tokens<T>(out, 0, L);
-      z_sum.as_array() += detail::slice_tokens<T>(out, L, nb).as_array();
+      const Tensor<T, 3> z_m = detail::slice_tokens<T>(out, L, nb);  // [B, nb, E]
+      z_sum.as_array() += z_m.as_array();
     }
     z_sum.as_array() /= static_cast<T>(M);
     state.bottleneck = std::move(z_sum);
   }
 
-  template <class Self, class F>
-  static void visit(Self& self, F&& f, const std::string& prefix) {
-    f(prefix + "bottleneck", self.bottleneck);
-    for (std::size_t m = 0; m < self.encoders.size(); ++m)
-      nn::TransformerEncoder<T>::visit(self.encoders[m], f,
-                                       prefix + "encoders." + std::to_string(m) + ".");
-  }
-
- private:
   BottleneckFusionOptions options_{};
 };
 

@@ -108,6 +108,7 @@ class CrossModalAttention : public nn::Module<CrossModalAttention<T>> {
     static_assert(std::is_same_v<scalar_t<A>, T> && std::is_same_v<scalar_t<B>, T>,
                   "fusion::CrossModalAttention: input scalar types differ from the module's");
     constexpr std::string_view fn = "tessera::fusion::CrossModalAttention::forward";
+    check_parameters(fn);
     const TensorMap<const T, 3> av = cview(a), bv = cview(b);
     const Index batch = av.dim(0);
     detail::check_token_sequence<T>(fn, "a", av, batch, options_.embed_dim, fo.key_padding_mask_a,
@@ -135,6 +136,15 @@ class CrossModalAttention : public nn::Module<CrossModalAttention<T>> {
       norm_b.forward_into(r.b, r.b);
     }
     return r;
+  }
+
+  // Throws ShapeError, naming `fn` and the parameter as `prefix` + its state-dict name (attn_a.*,
+  // attn_b.*, norm_a.*, norm_b.*), unless every parameter has the shape the options give.
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    attn_a.check_parameters(fn, detail::ParameterPrefix(prefix, "attn_a."));
+    attn_b.check_parameters(fn, detail::ParameterPrefix(prefix, "attn_b."));
+    norm_a.check_parameters(fn, detail::ParameterPrefix(prefix, "norm_a."));
+    norm_b.check_parameters(fn, detail::ParameterPrefix(prefix, "norm_b."));
   }
 
   template <class Self, class F>

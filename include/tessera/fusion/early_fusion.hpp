@@ -61,8 +61,8 @@ class EarlyFusion : public nn::Module<EarlyFusion<T>> {
   double forward_flops(const std::vector<Index>& lengths) const {
     detail::check_flops_lengths("tessera::fusion::EarlyFusion::forward_flops", lengths,
                                 num_modalities());
-    Index total = 0;
-    for (Index L : lengths) total += L;
+    double total = 0;  // in double: a sum of Index lengths may overflow
+    for (Index L : lengths) total += static_cast<double>(L);
     return static_cast<double>(options_.encoder.num_layers) *
            encoder_layer_flops(total, options_.encoder.layer);
   }
@@ -72,6 +72,7 @@ class EarlyFusion : public nn::Module<EarlyFusion<T>> {
   Tensor<T, 3> forward(const TokenSequences<T>& inputs,
                        const KeyPaddingMasks& key_padding_masks = {}) const {
     constexpr std::string_view fn = "tessera::fusion::EarlyFusion::forward";
+    check_parameters(fn);
     detail::check_modality_inputs<T>(fn, inputs, options_.num_modalities, embed_dim(),
                                      key_padding_masks);
     const Index B = inputs[0].dim(0);
@@ -90,6 +91,20 @@ class EarlyFusion : public nn::Module<EarlyFusion<T>> {
     nn::TransformerEncoderLayerForwardOptions fo;
     if (padding) fo.src_key_padding_mask = Mask::additive(*padding);
     return encoder.forward(tokens, fo);
+  }
+
+  // Throws, naming `fn`, unless the encoder's layers (ValueError) and every parameter (ShapeError,
+  // named as `prefix` + modality_embedding.weight, encoder.*) have the shapes the options give.
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    if (options_.modality_embedding)
+      modality_embedding.check_parameters(fn,
+                                          detail::ParameterPrefix(prefix, "modality_embedding."));
+    const auto& eo = encoder.options();
+    if (eo.layer.d_model != embed_dim() || eo.num_layers != options_.encoder.num_layers)
+      detail::raise<ValueError>(fn, "member '", prefix, "encoder' has d_model ", eo.layer.d_model,
+                                " and num_layers ", eo.num_layers, ", expected ", embed_dim(),
+                                " and ", options_.encoder.num_layers, " (options.encoder)");
+    encoder.check_parameters(fn, detail::ParameterPrefix(prefix, "encoder."));
   }
 
   template <class Self, class F>

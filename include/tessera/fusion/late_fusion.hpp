@@ -66,6 +66,15 @@ class LateFusion : public nn::Module<LateFusion<T>> {
     detail::check_fusion_options(fn, o.num_modalities, o.encoder);
     if (o.output_dim < 0)
       detail::raise<ValueError>(fn, "output_dim is ", o.output_dim, ", expected a value >= 0");
+    // An enum holds any value of its underlying type: Pooling(42) must not pool as the mean.
+    if (o.pooling != Pooling::cls && o.pooling != Pooling::mean)
+      detail::raise<ValueError>(fn, "pooling is Pooling(", static_cast<long long>(o.pooling),
+                                "), expected Pooling::cls or Pooling::mean");
+    if (o.combine != Combine::mean && o.combine != Combine::weighted_sum &&
+        o.combine != Combine::concat)
+      detail::raise<ValueError>(fn, "combine is Combine(", static_cast<long long>(o.combine),
+                                "), expected Combine::mean, Combine::weighted_sum or "
+                                "Combine::concat");
     const Index M = o.num_modalities, E = embed_dim();
     for (Index m = 0; m < M; ++m) {
       nn::TransformerEncoderOptions eo = o.encoder;
@@ -74,7 +83,10 @@ class LateFusion : public nn::Module<LateFusion<T>> {
     }
     if (o.combine == Combine::weighted_sum) fusion_weights = nn::Parameter<T, 1>(Shape<1>{M});
     if (o.combine == Combine::concat)
-      head = nn::Linear<T>({.in_features = M * E, .out_features = output_dim(), .seed = o.seed});
+      head =
+          nn::Linear<T>({.in_features = detail::checked_mul(M, E, fn, "num_modalities x d_model"),
+                         .out_features = output_dim(),
+                         .seed = o.seed});
   }
 
   const LateFusionOptions& options() const noexcept { return options_; }
@@ -90,9 +102,10 @@ class LateFusion : public nn::Module<LateFusion<T>> {
     double flops = 0;
     for (Index L : lengths)
       flops += static_cast<double>(options_.encoder.num_layers) *
-               encoder_layer_flops(L, options_.encoder.layer);
+               encoder_layer_flops(static_cast<double>(L), options_.encoder.layer);
     if (options_.combine == Combine::concat)
-      flops += 2.0 * static_cast<double>(num_modalities() * embed_dim() * output_dim());
+      flops += 2.0 * static_cast<double>(num_modalities()) * static_cast<double>(embed_dim()) *
+               static_cast<double>(output_dim());
     return flops;
   }
   Index output_dim() const noexcept {
@@ -105,6 +118,7 @@ class LateFusion : public nn::Module<LateFusion<T>> {
   LateFusionOutput<T> forward(const TokenSequences<T>& inputs,
                               const KeyPaddingMasks& key_padding_masks = {}) const {
     constexpr std::string_view fn = "tessera::fusion::LateFusion::forward";
+    check_parameters(fn);
     detail::check_modality_inputs<T>(fn, inputs, options_.num_modalities, embed_dim(),
                                      key_padding_masks);
     const Index M = options_.num_modalities, E = embed_dim(), B = inputs[0].dim(0);
@@ -140,6 +154,17 @@ class LateFusion : public nn::Module<LateFusion<T>> {
     r.fused = Tensor<T, 2>(Shape<2>{B, E});
     for (Index m = 0; m < M; ++m) r.fused.as_array() += weights(m) * r.pooled[m].as_array();
     return r;
+  }
+
+  // Throws, naming `fn`, unless the encoders (ValueError) and every parameter (ShapeError, named
+  // as `prefix` + encoders.<m>.*, fusion_weights, head.*) have the shapes the options give.
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    detail::check_fusion_encoders(fn, prefix, encoders, options_.num_modalities, options_.encoder);
+    if (options_.combine == Combine::weighted_sum)
+      detail::check_parameter(fn, prefix, "fusion_weights", fusion_weights,
+                              {options_.num_modalities});
+    if (options_.combine == Combine::concat)
+      head.check_parameters(fn, detail::ParameterPrefix(prefix, "head."));
   }
 
   template <class Self, class F>

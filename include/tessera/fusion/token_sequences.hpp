@@ -34,9 +34,10 @@ using KeyPaddingMasks = std::vector<std::optional<Mask>>;
 // d_model d and dim_feedforward f on one sequence of L tokens, counting the products only:
 //   q, k, v projections 2 L d (3d);  scores Q K^T and weights V: 2 (2 L L d);
 //   output projection 2 L d d;       feed-forward 2 (2 L d f).
-// Softmax, norms, biases and activations are O(L d + L L) and left out.
-inline double encoder_layer_flops(Index L, const nn::TransformerLayerOptions& layer) {
-  const double l = static_cast<double>(L), d = static_cast<double>(layer.d_model),
+// Softmax, norms, biases and activations are O(L d + L L) and left out. L is a double: the
+// modules' sums of lengths may not fit an Index.
+inline double encoder_layer_flops(double l, const nn::TransformerLayerOptions& layer) {
+  const double d = static_cast<double>(layer.d_model),
                f = static_cast<double>(layer.dim_feedforward);
   return 2 * l * d * 3 * d + 4 * l * l * d + 2 * l * d * d + 4 * l * d * f;
 }
@@ -53,6 +54,8 @@ inline void check_fusion_options(std::string_view fn, Index num_modalities,
   if (encoder.layer.d_model <= 0)
     raise<ValueError>(fn, "encoder.layer.d_model is ", encoder.layer.d_model,
                       ", expected a value > 0");
+  // The layer options, reported under the fusion module's name rather than the layer's.
+  nn::check_transformer_layer_options(fn, encoder.layer);
 }
 
 // Checks one token sequence [batch, L, embed_dim] and its optional key-padding mask [batch, L].
@@ -72,6 +75,28 @@ void check_token_sequence(std::string_view fn, std::string_view arg, TensorMap<c
       raise<ShapeError>(fn, "argument '", mask_arg, "' has shape ", shape_string(s), ", expected ",
                         shape_string(expected), " ([batch, L] of '", arg, "' with shape ",
                         shape_string(x.shape()), ")");
+  }
+}
+
+// Checks a fusion module's public vector of encoders before a forward reads it: `count` encoders
+// (ValueError otherwise), each built for d_model and num_layers of `encoder` (ValueError), every
+// parameter of the shape its options give (ShapeError, named as `prefix` + "encoders.<m>.*").
+template <class T>
+void check_fusion_encoders(std::string_view fn, std::string_view prefix,
+                           const std::vector<nn::TransformerEncoder<T>>& encoders, Index count,
+                           const nn::TransformerEncoderOptions& encoder) {
+  if (static_cast<Index>(encoders.size()) != count)
+    raise<ValueError>(fn, "member '", prefix, "encoders' holds ", encoders.size(),
+                      " encoders, expected ", count);
+  for (std::size_t m = 0; m < encoders.size(); ++m) {
+    const auto& o = encoders[m].options();
+    if (o.layer.d_model != encoder.layer.d_model || o.num_layers != encoder.num_layers ||
+        o.final_norm != encoder.final_norm)
+      raise<ValueError>(fn, "member '", prefix, "encoders[", m, "]' has d_model ", o.layer.d_model,
+                        ", num_layers ", o.num_layers, " and final_norm ", o.final_norm,
+                        ", expected ", encoder.layer.d_model, ", ", encoder.num_layers, " and ",
+                        encoder.final_norm, " (options.encoder)");
+    encoders[m].check_parameters(fn, ParameterPrefix(prefix, "encoders.", m));
   }
 }
 

@@ -9,7 +9,8 @@
 //
 // Masks: see Mask. `causal` lets query i see keys j <= i, aligned top-left as in PyTorch's
 // F.scaled_dot_product_attention(is_causal=True). A query row whose every key is masked out gives
-// a zero output row (and zero weights); PyTorch gives NaN there.
+// a zero output row (and zero weights); PyTorch gives NaN there. A NaN in a visible score (from
+// the query, a key or an additive mask) gives a NaN output row, on every path.
 #pragma once
 
 #include <cmath>
@@ -34,7 +35,7 @@ enum class AttentionImpl { automatic, fused, reference };
 struct SDPAOptions {
   std::optional<Mask> mask;     // broadcast against the scores [batch, heads, Lq, Lk]
   bool causal = false;          // key j visible to query i only when j <= i
-  std::optional<double> scale;  // default 1 / sqrt(head_dim)
+  std::optional<double> scale;  // default 1 / sqrt(head_dim); must be finite in the scalar type
   AttentionImpl impl = AttentionImpl::automatic;
 };
 
@@ -49,6 +50,7 @@ void attention_reference(const AttentionProblem<T>& p) {
   using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using CMap = Eigen::Map<const Mat, 0, Eigen::OuterStride<>>;
   using MMap = Eigen::Map<Mat, 0, Eigen::OuterStride<>>;
+  if (attention_empty(p)) return;
   const Index bh = p.batch * p.heads;
   constexpr T ninf = -std::numeric_limits<T>::infinity();
   parallel_for(bh, 1, [&](Index t0, Index t1) {
@@ -81,10 +83,7 @@ void attention_reference(const AttentionProblem<T>& p) {
         }
         // out: [rows, Dv] = P [rows, Lk] x V [Lk, Dv]
         MMap O(p.out.at(b, h) + i0 * p.out.row, rows, p.dv, Eigen::OuterStride<>(p.out.row));
-        if (p.lk > 0)
-          O.noalias() = S * V;
-        else
-          O.setZero();
+        O.noalias() = S * V;
       }
     }
   });
@@ -134,8 +133,7 @@ void scaled_dot_product_attention_into(const Q& q, const K& k, const V& v, O&& o
     const Index w_expected[] = {B, H, Lq, Lk};
     detail::check_shape_equal(fn, "weights", weights->shape(), w_expected);
   }
-  if (opts.scale && !std::isfinite(*opts.scale))
-    detail::raise<ValueError>(fn, "argument 'scale' is ", *opts.scale, ", expected a finite value");
+  if (opts.scale) detail::check_finite_in<T>(fn, "scale", *opts.scale);
 
   detail::AttentionProblem<T> p;
   p.batch = B, p.heads = H, p.lq = Lq, p.lk = Lk, p.d = D, p.dv = Dv;
@@ -181,6 +179,10 @@ template <TensorLike Q, TensorLike K, TensorLike V>
 AttentionWithWeights<scalar_t<Q>> scaled_dot_product_attention_with_weights(
     const Q& q, const K& k, const V& v, const SDPAOptions& opts = {}) {
   const auto& qs = q.shape();
+  // weights: [B, H, Lq, Lk], checked before it is allocated (Lq * Lk may not fit an index)
+  const Index w_shape[] = {qs[0], qs[1], qs[2], k.shape()[2]};
+  (void)detail::checked_shape_size(w_shape, "tessera::scaled_dot_product_attention_with_weights",
+                                   "the attention weights");
   AttentionWithWeights<scalar_t<Q>> r{
       Tensor<scalar_t<Q>, 4>(Shape<4>{qs[0], qs[1], qs[2], v.shape()[3]}, uninitialized),
       Tensor<scalar_t<Q>, 4>(Shape<4>{qs[0], qs[1], qs[2], k.shape()[2]}, uninitialized)};

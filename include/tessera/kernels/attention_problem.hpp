@@ -35,7 +35,7 @@ struct AttentionProblem {
   T* weights = nullptr;  // optional [batch, heads, lq, lk] output of the softmax weights
   T* lse = nullptr;      // optional [batch, heads, lq] per-row logsumexp (fused path only)
   // Fused path: into how many ranges each head's keys are split (partial results merged after);
-  // 0 chooses from the thread count (split only when there are fewer work items than threads).
+  // 0 chooses from the problem's size (flash_key_splits), never from the thread count.
   Index key_splits = 0;
 };
 

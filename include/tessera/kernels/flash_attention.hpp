@@ -15,10 +15,15 @@
 // small buffer; K^T and V for a head are (D + Dv) x Lk values, reused by every query block of that
 // head.
 //
-// Work is split across threads by (batch, head, block of 64 query rows); when that gives fewer
-// items than threads (decoding one token over a long cache), each item's keys are split too and
-// the partial (m, l, acc) merged. With at most kDirectMaxRows queries K and V are read in place
-// instead of packed.
+// Work is split across threads by (batch, head, block of 64 query rows); when that gives few
+// items (decoding one token over a long cache), each item's keys are split too and the partial
+// (m, l, acc) merged in a fixed order. How the keys are split depends on the problem's size only,
+// never on the thread count, so every thread count gives bit-identical results. With at most
+// kDirectMaxRows queries K and V are read in place instead of packed.
+//
+// NaN in, NaN out: a NaN score (from a NaN in a query, key or additive mask) makes its row's
+// maximum or sum NaN, and the row's output NaN; a NaN value reaches the output through P V. A row
+// whose every key is masked out still gives zeros, whatever its query holds.
 //
 // Where the time goes (float, AVX-512, D = 64, L = 1024, perf): the score tiles with the online
 // softmax fused into them about 57 %, the P V tiles about 36 % (the two products do the same
@@ -33,9 +38,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <type_traits>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -163,22 +168,43 @@ EIGEN_STRONG_INLINE void score_product(const T* const* q, const T* kt, Index d, 
       const P horizon = simd::set1<T>(static_cast<T>(visible[r]));
 #pragma GCC unroll 16
       for (int p = 0; p < Tile::kKeyPackets; ++p)
-        acc[r][p] = ei::pselect(ei::pcmp_lt(ei::plset<P>(static_cast<T>(p * W)), horizon),
-                                acc[r][p], ninf);
+        acc[r][p] =
+            ei::pselect(ei::pcmp_lt(ei::plset<P>(static_cast<T>(p * W)), horizon), acc[r][p], ninf);
     }
   }
+}
+
+// The maximum of one row's kKeyPackets packets of scores, or NaN when the row holds a NaN where
+// nothing else is visible. simd::max may drop a NaN (it keeps its first argument); a NaN beside a
+// visible score is then caught by exp(NaN - m), which makes the row's sum NaN. Only when the
+// maximum found is -inf, every other score masked, is the row scanned: rarely, and cheaply.
+template <class T>
+EIGEN_STRONG_INLINE T tile_row_max(const simd::Packet<T>* v) {
+  using Tile = FlashTile<T>;
+  simd::Packet<T> mx = v[0];
+#pragma GCC unroll 16
+  for (int c = 1; c < Tile::kKeyPackets; ++c) mx = simd::max(mx, v[c]);
+  const T m = simd::reduce_max(mx);
+  if (m == -std::numeric_limits<T>::infinity()) {
+    alignas(64) T row[Tile::kKeys];
+    for (int c = 0; c < Tile::kKeyPackets; ++c) simd::store(row + c * Tile::W, v[c]);
+    for (Index j = 0; j < Tile::kKeys; ++j)
+      if (std::isnan(row[j])) return row[j];
+  }
+  return m;
 }
 
 // The online-softmax bookkeeping both paths share, for R rows of one tile.
 template <class T, int R>
 struct SoftmaxStep {
-  bool seen[R];     // the row sees at least one key of the tile
-  T m_new[R];       // its new running maximum
-  T alpha[R];       // exp(m_old - m_new): what the earlier sum and accumulator are scaled by
-  T tile_sum[R];    // sum over the tile of exp(s - m_new)
+  bool seen[R];   // the row sees at least one key of the tile
+  T m_new[R];     // its new running maximum
+  T alpha[R];     // exp(m_old - m_new): what the earlier sum and accumulator are scaled by
+  T tile_sum[R];  // sum over the tile of exp(s - m_new)
 
   // From each row's maximum over the tile; returns whether any row sees a key. The alphas of all
-  // rows come from one vector exp; a row whose maximum did not move keeps alpha = 1 exactly.
+  // rows come from one vector exp; a row whose maximum did not move keeps alpha = 1 exactly. A
+  // NaN maximum counts as seen and becomes the row's m, so that alpha, l and acc turn NaN.
   bool begin(const T* tile_max, const T* m) {
     constexpr T ninf = -std::numeric_limits<T>::infinity();
     constexpr Index W = simd::width<T>;
@@ -188,7 +214,7 @@ struct SoftmaxStep {
     for (int r = 0; r < R; ++r) {
       seen[r] = tile_max[r] != ninf;
       any = any || seen[r];
-      m_new[r] = seen[r] ? std::max(m[r], tile_max[r]) : m[r];
+      m_new[r] = !seen[r] || m[r] >= tile_max[r] ? m[r] : tile_max[r];  // NaN tile_max: NaN
       diff[r] = seen[r] ? m[r] - m_new[r] : T(0);  // -inf for a row's first visible tile
       moved = moved || diff[r] != T(0);
     }
@@ -240,19 +266,13 @@ struct SoftmaxStep {
 // into s, running state updated. Returns whether P V is needed.
 template <class T, int R>
 EIGEN_STRONG_INLINE bool fused_tile(const T* const* q, const T* kt, Index d, T scale,
-                                    const Index* visible, T* m, T* l, T* acc, Index acc_row,
-                                    T* s) {
+                                    const Index* visible, T* m, T* l, T* acc, Index acc_row, T* s) {
   using Tile = FlashTile<T>;
   ScoreTile<T, R> t;
   score_product<T, R>(q, kt, d, scale, visible, t);
   T tile_max[R];
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) {
-    simd::Packet<T> mx = t.v[r][0];
-#pragma GCC unroll 16
-    for (int c = 1; c < Tile::kKeyPackets; ++c) mx = simd::max(mx, t.v[r][c]);
-    tile_max[r] = simd::reduce_max(mx);
-  }
+  for (int r = 0; r < R; ++r) tile_max[r] = tile_row_max<T>(t.v[r]);
   SoftmaxStep<T, R> step;
   if (!step.begin(tile_max, m)) {
     std::fill(s, s + R * Tile::kKeys, T(0));
@@ -360,15 +380,16 @@ bool online_softmax_tile(const AttentionProblem<T>& p, T* s, Index i0, Index j0,
       const Index stop = std::min(valid, p.mask_lk - j0);
       for (Index j = std::max<Index>(first_hidden - j0, 0); j < stop; ++j) srow[j] = ninf;
     }
-    tile_max[r] = row_max(srow, Tile::kKeys);
+    simd::Packet<T> packets[Tile::kKeyPackets];
+    for (int c = 0; c < Tile::kKeyPackets; ++c) packets[c] = simd::load(srow + c * Tile::W);
+    tile_max[r] = tile_row_max<T>(packets);
   }
   SoftmaxStep<T, R> step;
   if (!step.begin(tile_max, m)) {
     std::fill(s, s + R * Tile::kKeys, T(0));
     return false;
   }
-  step.exponentiate([&](int r, int c) { return simd::load(s + r * Tile::kKeys + c * Tile::W); },
-                    s);
+  step.exponentiate([&](int r, int c) { return simd::load(s + r * Tile::kKeys + c * Tile::W); }, s);
   step.finish(m, l, acc, acc_row);
   return true;
 }
@@ -397,7 +418,7 @@ struct PackedStep {
   template <int R>
   bool scores(const T* const* q, Index i0, Index j0, T* m, T* l, T* acc, T* s) const {
     using Tile = FlashTile<T>;
-    const Index local = j0 - ph.key_begin;  // the block's offset in the packed range
+    const Index local = j0 - ph.key_begin;     // the block's offset in the packed range
     const T* kt = ph.kt.data() + local * p.d;  // panel local / kKeys
     const Index valid = std::min(Tile::kKeys, ph.key_end - j0);
     Index visible[R];
@@ -448,7 +469,8 @@ void direct_tile(const AttentionProblem<T>& p, Index b, Index h, const T* const*
       s[r * Tile::kKeys + j] = dot * p.scale;
     }
   }
-  for (int r = 0; r < R; ++r) std::fill(s + r * Tile::kKeys + valid, s + (r + 1) * Tile::kKeys, T(0));
+  for (int r = 0; r < R; ++r)
+    std::fill(s + r * Tile::kKeys + valid, s + (r + 1) * Tile::kKeys, T(0));
   if (!online_softmax_tile<T, R>(p, s, i0, j0, valid, m, l, acc, acc_row, apply_masks)) return;
   const T* vh = p.v.at(b, h);
   for (Index j = 0; j < valid; ++j) {
@@ -527,33 +549,59 @@ void flash_rows(const AttentionProblem<T>& p, Index b, Index h, Index i_begin, I
   }
 }
 
-// Writes one output row from a finished state: acc / l (zeros when every key was masked), and
-// its logsumexp m + log l when the problem asks for it.
+// Writes one output row from a finished state: acc / l, and its logsumexp m + log l when the
+// problem asks for it. l == 0 means every key was masked: zeros (and -inf), written as such, so
+// that a NaN value of a masked key (0 * NaN in acc) does not leak into them. A NaN l gives NaN.
 template <class T>
 void flash_write_row(const AttentionProblem<T>& p, Index b, Index h, Index i, T m, T l,
                      const T* acc) {
   constexpr T ninf = -std::numeric_limits<T>::infinity();
-  const T inv = l > 0 ? T(1) / l : T(0);
   T* out = p.out.at(b, h) + i * p.out.row;
+  if (l == T(0)) {
+    std::fill(out, out + p.dv, T(0));
+    if (p.lse) p.lse[(b * p.heads + h) * p.lq + i] = ninf;
+    return;
+  }
+  const T inv = T(1) / l;
   constexpr Index W = simd::width<T>;
   const auto pinv = simd::set1<T>(inv);
   Index c = 0;
   for (; c + W <= p.dv; c += W) simd::store(out + c, simd::mul(simd::load(acc + c), pinv));
   for (; c < p.dv; ++c) out[c] = acc[c] * inv;
-  if (p.lse) p.lse[(b * p.heads + h) * p.lq + i] = l > 0 ? m + std::log(l) : ninf;
+  if (p.lse) p.lse[(b * p.heads + h) * p.lq + i] = m + std::log(l);
 }
 
+// Work items (with their key ranges) that keep this many threads busy.
+inline constexpr Index kFlashMinWork = 64;
 
-// How many ranges the keys are split into. Work items are (batch, head, query block); when there
-// are fewer of them than threads (single-token decoding over a long cache is the extreme: one
-// item per head), each item's keys are split so that every thread has work, each range at least
-// four key tiles long; the partial states are merged afterwards.
+// How many ranges each item's keys are split into: a function of the problem's size only, never
+// of the thread count, so that any number of threads adds the same partial states in the same
+// order and gives bit-identical results. Work items are (batch, head, query block); when there
+// are fewer than kFlashMinWork of them (single-token decoding over a long cache is the extreme:
+// one item per head), each item's keys are split so that up to kFlashMinWork threads have work,
+// each range at least four key tiles long; the partial states are merged afterwards.
 template <class T>
-Index flash_key_splits(Index items, Index lk, Index threads) {
-  if (threads <= 1 || items >= threads) return 1;
-  const Index want = (threads + items - 1) / items;
+Index flash_key_splits(Index items, Index lk) {
+  if (items >= kFlashMinWork) return 1;
+  const Index want = (kFlashMinWork + items - 1) / items;
   const Index most = std::max<Index>(1, lk / (4 * FlashTile<T>::kKeys));
   return std::min(want, most);
+}
+
+// Problems with nothing to attend over: no query rows (nothing to write) or no keys (every row
+// fully masked: zeros). Returns whether it handled the problem; the kernels then never form a
+// pointer into an empty operand.
+template <class T>
+bool attention_empty(const AttentionProblem<T>& p) {
+  if (p.batch == 0 || p.heads == 0 || p.lq == 0) return true;
+  if (p.lk > 0) return false;
+  for (Index b = 0; b < p.batch; ++b)
+    for (Index h = 0; h < p.heads; ++h)
+      for (Index i = 0; i < p.lq; ++i) {
+        if (p.dv > 0) std::fill_n(p.out.at(b, h) + i * p.out.row, p.dv, T(0));
+        if (p.lse) p.lse[(b * p.heads + h) * p.lq + i] = -std::numeric_limits<T>::infinity();
+      }
+  return true;
 }
 
 // The fused path for a whole problem. Work items are (batch, head, query block[, key range]),
@@ -565,21 +613,23 @@ template <class T>
 void attention_fused(const AttentionProblem<T>& p) {
   constexpr Index QB = kFlashQueryBlock;
   constexpr T ninf = -std::numeric_limits<T>::infinity();
+  if (attention_empty(p)) return;
   const Index bh = p.batch * p.heads;
   const Index nqb = (p.lq + QB - 1) / QB;
-  if (bh == 0 || p.lq == 0) return;
   const Index items = bh * nqb;
   const Index splits =
-      p.key_splits > 0 ? std::max<Index>(1, std::min(p.key_splits, std::max<Index>(p.lk, 1)))
-                       : flash_key_splits<T>(items, p.lk, num_threads());
+      p.key_splits > 0 ? std::min(p.key_splits, p.lk) : flash_key_splits<T>(items, p.lk);
   const Index tiles = (p.lk + FlashTile<T>::kKeys - 1) / FlashTile<T>::kKeys;
   const Index chunk = (tiles + splits - 1) / splits * FlashTile<T>::kKeys;  // keys per range
   const Index dv_pad = PackedHead<T>::padded_value_dim(p.dv);
   // A few query rows (decoding) read K and V in place; more rows amortise packing the head.
   const bool direct = p.lq <= kDirectMaxRows;
-  const Index state_size = QB * (2 + dv_pad);  // m, l, acc of one item and key range
+  const Index QR = std::min(QB, p.lq);         // query rows of the largest item
+  const Index state_size = QR * (2 + dv_pad);  // m, l, acc of one item and key range
   AlignedVector<T> partial(splits > 1 ? static_cast<std::size_t>(items * splits * state_size) : 0);
 
+  // Work w is key range w / items of item w % items: consecutive items of one range share a
+  // head's packed K and V.
   const Index n_work = items * splits;
   std::atomic<Index> next{0};
   parallel_for(std::min<Index>(num_threads(), n_work), 1, [&](Index, Index) {
@@ -587,12 +637,12 @@ void attention_fused(const AttentionProblem<T>& p) {
     AlignedVector<T> own(splits > 1 ? 0 : static_cast<std::size_t>(state_size));
     AlignedVector<T> probs(static_cast<std::size_t>(QB * FlashTile<T>::kKeys));
     for (Index w; (w = next.fetch_add(1, std::memory_order_relaxed)) < n_work;) {
-      const Index item = w / splits, s = w % splits;
+      const Index item = w % items, s = w / items;
       const Index t = item / nqb, qb = item % nqb;
       const Index b = t / p.heads, h = t % p.heads;
       const Index kb = std::min(p.lk, s * chunk), ke = std::min(p.lk, kb + chunk);
-      T* state = splits > 1 ? partial.data() + w * state_size : own.data();
-      T *m = state, *l = state + QB, *acc = state + 2 * QB;
+      T* state = splits > 1 ? partial.data() + (item * splits + s) * state_size : own.data();
+      T *m = state, *l = state + QR, *acc = state + 2 * QR;
       const Index i_begin = qb * QB, i_end = std::min(p.lq, i_begin + QB);
       const MaskApplier<T> masks{p, t};
       if (direct) {
@@ -621,19 +671,25 @@ void attention_fused(const AttentionProblem<T>& p) {
       const Index i_begin = qb * QB, rows = std::min(p.lq, i_begin + QB) - i_begin;
       const T* first = partial.data() + item * splits * state_size;
       for (Index r = 0; r < rows; ++r) {
-        T m = ninf;
-        for (Index s = 0; s < splits; ++s) m = std::max(m, first[s * state_size + r]);
+        T m = ninf;  // the largest m of the ranges, NaN when one is NaN
+        for (Index s = 0; s < splits; ++s) {
+          const T ms = first[s * state_size + r];
+          if (std::isnan(ms)) {
+            m = ms;
+            break;
+          }
+          m = std::max(m, ms);
+        }
         T l = 0;
         std::fill(merged.begin(), merged.end(), T(0));
-        if (m != ninf)
-          for (Index s = 0; s < splits; ++s) {
-            const T* st = first + s * state_size;
-            if (st[QB + r] == T(0)) continue;  // this range saw no visible key
-            const T f = std::exp(st[r] - m);
-            l += st[QB + r] * f;
-            const T* a = st + 2 * QB + r * dv_pad;
-            for (Index c = 0; c < p.dv; ++c) merged[c] += a[c] * f;
-          }
+        for (Index s = 0; s < splits; ++s) {
+          const T* st = first + s * state_size;
+          if (st[QR + r] == T(0)) continue;  // this range saw no visible key
+          const T f = std::exp(st[r] - m);
+          l += st[QR + r] * f;
+          const T* a = st + 2 * QR + r * dv_pad;
+          for (Index c = 0; c < p.dv; ++c) merged[c] += a[c] * f;
+        }
         flash_write_row(p, b, h, i_begin + r, m, l, merged.data());
       }
     }

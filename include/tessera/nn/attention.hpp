@@ -18,6 +18,7 @@
 // torch.nn.Linear(key_dim, query_dim, bias=False), whose weight it is); additive:
 // "query_proj.weight" [attention_dim, query_dim], "key_proj.weight" [attention_dim, key_dim],
 // "v.weight" [1, attention_dim] (three nn::Linear without bias). dot and scaled_dot have none.
+// forward checks their shapes first and throws a ShapeError naming the parameter.
 #pragma once
 
 #include <cmath>
@@ -35,6 +36,7 @@
 #include "tessera/kernels/softmax.hpp"
 #include "tessera/nn/linear.hpp"
 #include "tessera/nn/module.hpp"
+#include "tessera/nn/parameter.hpp"
 
 namespace tessera::nn {
 
@@ -163,6 +165,7 @@ class Attention : public Module<Attention<T>> {
     const Index score_shape[] = {B, Lq, Lk};
     if (fo.mask)
       (void)detail::MaskRows(*fo.mask, score_shape, fn, "mask");  // shape check, names fn
+    check_parameters(fn);
 
     AttentionOutput<T> r;
     r.weights = scores(qv, kv);  // [B, Lq, Lk]
@@ -170,6 +173,19 @@ class Attention : public Module<Attention<T>> {
     // output: [B, Lq, Dv] = weights [B, Lq, Lk] x values [B, Lk, Dv]
     r.output = matmul(r.weights, vv);
     return r;
+  }
+
+  // Throws ShapeError, naming `fn` and the parameter as `prefix` + its state-dict name, unless
+  // the parameters the score reads have the shapes the options give them. forward runs it.
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    const Index Dq = options_.query_dim, Dk = options_.key_dim;
+    if (options_.score == AttentionScore::general)
+      detail::check_parameter(fn, prefix, "weight", weight, {Dq, Dk});
+    if (options_.score == AttentionScore::additive) {
+      query_proj.check_parameters(fn, detail::ParameterPrefix(prefix, "query_proj."));
+      key_proj.check_parameters(fn, detail::ParameterPrefix(prefix, "key_proj."));
+      v.check_parameters(fn, detail::ParameterPrefix(prefix, "v."));
+    }
   }
 
   template <class Self, class F>

@@ -12,7 +12,8 @@
 //
 // State dict keys: "proj.weight" [attention_dim, input_dim], "proj.bias" [attention_dim],
 // "query" [attention_dim]. Initialisation: proj as torch.nn.Linear, query U(-1/sqrt(attention_dim),
-// 1/sqrt(attention_dim)).
+// 1/sqrt(attention_dim)). forward checks their shapes first and throws a ShapeError naming the
+// parameter.
 #pragma once
 
 #include <cmath>
@@ -29,6 +30,7 @@
 #include "tessera/kernels/softmax.hpp"
 #include "tessera/nn/linear.hpp"
 #include "tessera/nn/module.hpp"
+#include "tessera/nn/parameter.hpp"
 
 namespace tessera::nn {
 
@@ -90,6 +92,7 @@ class AttentionPooling : public Module<AttentionPooling<T>> {
                                 ", expected [batch, T, ", D, "] (input_dim = ", D, ")");
     const Index weight_shape[] = {B, L};
     if (fo.mask) (void)detail::MaskRows(*fo.mask, weight_shape, fn, "mask");  // shape check
+    check_parameters(fn);
 
     // u: [B, T, Da] = tanh(h W^T + b)
     Tensor<T, 3> u = proj.forward(hv);
@@ -105,6 +108,13 @@ class AttentionPooling : public Module<AttentionPooling<T>> {
     matmul_into(r.weights.template reshape<3>({B, 1, L}), hv,
                 r.context.template reshape<3>({B, 1, D}));
     return r;
+  }
+
+  // Throws ShapeError, naming `fn` and the parameter as `prefix` + its state-dict name, unless
+  // proj and query have the shapes the options give them. forward runs it.
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    proj.check_parameters(fn, detail::ParameterPrefix(prefix, "proj."));
+    detail::check_parameter(fn, prefix, "query", query, {options_.attention_dim});
   }
 
   template <class Self, class F>

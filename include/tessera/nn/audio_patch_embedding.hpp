@@ -74,16 +74,24 @@ class AudioPatchEmbedding : public Module<AudioPatchEmbedding<T>> {
   const {
     static_assert(std::is_same_v<scalar_t<X>, T>,
                   "nn::AudioPatchEmbedding: input scalar type differs from the module's");
+    constexpr std::string_view fn = "tessera::nn::AudioPatchEmbedding::forward";
     const auto xv = cview(spectrogram);
     const Index B = xv.dim(0);
     const Index expected[] = {B, options_.mel_bins, options_.frames};
     if (!std::equal(xv.shape().begin(), xv.shape().end(), expected))
-      detail::raise<ShapeError>("tessera::nn::AudioPatchEmbedding::forward",
-                                "argument 'spectrogram' has shape ",
+      detail::raise<ShapeError>(fn, "argument 'spectrogram' has shape ",
                                 detail::shape_string(xv.shape()), ", expected ",
                                 detail::shape_string(expected), " ([batch, mel_bins, frames])");
-    // images: [B, 1, mel_bins, frames], a view
-    return patch.forward(xv.template reshape<4>({B, 1, options_.mel_bins, options_.frames}));
+    // images: [B, 1, mel_bins, frames], a view; the parameters are checked (and named) under
+    // this module's name
+    return patch.embed(fn, "spectrogram",
+                       xv.template reshape<4>({B, 1, options_.mel_bins, options_.frames}));
+  }
+
+  // Throws ShapeError, naming `fn` and the parameter as `prefix` + its state-dict name, unless
+  // every parameter has the shape the options give (nn::PatchEmbedding::check_parameters).
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    patch.check_parameters(fn, prefix);
   }
 
   template <class Self, class F>

@@ -16,6 +16,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 
@@ -69,16 +70,40 @@ class Embedding : public Module<Embedding<T>> {
   // An id out of range throws IndexError naming the id, its position and num_embeddings.
   template <TensorLike I>
   Tensor<T, rank_v<I> + 1> forward(const I& ids) const {
+    return lookup("tessera::nn::Embedding::forward", ids);
+  }
+
+  // Throws ShapeError, naming `fn` and the parameter as `prefix` + "weight", unless weight is
+  // [num_embeddings, embedding_dim].
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    detail::check_parameter(fn, prefix, "weight", weight,
+                            {options_.num_embeddings, options_.embedding_dim});
+  }
+
+  template <class Self, class F>
+  static void visit(Self& self, F&& f, const std::string& prefix) {
+    f(prefix + "weight", self.weight);
+  }
+
+ private:
+  template <class>
+  friend class TokenEmbedding;
+
+  // forward, with the errors naming `fn` (TokenEmbedding's forward looks up through it).
+  template <TensorLike I>
+  Tensor<T, rank_v<I> + 1> lookup(std::string_view fn, const I& ids) const {
     using Id = scalar_t<I>;
     static_assert(std::is_integral_v<Id> && !std::is_same_v<Id, bool>,
                   "nn::Embedding::forward takes a tensor of integer ids (std::int64_t, Index...)");
     constexpr int R = rank_v<I>;
+    check_parameters(fn);
     const auto iv = cview(ids);
     const Index n = iv.size(), N = options_.num_embeddings, D = options_.embedding_dim;
     const Id* p = iv.data();
     // Check every id before writing anything: a bad id is an error, never a partial result.
     for (Index i = 0; i < n; ++i)
-      if (std::cmp_less(p[i], 0) || std::cmp_greater_equal(p[i], N)) bad_id(iv.shape(), i, p[i]);
+      if (std::cmp_less(p[i], 0) || std::cmp_greater_equal(p[i], N))
+        bad_id(fn, iv.shape(), i, p[i]);
     Shape<R + 1> s;
     std::copy(iv.shape().begin(), iv.shape().end(), s.begin());
     s[R] = D;
@@ -91,14 +116,9 @@ class Embedding : public Module<Embedding<T>> {
     return out;
   }
 
-  template <class Self, class F>
-  static void visit(Self& self, F&& f, const std::string& prefix) {
-    f(prefix + "weight", self.weight);
-  }
-
- private:
   template <std::size_t R, class Id>
-  [[noreturn]] void bad_id(const std::array<Index, R>& shape, Index flat, Id id) const {
+  [[noreturn]] void bad_id(std::string_view fn, const std::array<Index, R>& shape, Index flat,
+                           Id id) const {
     // Position as a multi-index into ids, e.g. [1, 2].
     std::array<Index, R> pos{};
     for (std::size_t a = R; a-- > 0;) {
@@ -107,9 +127,9 @@ class Embedding : public Module<Embedding<T>> {
     }
     std::ostringstream os;
     os << +id;
-    detail::raise<IndexError>("tessera::nn::Embedding::forward", "argument 'ids' holds id ",
-                              os.str(), " at position ", detail::shape_string(pos),
-                              ", expected an id in [0, ", options_.num_embeddings,
+    detail::raise<IndexError>(fn, "argument 'ids' holds id ", os.str(), " at position ",
+                              detail::shape_string(pos), ", expected an id in [0, ",
+                              options_.num_embeddings,
                               ") (num_embeddings = ", options_.num_embeddings, ")");
   }
 

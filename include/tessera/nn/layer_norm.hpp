@@ -1,6 +1,10 @@
 // tessera: nn::LayerNorm over the last dimension, as torch.nn.LayerNorm(normalized_shape=[n]).
 #pragma once
 
+#include <cmath>
+#include <string_view>
+#include <utility>
+
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/kernels/norm.hpp"
@@ -26,9 +30,11 @@ class LayerNorm : public Module<LayerNorm<T>> {
     if (o.normalized_shape < 0)
       detail::raise<ValueError>("tessera::nn::LayerNorm", "normalized_shape is ",
                                 o.normalized_shape, ", expected a value >= 0");
-    if (!(o.eps > 0))
-      detail::raise<ValueError>("tessera::nn::LayerNorm", "eps is ", o.eps,
-                                ", expected a value > 0");
+    // Checked in T, the type the kernel adds it in: 1e-50 is 0 in float.
+    if (!(o.eps > 0) || !(static_cast<T>(o.eps) > 0) || !std::isfinite(static_cast<T>(o.eps)))
+      detail::raise<ValueError>("tessera::nn::LayerNorm", "eps is ", o.eps, ", which is ",
+                                static_cast<T>(o.eps),
+                                " in the module's scalar type; expected a finite value > 0");
     if (o.elementwise_affine) {
       weight = Parameter<T, 1>(Shape<1>{o.normalized_shape});
       weight.value.setConstant(1);
@@ -40,23 +46,27 @@ class LayerNorm : public Module<LayerNorm<T>> {
 
   template <TensorLike X>
   Tensor<T, rank_v<X>> forward(const X& x) const {
+    constexpr std::string_view fn = "tessera::nn::LayerNorm::forward";
+    check_input(fn, x);
     Tensor<T, rank_v<X>> out(x.shape(), uninitialized);
-    forward_into(x, out);
+    run(x, out);
     return out;
   }
-  // out may be x.
+  // out (x's shape) may be x.
   template <TensorLike X, class Y>
   void forward_into(const X& x, Y&& out) const {
-    static_assert(std::is_same_v<scalar_t<X>, T>,
-                  "nn::LayerNorm: input scalar type differs from the module's");
-    if (rank_v<X> >= 1 && x.shape()[rank_v<X> - 1] != options_.normalized_shape)
-      detail::raise<ShapeError>("tessera::nn::LayerNorm::forward", "argument 'x' has shape ",
-                                detail::shape_string(x.shape()), ", expected a last dimension of ",
-                                options_.normalized_shape);
-    tessera::LayerNormOptions<T> lo{.eps = options_.eps};
-    if (has_weight()) lo.weight = cview(weight.value);
-    if (has_bias()) lo.bias = cview(bias.value);
-    layer_norm_into(x, std::forward<Y>(out), lo);
+    constexpr std::string_view fn = "tessera::nn::LayerNorm::forward_into";
+    check_input(fn, x);
+    detail::check_shape_equal(fn, "out", mview(out).shape(), x.shape());
+    run(x, std::forward<Y>(out));
+  }
+
+  // Throws ShapeError, naming `fn` and the parameter as `prefix` + its name, unless weight and
+  // bias (those the options ask for) are [normalized_shape].
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    if (has_weight())
+      detail::check_parameter(fn, prefix, "weight", weight, {options_.normalized_shape});
+    if (has_bias()) detail::check_parameter(fn, prefix, "bias", bias, {options_.normalized_shape});
   }
 
   template <class Self, class F>
@@ -66,6 +76,24 @@ class LayerNorm : public Module<LayerNorm<T>> {
   }
 
  private:
+  template <class X>
+  void check_input(std::string_view fn, const X& x) const {
+    static_assert(rank_v<X> >= 1, "nn::LayerNorm takes an input of rank >= 1");
+    static_assert(std::is_same_v<scalar_t<X>, T>,
+                  "nn::LayerNorm: input scalar type differs from the module's");
+    check_parameters(fn);
+    if (x.shape()[rank_v<X> - 1] != options_.normalized_shape)
+      detail::raise<ShapeError>(fn, "argument 'x' has shape ", detail::shape_string(x.shape()),
+                                ", expected a last dimension of ", options_.normalized_shape,
+                                " (normalized_shape)");
+  }
+  template <class X, class Y>
+  void run(const X& x, Y&& out) const {
+    tessera::LayerNormOptions<T> lo{.eps = options_.eps};
+    if (has_weight()) lo.weight = cview(weight.value);
+    if (has_bias()) lo.bias = cview(bias.value);
+    layer_norm_into(x, std::forward<Y>(out), lo);
+  }
   bool has_weight() const noexcept { return options_.elementwise_affine; }
   bool has_bias() const noexcept { return options_.elementwise_affine && options_.bias; }
   LayerNormOptions options_{};

@@ -9,11 +9,26 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
+#include <string_view>
 
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/kernels/linear.hpp"
 #include "tessera/nn/module.hpp"
+
+namespace tessera::detail {
+
+// Throws ValueError unless `act` is one of Activation's enumerators (kernels' is_valid): an enum
+// holds any value of its underlying type, and Activation(42) must not run as the identity. `what`
+// names it as the user wrote it: "argument 'act'", or "activation" for an option.
+inline void check_activation_enum(std::string_view fn, std::string_view what, Activation act) {
+  if (!is_valid(act))
+    raise<ValueError>(fn, what, " is Activation(", static_cast<long long>(act),
+                      "), expected identity, relu, gelu, gelu_tanh, silu or tanh");
+}
+
+}  // namespace tessera::detail
 
 namespace tessera::nn {
 
@@ -61,26 +76,39 @@ class Linear : public Module<Linear<T>> {
                                std::optional<TensorMap<const T, 2>> residual = {}) const {
     static_assert(std::is_same_v<scalar_t<X>, T>,
                   "nn::Linear: input scalar type differs from the module's");
+    constexpr std::string_view fn = "tessera::nn::Linear::forward";
+    check_input(fn, x);
     Shape<rank_v<X>> s = x.shape();
     s[rank_v<X> - 1] = options_.out_features;
     Tensor<T, rank_v<X>> out(s, uninitialized);
-    forward_into(x, out, act, residual);
+    run(fn, x, out, act, residual);
     return out;
   }
   template <TensorLike X, class Y>
   void forward_into(const X& x, Y&& out, Activation act = Activation::identity,
                     std::optional<TensorMap<const T, 2>> residual = {}) const {
-    auto lo = bias_options();
-    lo.activation = act;
-    lo.residual = residual;
-    if (packed_ && packed_->rows() == weight.value.dim(1) && packed_->cols() == weight.value.dim(0))
-      linear_into(x, *packed_, std::forward<Y>(out), lo);
-    else
-      linear_into(x, weight.value, std::forward<Y>(out), lo);
+    static_assert(std::is_same_v<scalar_t<X>, T>,
+                  "nn::Linear: input scalar type differs from the module's");
+    constexpr std::string_view fn = "tessera::nn::Linear::forward_into";
+    check_input(fn, x);
+    Shape<rank_v<X>> expected = x.shape();
+    expected[rank_v<X> - 1] = options_.out_features;
+    detail::check_shape_equal(fn, "out", mview(out).shape(), expected);
+    run(fn, x, std::forward<Y>(out), act, residual);
+  }
+
+  // Throws ShapeError, naming `fn` and the parameter as `prefix` + its name, unless weight is
+  // [out_features, in_features] and bias (with options.bias) [out_features]. Every entry point
+  // runs it; modules that hold a Linear run it under their own name and path.
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    detail::check_parameter(fn, prefix, "weight", weight,
+                            {options_.out_features, options_.in_features});
+    if (options_.bias) detail::check_parameter(fn, prefix, "bias", bias, {options_.out_features});
   }
 
   // Packs the weight for inference (see the top of this file); unprepack() drops the packed copy.
   void prepack() {
+    check_parameters("tessera::nn::Linear::prepack");
     packed_ = std::make_shared<const PackedMatrix<T>>(PackedMatrix<T>::from_weight(weight.value));
   }
   void unprepack() noexcept { packed_.reset(); }
@@ -93,6 +121,36 @@ class Linear : public Module<Linear<T>> {
   }
 
  private:
+  // The checks of every entry point: the parameters, then x's last dimension.
+  template <class X>
+  void check_input(std::string_view fn, const X& x) const {
+    static_assert(rank_v<X> >= 1, "nn::Linear takes an input of rank >= 1, [..., in_features]");
+    check_parameters(fn);
+    if (x.shape()[rank_v<X> - 1] != options_.in_features)
+      detail::raise<ShapeError>(fn, "argument 'x' has shape ", detail::shape_string(x.shape()),
+                                ", expected a last dimension of ", options_.in_features,
+                                " (in_features)");
+  }
+  // act(x W^T + b) + residual into out, whose shape the caller has checked.
+  template <class X, class Y>
+  void run(std::string_view fn, const X& x, Y&& out, Activation act,
+           std::optional<TensorMap<const T, 2>> residual) const {
+    detail::check_activation_enum(fn, "argument 'act'", act);
+    if (residual) {
+      // rows: x's leading dimensions flattened (checked: a TensorLike's shape need not fit).
+      const Index rows = detail::checked_shape_size(
+          std::span<const Index>(x.shape().data(), rank_v<X> - 1), fn, "argument 'x'");
+      const Index expected[] = {rows, options_.out_features};
+      detail::check_shape_equal(fn, "residual", residual->shape(), expected);
+    }
+    auto lo = bias_options();
+    lo.activation = act;
+    lo.residual = residual;
+    if (packed_ && packed_->rows() == weight.value.dim(1) && packed_->cols() == weight.value.dim(0))
+      linear_into(x, *packed_, std::forward<Y>(out), lo);
+    else
+      linear_into(x, weight.value, std::forward<Y>(out), lo);
+  }
   tessera::LinearOptions<T> bias_options() const {
     tessera::LinearOptions<T> lo;
     if (options_.bias) lo.bias = cview(bias.value);

@@ -75,7 +75,8 @@ class ModalityEmbedding : public Module<ModalityEmbedding<T>> {
     check_input(fn, x);
     const Index expected[] = {x.shape()[0], x.shape()[1]};
     detail::check_shape_equal(fn, "modality_ids", modality_ids.shape(), expected);
-    const Id* ids = modality_ids.data();
+    const auto idv = cview(modality_ids);
+    const Id* ids = idv.data();
     const Index n = expected[0] * expected[1];
     for (Index i = 0; i < n; ++i)
       if (std::cmp_less(ids[i], 0) || std::cmp_greater_equal(ids[i], options_.num_modalities))
@@ -88,6 +89,13 @@ class ModalityEmbedding : public Module<ModalityEmbedding<T>> {
     return out;
   }
 
+  // Throws ShapeError, naming `fn` and the parameter as `prefix` + "weight", unless weight is
+  // [num_modalities, embed_dim].
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    detail::check_parameter(fn, prefix, "weight", weight,
+                            {options_.num_modalities, options_.embed_dim});
+  }
+
   template <class Self, class F>
   static void visit(Self& self, F&& f, const std::string& prefix) {
     f(prefix + "weight", self.weight);
@@ -98,6 +106,7 @@ class ModalityEmbedding : public Module<ModalityEmbedding<T>> {
   void check_input(std::string_view fn, const X& x) const {
     static_assert(std::is_same_v<scalar_t<X>, T>,
                   "nn::ModalityEmbedding: input scalar type differs from the module's");
+    check_parameters(fn);
     if (x.shape()[2] != options_.embed_dim)
       detail::raise<ShapeError>(fn, "argument 'x' has shape ", detail::shape_string(x.shape()),
                                 ", expected [batch, L, ", options_.embed_dim,

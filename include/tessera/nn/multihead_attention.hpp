@@ -13,14 +13,18 @@
 //
 // State dict names are PyTorch's: in_proj_weight [3E, E] when kdim == vdim == embed_dim, otherwise
 // q_proj_weight [E, E], k_proj_weight [E, kdim], v_proj_weight [E, vdim]; in_proj_bias [3E];
-// out_proj.weight [E, E], out_proj.bias [E]; bias_k, bias_v [1, 1, E] with add_bias_kv.
+// out_proj.weight [E, E], out_proj.bias [E]; bias_k, bias_v [1, 1, E] with add_bias_kv. Every
+// entry point (forward, attend, append_kv, prepack) checks these shapes first and throws a
+// ShapeError naming the parameter, so a replaced or wrongly loaded weight never reads past its end.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "tessera/core/error.hpp"
 #include "tessera/core/mask.hpp"
@@ -30,6 +34,7 @@
 #include "tessera/kernels/linear.hpp"
 #include "tessera/nn/linear.hpp"
 #include "tessera/nn/module.hpp"
+#include "tessera/nn/parameter.hpp"
 
 namespace tessera::nn {
 
@@ -76,6 +81,8 @@ struct MultiheadAttentionWeights {
 
 // Projected keys and values kept between calls, for incremental decoding: generating token t
 // projects only that token and attends over the t cached keys, O(t) work instead of O(t^2).
+// attend and append_kv check a cache before they read it: k and v of one shape, their rows of
+// embed_dim features, 0 <= length <= capacity.
 template <class T>
 struct KVCache {
   Tensor<T, 3> k;  // [batch, capacity, embed_dim], rows [0, length) in use
@@ -164,19 +171,21 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
   // The same, writing the output into `out` [batch, Lq, E]. out may be query, key or value (they
   // are projected before out is written); it must not overlap `residual`.
   template <TensorLike Qx, TensorLike Kx, TensorLike Vx>
-  MultiheadAttentionWeights<T> forward_into(const Qx& query, const Kx& key, const Vx& value,
-                                            TensorMap<T, 3> out,
-                                            const MultiheadAttentionForwardOptions& fo = {},
-                                            std::optional<TensorMap<const T, 2>> residual = {}) const;
+  MultiheadAttentionWeights<T> forward_into(
+      const Qx& query, const Kx& key, const Vx& value, TensorMap<T, 3> out,
+      const MultiheadAttentionForwardOptions& fo = {},
+      std::optional<TensorMap<const T, 2>> residual = {}) const;
 
   // Packs the projection weights for inference (nn::Linear::prepack), in the slices forward
   // multiplies by: for self-attention (query, key and value the same tensor) the whole
   // in_proj_weight; for cross-attention the query's rows and the key's and value's (one [2E, E]
   // slice, used when key and value are the same tensor, as a decoder's memory is; with kdim or
-  // vdim != embed_dim the three separate weights); and out_proj. `use` says which of the two the module serves, so that a module
-  // used one way does not hold the other's copy (`both`: about twice the projection weights).
-  // Call it again after changing the weights; unprepack() drops the packed copies.
+  // vdim != embed_dim the three separate weights); and out_proj. `use` says which of the two the
+  // module serves, so that a module used one way does not hold the other's copy (`both`: about
+  // twice the projection weights). Call it again after changing the weights; unprepack() drops the
+  // packed copies.
   void prepack(AttentionUse use = AttentionUse::both) {
+    check_parameters("tessera::nn::MultiheadAttention::prepack");
     unprepack();
     const auto pack = [](const auto& w) {
       return std::make_shared<const PackedMatrix<T>>(PackedMatrix<T>::from_weight(w));
@@ -221,10 +230,30 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
   // The same into `out` [batch, Lq, E], plus `residual` ([batch * Lq, E]) fused into the output
   // projection as in forward. out may be query; it must not overlap `residual` or the cache.
   template <TensorLike Qx>
-  MultiheadAttentionWeights<T> attend_into(const Qx& query, const KVCache<T>& cache,
-                                           TensorMap<T, 3> out,
-                                           const MultiheadAttentionForwardOptions& fo = {},
-                                           std::optional<TensorMap<const T, 2>> residual = {}) const;
+  MultiheadAttentionWeights<T> attend_into(
+      const Qx& query, const KVCache<T>& cache, TensorMap<T, 3> out,
+      const MultiheadAttentionForwardOptions& fo = {},
+      std::optional<TensorMap<const T, 2>> residual = {}) const;
+
+  // Throws ShapeError, naming `fn` and the parameter as `prefix` + its state-dict name, unless
+  // every parameter has the shape the options give it (a weight replaced or loaded by hand may
+  // not; the projections read in_proj_weight through raw slices). Every entry point runs it.
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    const Index E = options_.embed_dim;
+    if (packed()) {
+      detail::check_parameter(fn, prefix, "in_proj_weight", in_proj_weight, {3 * E, E});
+    } else {
+      detail::check_parameter(fn, prefix, "q_proj_weight", q_proj_weight, {E, E});
+      detail::check_parameter(fn, prefix, "k_proj_weight", k_proj_weight, {E, options_.kdim});
+      detail::check_parameter(fn, prefix, "v_proj_weight", v_proj_weight, {E, options_.vdim});
+    }
+    if (options_.bias) detail::check_parameter(fn, prefix, "in_proj_bias", in_proj_bias, {3 * E});
+    if (options_.add_bias_kv) {
+      detail::check_parameter(fn, prefix, "bias_k", bias_k, {1, 1, E});
+      detail::check_parameter(fn, prefix, "bias_v", bias_v, {1, 1, E});
+    }
+    out_proj.check_parameters(fn, detail::ParameterPrefix(prefix, "out_proj."));
+  }
 
   template <class Self, class F>
   static void visit(Self& self, F&& f, const std::string& prefix) {
@@ -285,6 +314,25 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
     return lo;
   }
 
+  // Throws unless `cache` can be read (and appended to) as this module writes it: k and v of one
+  // shape [batch, capacity, embed_dim] and 0 <= length <= capacity (an empty cache may hold any
+  // shape: it is reallocated).
+  void check_cache(std::string_view fn, const KVCache<T>& cache) const {
+    if (cache.k.shape() != cache.v.shape())
+      detail::raise<ShapeError>(fn, "argument 'cache' has k of shape ",
+                                detail::shape_string(cache.k.shape()), " and v of shape ",
+                                detail::shape_string(cache.v.shape()), ", expected one shape");
+    if (cache.length < 0 || cache.length > cache.k.dim(1))
+      detail::raise<ValueError>(fn, "argument 'cache' has length ", cache.length,
+                                ", expected a value in [0, ", cache.k.dim(1),
+                                "] (the capacity of cache.k, ",
+                                detail::shape_string(cache.k.shape()), ")");
+    if (cache.length > 0 && cache.k.dim(2) != options_.embed_dim)
+      detail::raise<ShapeError>(
+          fn, "argument 'cache' has k and v of shape ", detail::shape_string(cache.k.shape()),
+          ", expected [batch, capacity, ", options_.embed_dim, "] (embed_dim)");
+  }
+
   // Throws ShapeError unless out is [B, Lq, E].
   void check_out(std::string_view fn, const TensorMap<T, 3>& out, Index B, Index Lq) const {
     const Index expected[] = {B, Lq, options_.embed_dim};
@@ -293,13 +341,11 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
 
   // Masks, attention over already projected q/k/v (read through strides), output projection into
   // out. Lk keys can be masked; Lk2 >= Lk keys are attended (the rest were appended).
-  MultiheadAttentionWeights<T> attend_projected(const detail::Strided<const T>& qs,
-                                                const detail::Strided<const T>& ks,
-                                                const detail::Strided<const T>& vs, Index B,
-                                                Index Lq, Index Lk, Index Lk2, Index causal_offset,
-                                                const MultiheadAttentionForwardOptions& fo,
-                                                std::optional<TensorMap<const T, 2>> residual,
-                                                TensorMap<T, 3> out) const;
+  MultiheadAttentionWeights<T> attend_projected(
+      std::string_view fn, const detail::Strided<const T>& qs, const detail::Strided<const T>& ks,
+      const detail::Strided<const T>& vs, Index B, Index Lq, Index Lk, Index Lk2,
+      Index causal_offset, const MultiheadAttentionForwardOptions& fo,
+      std::optional<TensorMap<const T, 2>> residual, TensorMap<T, 3> out) const;
 
   MultiheadAttentionOptions options_{};
   std::shared_ptr<const PackedMatrix<T>> packed_proj_[5];  // prepack(): by ProjSlice
@@ -330,19 +376,22 @@ MultiheadAttentionWeights<T> MultiheadAttention<T>::forward_into(
   const Index v_expected[] = {B, Lk, options_.vdim};
   detail::check_shape_equal(fn, "value", vv.shape(), v_expected);
   check_out(fn, out, B, Lq);
+  check_parameters(fn);
 
   // ---- projections: [batch * seq, E] each, one product for all heads, into scratch ----
   detail::ScratchFrame frame;
   const bool self_attention = packed() && qv.data() == kv.data() && kv.data() == vv.data() &&
                               qv.shape() == kv.shape() && kv.shape() == vv.shape();
+  // Column c of a projection buffer; an empty buffer (B, Lq or Lk zero) has no columns to offset.
+  const auto column = [](const T* base, Index c) { return base ? base + c : base; };
   detail::Strided<const T> qs, ks, vs;
   if (self_attention) {
     // qkv: [B, L, 3E] = x [B, L, E] x in_proj_weight^T [E, 3E]
     const auto qkv = frame.tensor<T, 3>({B, Lq, 3 * E});
     project(qv, kQKV, qkv);
     qs = {qkv.data(), Lq * 3 * E, hd, 3 * E};
-    ks = {qkv.data() + E, Lk * 3 * E, hd, 3 * E};
-    vs = {qkv.data() + 2 * E, Lk * 3 * E, hd, 3 * E};
+    ks = {column(qkv.data(), E), Lk * 3 * E, hd, 3 * E};
+    vs = {column(qkv.data(), 2 * E), Lk * 3 * E, hd, 3 * E};
   } else {
     // q: [B, Lq, E]
     const auto q = frame.tensor<T, 3>({B, Lq, E});
@@ -353,7 +402,7 @@ MultiheadAttentionWeights<T> MultiheadAttention<T>::forward_into(
       const auto kv_proj = frame.tensor<T, 3>({B, Lk, 2 * E});
       project(kv, kKV, kv_proj);
       ks = {kv_proj.data(), Lk * 2 * E, hd, 2 * E};
-      vs = {kv_proj.data() + E, Lk * 2 * E, hd, 2 * E};
+      vs = {column(kv_proj.data(), E), Lk * 2 * E, hd, 2 * E};
     } else {
       // k: [B, Lk, E], v: [B, Lk, E]
       const auto k = frame.tensor<T, 3>({B, Lk, E});
@@ -386,7 +435,7 @@ MultiheadAttentionWeights<T> MultiheadAttention<T>::forward_into(
     vs = {v_ext.data(), Lk2 * E, hd, E};
   }
 
-  return attend_projected(qs, ks, vs, B, Lq, Lk, Lk2, 0, fo, residual, out);
+  return attend_projected(fn, qs, ks, vs, B, Lq, Lk, Lk2, 0, fo, residual, out);
 }
 
 template <class T>
@@ -405,13 +454,19 @@ void MultiheadAttention<T>::append_kv(KVCache<T>& cache, const Kx& key, const Vx
                               ", expected [batch, n, ", options_.kdim, "] (kdim)");
   const Index v_expected[] = {B, n, options_.vdim};
   detail::check_shape_equal(fn, "value", vv.shape(), v_expected);
+  check_parameters(fn);
+  check_cache(fn, cache);
   if (cache.length > 0 && cache.k.dim(0) != B)
     detail::raise<ShapeError>(fn, "argument 'key' has batch ", B, ", the cache holds batch ",
                               cache.k.dim(0));
+  if (n == 0) return;
   // k_new, v_new: [B, n, E]
   const auto k_new = linear(kv, proj_weight(1), proj_bias(1));
   const auto v_new = linear(vv, proj_weight(2), proj_bias(2));
-  const Index need = cache.length + n;
+  Index need = 0;
+  if (__builtin_add_overflow(cache.length, n, &need))
+    detail::raise<ShapeError>(fn, "argument 'cache' holds ", cache.length, " keys; ", n,
+                              " more do not fit an index");
   if (cache.k.dim(0) != B || cache.k.dim(1) < need || cache.k.dim(2) != E) {
     // Grow geometrically so that appending one token at a time costs O(1) amortised copies.
     const Index cap = std::max<Index>(need, std::max<Index>(16, 2 * cache.k.dim(1)));
@@ -445,6 +500,8 @@ MultiheadAttentionWeights<T> MultiheadAttention<T>::attend_into(
   if (qv.dim(2) != E)
     detail::raise<ShapeError>(fn, "argument 'query' has shape ", detail::shape_string(qv.shape()),
                               ", expected [batch, Lq, ", E, "] (embed_dim)");
+  check_parameters(fn);
+  check_cache(fn, cache);
   if (Lk > 0 && cache.k.dim(0) != B)
     detail::raise<ShapeError>(fn, "argument 'query' has batch ", B, ", the cache holds batch ",
                               cache.k.dim(0));
@@ -457,16 +514,15 @@ MultiheadAttentionWeights<T> MultiheadAttention<T>::attend_into(
   const detail::Strided<const T> qs{q.data(), Lq * E, hd, E};
   const detail::Strided<const T> ks{cache.k.data(), cap * E, hd, E};
   const detail::Strided<const T> vs{cache.v.data(), cap * E, hd, E};
-  return attend_projected(qs, ks, vs, B, Lq, Lk, Lk, Lk - Lq, fo, residual, out);
+  return attend_projected(fn, qs, ks, vs, B, Lq, Lk, Lk, Lk - Lq, fo, residual, out);
 }
 
 template <class T>
 MultiheadAttentionWeights<T> MultiheadAttention<T>::attend_projected(
-    const detail::Strided<const T>& qs, const detail::Strided<const T>& ks,
+    std::string_view fn, const detail::Strided<const T>& qs, const detail::Strided<const T>& ks,
     const detail::Strided<const T>& vs, Index B, Index Lq, Index Lk, Index Lk2, Index causal_offset,
     const MultiheadAttentionForwardOptions& fo, std::optional<TensorMap<const T, 2>> residual,
     TensorMap<T, 3> out) const {
-  constexpr std::string_view fn = "tessera::nn::MultiheadAttention::forward";
   const Index E = options_.embed_dim, H = options_.num_heads, hd = head_dim();
   // ---- masks, resolved against the scores [B, H, Lq, Lk] ----
   const Index target[] = {B, H, Lq, Lk};
@@ -498,6 +554,10 @@ MultiheadAttentionWeights<T> MultiheadAttention<T>::attend_projected(
   // weights: [B, H, Lq, Lk'], returned per head or only read to average them
   MultiheadAttentionWeights<T> result;
   TensorMap<T, 4> weights;
+  if (fo.need_weights) {
+    const Index w_shape[] = {B, H, Lq, Lk2};
+    (void)detail::checked_shape_size(w_shape, fn, "the attention weights");
+  }
   if (fo.need_weights && fo.average_attn_weights) {
     weights = frame.tensor<T, 4>({B, H, Lq, Lk2});
   } else if (fo.need_weights) {
@@ -508,7 +568,8 @@ MultiheadAttentionWeights<T> MultiheadAttention<T>::attend_projected(
   p.batch = B, p.heads = H, p.lq = Lq, p.lk = Lk2, p.d = hd, p.dv = hd;
   p.q = qs, p.k = ks, p.v = vs;
   p.out = {attn.data(), Lq * E, hd, E};
-  p.scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
+  p.scale = hd > 0 ? static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)))
+                   : T(1);  // hd 0: a default-constructed module
   p.causal = fo.is_causal;
   p.causal_offset = causal_offset;
   p.masks[0] = attn_rows ? &*attn_rows : nullptr;

@@ -4,8 +4,14 @@
 // allocates it, so a module built for inference pays nothing for it.
 #pragma once
 
+#include <algorithm>
+#include <charconv>
+#include <cstddef>
+#include <string>
+#include <string_view>
 #include <utility>
 
+#include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 
 namespace tessera::nn {
@@ -39,3 +45,57 @@ struct Parameter {
 };
 
 }  // namespace tessera::nn
+
+namespace tessera::detail {
+
+// The check every module runs on the parameters it reads, at each forward-like entry: a
+// parameter's value is a public member, so a user (or a state dict loaded by hand) can replace it
+// with a tensor of any shape. Throws ShapeError unless `p` has the shape `expected`, naming the
+// entry point and the parameter under its state-dict name, e.g.
+//   tessera::nn::TokenEmbedding::forward: parameter 'positional_embedding' has shape [4, 8],
+//   expected [16, 8]
+// `prefix` is the parameter's module path ("layers.0.norm1."), joined only for the message.
+template <class T, int Rank>
+void check_parameter(std::string_view fn, std::string_view prefix, std::string_view name,
+                     const nn::Parameter<T, Rank>& p, const Shape<Rank>& expected) {
+  if (p.value.shape() != expected)
+    raise<ShapeError>(fn, "parameter '", prefix, name, "' has shape ",
+                      shape_string(p.value.shape()), ", expected ", shape_string(expected));
+}
+
+// A child module's parameter prefix, `prefix` + `part` (+ the index and a "." when given:
+// "layers." and 3 make "layers.3."), joined in a buffer on the stack, so that a forward checking a
+// whole model's parameters allocates nothing; a prefix of more than 200 characters goes to the
+// heap. Converts to the std::string_view the check_parameters functions take.
+class ParameterPrefix {
+ public:
+  ParameterPrefix(std::string_view prefix, std::string_view part) { append(prefix), append(part); }
+  ParameterPrefix(std::string_view prefix, std::string_view part, std::size_t index) {
+    append(prefix), append(part);
+    char digits[24];
+    const auto r = std::to_chars(digits, digits + sizeof digits, index);
+    append(std::string_view(digits, static_cast<std::size_t>(r.ptr - digits)));
+    append(".");
+  }
+  ParameterPrefix(const ParameterPrefix&) = delete;
+  ParameterPrefix& operator=(const ParameterPrefix&) = delete;
+  operator std::string_view() const noexcept {
+    return heap_.empty() ? std::string_view(buf_, size_) : std::string_view(heap_);
+  }
+
+ private:
+  void append(std::string_view s) {
+    if (heap_.empty() && size_ + s.size() <= sizeof buf_) {
+      std::copy(s.begin(), s.end(), buf_ + size_);
+      size_ += s.size();
+      return;
+    }
+    if (heap_.empty()) heap_.assign(buf_, size_);
+    heap_ += s;
+  }
+  char buf_[200];
+  std::size_t size_ = 0;
+  std::string heap_;
+};
+
+}  // namespace tessera::detail

@@ -23,6 +23,7 @@
 // embeddings N(0, 0.02) (timm's ViT).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -105,6 +106,12 @@ class PatchEmbedding : public Module<PatchEmbedding<T>> {
       detail::raise<ValueError>(fn, "in_channels is ", o.in_channels, ", expected a value > 0");
     if (o.embed_dim <= 0)
       detail::raise<ValueError>(fn, "embed_dim is ", o.embed_dim, ", expected a value > 0");
+    // The sizes below are products of the options: checked, so that none overflows.
+    const auto [gh, gw] = grid();
+    detail::checked_mul(gh, gw, fn, "the patch grid");
+    detail::checked_mul(o.in_channels,
+                        detail::checked_mul(o.patch_size[0], o.patch_size[1], fn, "patch_size"), fn,
+                        "in_channels x patch_size");
     const Index E = o.embed_dim, K = patch_features();
     conv1_weight = Parameter<T, 4>(Shape<4>{E, o.in_channels, o.patch_size[0], o.patch_size[1]});
     const double bound = 1.0 / std::sqrt(static_cast<double>(K));
@@ -141,47 +148,23 @@ class PatchEmbedding : public Module<PatchEmbedding<T>> {
   //   -> [batch, num_tokens, embed_dim] (the class token first).
   template <TensorLike X>
   requires(rank_v<X> == 4) Tensor<T, 3> forward(const X& images)
-  const {
-    static_assert(std::is_same_v<scalar_t<X>, T>,
-                  "nn::PatchEmbedding: input scalar type differs from the module's");
-    const auto xv = cview(images);
-    const Index B = xv.dim(0);
-    const Index expected[] = {B, options_.in_channels, options_.image_size[0],
-                              options_.image_size[1]};
-    if (!std::equal(xv.shape().begin(), xv.shape().end(), expected))
-      detail::raise<ShapeError>(
-          "tessera::nn::PatchEmbedding::forward", "argument 'images' has shape ",
-          detail::shape_string(xv.shape()), ", expected ", detail::shape_string(expected),
-          " ([batch, in_channels, height, width] with in_channels = ", options_.in_channels,
-          ", image_size = (", options_.image_size[0], ", ", options_.image_size[1], "))");
-    const Index E = options_.embed_dim, K = patch_features(), Tn = num_tokens();
-    const Index first = options_.cls_token ? 1 : 0;
-    const auto [gh, gw] = grid();
+  const { return embed("tessera::nn::PatchEmbedding::forward", "images", images); }
 
-    // patches: [B * T, C * ph * pw]; a class token's row is zero
-    Tensor<T, 2> patches(Shape<2>{B * Tn, K}, uninitialized);
-    if (first)
-      for (Index b = 0; b < B; ++b) std::fill_n(patches.data() + b * Tn * K, K, T(0));
-    detail::unfold_patches(xv.data(), B, options_.in_channels, options_.image_size[0],
-                           options_.image_size[1], options_.patch_size[0], options_.patch_size[1],
-                           gh, gw, patches.data(), Tn, first);
-
-    // tokens: [B * T, E] = patches [B * T, K] x conv1.weight^T [K, E] (+ conv1.bias)
-    Tensor<T, 3> out(Shape<3>{B, Tn, E}, uninitialized);
-    tessera::LinearOptions<T> lo;
-    if (options_.bias) lo.bias = cview(conv1_bias.value);
-    linear_into(patches, TensorMap<const T, 2>(conv1_weight.value.data(), {E, K}),
-                out.template reshape<2>({B * Tn, E}), lo);
-
-    // tokens[b] += positional_embedding [T, E]; the class token is class_embedding + position 0
-    const auto pos = positional_embedding.value.as_matrix();
-    for (Index b = 0; b < B; ++b) {
-      auto tok = out[b].as_matrix();
-      tok += pos;
-      if (first) tok.row(0) = class_embedding.value.as_matrix() + pos.row(0);
-    }
-    if (options_.pre_norm) ln_pre.forward_into(out, out);
-    return out;
+  // Throws ShapeError, naming `fn` and the parameter as `prefix` + its state-dict name, unless
+  // conv1.weight is [embed_dim, in_channels, ph, pw], conv1.bias (with bias) and class_embedding
+  // (with cls_token) [embed_dim], positional_embedding [num_tokens, embed_dim] and ln_pre.* (with
+  // pre_norm) [embed_dim].
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    const Index E = options_.embed_dim;
+    detail::check_parameter(
+        fn, prefix, "conv1.weight", conv1_weight,
+        {E, options_.in_channels, options_.patch_size[0], options_.patch_size[1]});
+    if (options_.bias) detail::check_parameter(fn, prefix, "conv1.bias", conv1_bias, {E});
+    if (options_.cls_token)
+      detail::check_parameter(fn, prefix, "class_embedding", class_embedding, {E});
+    detail::check_parameter(fn, prefix, "positional_embedding", positional_embedding,
+                            {num_tokens(), E});
+    if (options_.pre_norm) ln_pre.check_parameters(fn, detail::ParameterPrefix(prefix, "ln_pre."));
   }
 
   template <class Self, class F>
@@ -194,6 +177,58 @@ class PatchEmbedding : public Module<PatchEmbedding<T>> {
   }
 
  private:
+  template <class>
+  friend class AudioPatchEmbedding;
+
+  // forward, with the errors naming `fn` and the input as `arg` (AudioPatchEmbedding's forward
+  // embeds through it, with its spectrogram checked and seen as images).
+  template <TensorLike X>
+  Tensor<T, 3> embed(std::string_view fn, std::string_view arg, const X& images) const {
+    static_assert(std::is_same_v<scalar_t<X>, T>,
+                  "nn::PatchEmbedding: input scalar type differs from the module's");
+    check_parameters(fn);
+    const auto xv = cview(images);
+    const Index B = xv.dim(0);
+    const Index expected[] = {B, options_.in_channels, options_.image_size[0],
+                              options_.image_size[1]};
+    if (!std::equal(xv.shape().begin(), xv.shape().end(), expected))
+      detail::raise<ShapeError>(
+          fn, "argument '", arg, "' has shape ", detail::shape_string(xv.shape()), ", expected ",
+          detail::shape_string(expected),
+          " ([batch, in_channels, height, width] with in_channels = ", options_.in_channels,
+          ", image_size = (", options_.image_size[0], ", ", options_.image_size[1], "))");
+    const Index E = options_.embed_dim, K = patch_features(), Tn = num_tokens();
+    const Index first = options_.cls_token ? 1 : 0;
+    const auto [gh, gw] = grid();
+    // B * T: with a class token, more rows than the images hold patches.
+    const Index rows = detail::checked_mul(B, Tn, fn, "the tokens of argument 'images'");
+
+    // patches: [B * T, C * ph * pw]; a class token's row is zero
+    Tensor<T, 2> patches(Shape<2>{rows, K}, uninitialized);
+    if (first)
+      for (Index b = 0; b < B; ++b) std::fill_n(patches.data() + b * Tn * K, K, T(0));
+    detail::unfold_patches(xv.data(), B, options_.in_channels, options_.image_size[0],
+                           options_.image_size[1], options_.patch_size[0], options_.patch_size[1],
+                           gh, gw, patches.data(), Tn, first);
+
+    // tokens: [B * T, E] = patches [B * T, K] x conv1.weight^T [K, E] (+ conv1.bias)
+    Tensor<T, 3> out(Shape<3>{B, Tn, E}, uninitialized);
+    tessera::LinearOptions<T> lo;
+    if (options_.bias) lo.bias = cview(conv1_bias.value);
+    linear_into(patches, TensorMap<const T, 2>(conv1_weight.value.data(), {E, K}),
+                out.template reshape<2>({rows, E}), lo);
+
+    // tokens[b] += positional_embedding [T, E]; the class token is class_embedding + position 0
+    const auto pos = positional_embedding.value.as_matrix();
+    for (Index b = 0; b < B; ++b) {
+      auto tok = out[b].as_matrix();
+      tok += pos;
+      if (first) tok.row(0) = class_embedding.value.as_matrix() + pos.row(0);
+    }
+    if (options_.pre_norm) ln_pre.forward_into(out, out);
+    return out;
+  }
+
   PatchEmbeddingOptions options_{};
 };
 

@@ -18,6 +18,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <span>
+#include <sstream>
 #include <string>
 #include <string_view>
 
@@ -35,6 +37,23 @@ inline void check_positional_options(std::string_view fn, Index max_len, Index e
   if (embed_dim <= 0) raise<ValueError>(fn, "embed_dim is ", embed_dim, ", expected a value > 0");
 }
 
+// Throws ValueError for start < 0 and ShapeError when the positions [start, start + L) do not fit
+// in max_len, naming `arg` (of shape `shape`) and the range. start + L is never formed unless it
+// fits an Index: start may be near INT64_MAX.
+inline void check_positions(std::string_view fn, std::string_view arg, std::span<const Index> shape,
+                            Index start, Index L, Index max_len) {
+  if (start < 0) raise<ValueError>(fn, "argument 'start' is ", start, ", expected a value >= 0");
+  if (L <= max_len - start) return;
+  std::ostringstream range;
+  Index end = 0;
+  if (__builtin_add_overflow(start, L, &end))
+    range << "positions [" << start << ", " << start << " + " << L << ")";
+  else
+    range << "positions [" << start << ", " << end << ")";
+  raise<ShapeError>(fn, "argument '", arg, "' has shape ", shape_string(shape), ": ", range.str(),
+                    " do not fit in max_len = ", max_len, " (start = ", start, ", L = ", L, ")");
+}
+
 // out = x + table[start : start + L] broadcast over the batch. x: [batch, L, d], table:
 // [max_len, d].
 template <class T, TensorLike X>
@@ -49,11 +68,7 @@ Tensor<T, 3> add_positional_table(std::string_view fn, const X& x, TensorMap<con
   if (xv.dim(2) != d)
     raise<ShapeError>(fn, "argument 'x' has shape ", shape_string(xv.shape()),
                       ", expected [batch, L, ", d, "] (embed_dim = ", d, ")");
-  if (start < 0) raise<ValueError>(fn, "argument 'start' is ", start, ", expected a value >= 0");
-  if (L > max_len - start)
-    raise<ShapeError>(fn, "argument 'x' has shape ", shape_string(xv.shape()), ": positions [",
-                      start, ", ", start + L, ") do not fit in max_len = ", max_len,
-                      " (start = ", start, ", L = ", L, ")");
+  check_positions(fn, "x", xv.shape(), start, L, max_len);
   Tensor<T, 3> out(xv.shape(), uninitialized);
   const T* xp = xv.data();
   const T* pp = table.data() + start * d;
@@ -146,8 +161,15 @@ class LearnedPositionalEmbedding : public Module<LearnedPositionalEmbedding<T>> 
   // x: [batch, L, embed_dim] -> x + weight[start : start + L].
   template <TensorLike X>
   Tensor<T, 3> forward(const X& x, Index start = 0) const {
-    return detail::add_positional_table<T>("tessera::nn::LearnedPositionalEmbedding::forward", x,
-                                           cview(weight.value), start);
+    constexpr std::string_view fn = "tessera::nn::LearnedPositionalEmbedding::forward";
+    check_parameters(fn);
+    return detail::add_positional_table<T>(fn, x, cview(weight.value), start);
+  }
+
+  // Throws ShapeError, naming `fn` and the parameter as `prefix` + "weight", unless weight is
+  // [max_len, embed_dim].
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    detail::check_parameter(fn, prefix, "weight", weight, {options_.max_len, options_.embed_dim});
   }
 
   template <class Self, class F>

@@ -19,6 +19,7 @@
 #include "tessera/nn/embedding.hpp"
 #include "tessera/nn/layer_norm.hpp"
 #include "tessera/nn/module.hpp"
+#include "tessera/nn/positional_encoding.hpp"
 
 namespace tessera::nn {
 
@@ -68,19 +69,25 @@ class TokenEmbedding : public Module<TokenEmbedding<T>> {
   requires(rank_v<I> == 2) Tensor<T, 3> forward(const I& ids, Index start = 0)
   const {
     constexpr std::string_view fn = "tessera::nn::TokenEmbedding::forward";
+    check_parameters(fn);
     const Index L = ids.shape()[1];
-    if (start < 0)
-      detail::raise<ValueError>(fn, "argument 'start' is ", start, ", expected a value >= 0");
-    if (L > options_.max_len - start)
-      detail::raise<ShapeError>(fn, "argument 'ids' has shape ", detail::shape_string(ids.shape()),
-                                ": positions [", start, ", ", start + L,
-                                ") do not fit in max_len = ", options_.max_len);
-    // out: [batch, L, E]; an id out of range throws IndexError from nn::Embedding::forward
-    Tensor<T, 3> out = token_embedding.forward(ids);
+    detail::check_positions(fn, "ids", ids.shape(), start, L, options_.max_len);
+    // out: [batch, L, E]; an id out of range throws IndexError naming this function
+    Tensor<T, 3> out = token_embedding.lookup(fn, ids);
     const auto pos = positional_embedding.value.as_matrix().middleRows(start, L);
     for (Index b = 0; b < out.dim(0); ++b) out[b].as_matrix() += pos;
     if (options_.layer_norm) norm.forward_into(out, out);
     return out;
+  }
+
+  // Throws ShapeError, naming `fn` and the parameter as `prefix` + its state-dict name, unless
+  // token_embedding.weight is [vocab_size, embed_dim], positional_embedding [max_len, embed_dim]
+  // and (with layer_norm) norm.weight and norm.bias [embed_dim].
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    token_embedding.check_parameters(fn, detail::ParameterPrefix(prefix, "token_embedding."));
+    detail::check_parameter(fn, prefix, "positional_embedding", positional_embedding,
+                            {options_.max_len, options_.embed_dim});
+    if (options_.layer_norm) norm.check_parameters(fn, detail::ParameterPrefix(prefix, "norm."));
   }
 
   template <class Self, class F>

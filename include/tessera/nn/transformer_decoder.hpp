@@ -5,6 +5,9 @@
 // intermediates come from the thread's scratch arena.
 #pragma once
 
+#include <cstddef>
+#include <limits>
+#include <string_view>
 #include <vector>
 
 #include "tessera/nn/layer_norm.hpp"
@@ -42,6 +45,8 @@ class TransformerDecoder : public Module<TransformerDecoder<T>> {
     if (o.num_layers < 1)
       detail::raise<ValueError>("tessera::nn::TransformerDecoder", "num_layers is ", o.num_layers,
                                 ", expected a value >= 1");
+    // The layer options, reported under the stack's name rather than the layer's.
+    check_transformer_layer_options("tessera::nn::TransformerDecoder", o.layer);
     for (Index i = 0; i < o.num_layers; ++i) {
       TransformerLayerOptions lo = o.layer;
       lo.seed = o.layer.seed + 1000 * static_cast<std::uint64_t>(i);
@@ -59,27 +64,26 @@ class TransformerDecoder : public Module<TransformerDecoder<T>> {
   template <TensorLike X, TensorLike M>
   Tensor<T, 3> forward(const X& tgt, const M& memory,
                        const TransformerDecoderLayerForwardOptions& fo = {}) const {
-    return transformer_output<T>(
-        tgt, [&](TensorMap<T, 3> out) { forward_into(tgt, memory, out, fo); });
+    static_assert(rank_v<X> == 3 && rank_v<M> == 3, "TransformerDecoder takes [batch, L, d_model]");
+    check_call("tessera::nn::TransformerDecoder::forward", cview(tgt), cview(memory), fo);
+    return transformer_output<T>(tgt,
+                                 [&](TensorMap<T, 3> out) { run_forward(tgt, memory, out, fo); });
   }
   // The same into `out` (tgt's shape). out may be tgt; it must not overlap memory, which every
   // layer reads after the one before it wrote out.
   template <TensorLike X, TensorLike M>
   void forward_into(const X& tgt, const M& memory, TensorMap<T, 3> out,
                     const TransformerDecoderLayerForwardOptions& fo = {}) const {
-    static_assert(rank_v<X> == 3, "TransformerDecoder takes [batch, L, d_model]");
+    static_assert(rank_v<X> == 3 && rank_v<M> == 3, "TransformerDecoder takes [batch, L, d_model]");
     constexpr std::string_view fn = "tessera::nn::TransformerDecoder::forward_into";
+    check_call(fn, cview(tgt), cview(memory), fo);
     check_transformer_out(fn, out, cview(tgt));
     const auto mv = cview(memory);
-    const auto* o0 = reinterpret_cast<const char*>(out.data());
-    const auto* m0 = reinterpret_cast<const char*>(mv.data());
-    if (out.size() > 0 && mv.size() > 0 && o0 < m0 + mv.size() * sizeof(T) &&
-        m0 < o0 + out.size() * sizeof(T))
+    if (detail::ranges_overlap(out.data(), static_cast<std::size_t>(out.size()) * sizeof(T),
+                               mv.data(), static_cast<std::size_t>(mv.size()) * sizeof(T)))
       detail::raise<ValueError>(fn, "argument 'out' overlaps argument 'memory', which every layer ",
                                 "reads after the one before it wrote out");
-    layers.front().forward_into(tgt, memory, out, fo);
-    for (std::size_t i = 1; i < layers.size(); ++i) layers[i].forward_into(out, memory, out, fo);
-    if (options_.final_norm) norm.forward_into(out, out);
+    run_forward(tgt, memory, out, fo);
   }
 
   // Starts generation against `memory` [batch, Lm, d_model]: projects it once per layer. The
@@ -87,6 +91,13 @@ class TransformerDecoder : public Module<TransformerDecoder<T>> {
   template <TensorLike M>
   DecoderCache<T> make_cache(
       const M& memory, const std::optional<Mask>& memory_key_padding_mask = std::nullopt) const {
+    static_assert(rank_v<M> == 3, "TransformerDecoder::make_cache takes [batch, Lm, d_model]");
+    constexpr std::string_view fn = "tessera::nn::TransformerDecoder::make_cache";
+    check_parameters(fn);
+    const auto mv = cview(memory);
+    check_transformer_input<T>(fn, "memory", mv, options_.layer.d_model);
+    check_transformer_padding_mask(fn, "memory_key_padding_mask", memory_key_padding_mask,
+                                   mv.dim(0), mv.dim(1));
     DecoderCache<T> cache;
     cache.memory_key_padding_mask = memory_key_padding_mask;
     for (const auto& layer : layers) cache.layers.push_back(layer.make_cache(memory));
@@ -98,10 +109,16 @@ class TransformerDecoder : public Module<TransformerDecoder<T>> {
   // positions so far, restricted to the new ones.
   template <TensorLike X>
   Tensor<T, 3> step(const X& tgt, DecoderCache<T>& cache) const {
+    static_assert(rank_v<X> == 3, "TransformerDecoder::step takes [batch, n, d_model]");
+    constexpr std::string_view fn = "tessera::nn::TransformerDecoder::step";
+    check_layers(fn, "");
     if (cache.layers.size() != layers.size())
-      detail::raise<ValueError>("tessera::nn::TransformerDecoder::step", "the cache has ",
-                                cache.layers.size(), " layers, the decoder ", layers.size(),
-                                " (make it with make_cache)");
+      detail::raise<ValueError>(fn, "the cache has ", cache.layers.size(), " layers, the decoder ",
+                                layers.size(), " (make it with make_cache)");
+    for (std::size_t i = 0; i < layers.size(); ++i)
+      layers[i].check_step(fn, cview(tgt), cache.layers[i], cache.memory_key_padding_mask,
+                           detail::ParameterPrefix("", "layers.", i));
+    if (options_.final_norm) norm.check_parameters(fn, "norm.");
     return transformer_output<T>(tgt, [&](TensorMap<T, 3> out) {
       layers.front().step_into(tgt, cache.layers.front(), out, cache.memory_key_padding_mask);
       for (std::size_t i = 1; i < layers.size(); ++i)
@@ -110,8 +127,29 @@ class TransformerDecoder : public Module<TransformerDecoder<T>> {
     });
   }
 
+  // Throws, naming `fn`, unless `layers` holds num_layers layers of the configured d_model and
+  // nhead (ValueError) and every parameter has the shape the options give (ShapeError, the
+  // parameter named as `prefix` + its state-dict name: layers.<i>.*, norm.*).
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    check_layers(fn, prefix);
+    for (std::size_t i = 0; i < layers.size(); ++i)
+      layers[i].check_parameters(fn, detail::ParameterPrefix(prefix, "layers.", i));
+    if (options_.final_norm) norm.check_parameters(fn, detail::ParameterPrefix(prefix, "norm."));
+  }
+  // The checks of forward and forward_into but the output's: the layers and parameters, tgt,
+  // memory and the masks.
+  void check_call(std::string_view fn, const TensorMap<const T, 3>& tgt,
+                  const TensorMap<const T, 3>& memory,
+                  const TransformerDecoderLayerForwardOptions& fo) const {
+    check_layers(fn, "");
+    for (std::size_t i = 0; i < layers.size(); ++i)
+      layers[i].check_call(fn, tgt, memory, fo, detail::ParameterPrefix("", "layers.", i));
+    if (options_.final_norm) norm.check_parameters(fn, "norm.");
+  }
+
   // Packs every layer's weights for inference (nn::Linear::prepack).
   void prepack() {
+    check_parameters("tessera::nn::TransformerDecoder::prepack");
     for (auto& l : layers) l.prepack();
   }
 
@@ -124,6 +162,28 @@ class TransformerDecoder : public Module<TransformerDecoder<T>> {
   }
 
  private:
+  // `layers` is a public vector: a user may resize it or put in a layer built with other options.
+  void check_layers(std::string_view fn, std::string_view prefix) const {
+    if (static_cast<Index>(layers.size()) != options_.num_layers)
+      detail::raise<ValueError>(fn, "member '", prefix, "layers' holds ", layers.size(),
+                                " layers, expected ", options_.num_layers, " (num_layers)");
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      const auto& lo = layers[i].options();
+      if (lo.d_model != options_.layer.d_model || lo.nhead != options_.layer.nhead)
+        detail::raise<ValueError>(fn, "member '", prefix, "layers[", i, "]' has d_model ",
+                                  lo.d_model, " and nhead ", lo.nhead, ", expected ",
+                                  options_.layer.d_model, " and ", options_.layer.nhead,
+                                  " (layer.d_model, layer.nhead)");
+    }
+  }
+  template <class X, class M>
+  void run_forward(const X& tgt, const M& memory, TensorMap<T, 3> out,
+                   const TransformerDecoderLayerForwardOptions& fo) const {
+    layers.front().forward_into(tgt, memory, out, fo);
+    for (std::size_t i = 1; i < layers.size(); ++i) layers[i].forward_into(out, memory, out, fo);
+    if (options_.final_norm) norm.forward_into(out, out);
+  }
+
   TransformerDecoderOptions options_{};
 };
 

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <optional>
+#include <string_view>
 
 #include "tessera/core/mask.hpp"
 #include "tessera/core/scratch.hpp"
@@ -78,8 +79,11 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
   template <TensorLike X, TensorLike M>
   Tensor<T, 3> forward(const X& tgt, const M& memory,
                        const TransformerDecoderLayerForwardOptions& fo = {}) const {
-    return transformer_output<T>(
-        tgt, [&](TensorMap<T, 3> out) { forward_into(tgt, memory, out, fo); });
+    static_assert(rank_v<X> == 3 && rank_v<M> == 3,
+                  "TransformerDecoderLayer takes [batch, L, d_model]");
+    check_call("tessera::nn::TransformerDecoderLayer::forward", cview(tgt), cview(memory), fo);
+    return transformer_output<T>(tgt,
+                                 [&](TensorMap<T, 3> out) { run_forward(tgt, memory, out, fo); });
   }
   // The same into `out` (tgt's shape). out may be tgt or memory, or overlap them: both are read
   // only before out is first written.
@@ -88,27 +92,19 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
                     const TransformerDecoderLayerForwardOptions& fo = {}) const {
     static_assert(rank_v<X> == 3 && rank_v<M> == 3,
                   "TransformerDecoderLayer takes [batch, L, d_model]");
-    const auto xv = cview(tgt);
-    check_transformer_out("tessera::nn::TransformerDecoderLayer::forward_into", out, xv);
-    const MultiheadAttentionForwardOptions sa{.key_padding_mask = fo.tgt_key_padding_mask,
-                                              .attn_mask = fo.tgt_mask,
-                                              .is_causal = fo.tgt_is_causal};
-    const MultiheadAttentionForwardOptions ca{.key_padding_mask = fo.memory_key_padding_mask,
-                                              .attn_mask = fo.memory_mask,
-                                              .is_causal = fo.memory_is_causal};
-    run(
-        xv, out,
-        [&](const auto& h, const auto& dst, const auto& residual) {
-          self_attn.forward_into(h, h, h, dst, sa, residual);
-        },
-        [&](const auto& h, const auto& dst, const auto& residual) {
-          multihead_attn.forward_into(h, memory, memory, dst, ca, residual);
-        });
+    constexpr std::string_view fn = "tessera::nn::TransformerDecoderLayer::forward_into";
+    check_call(fn, cview(tgt), cview(memory), fo);
+    check_transformer_out(fn, out, cview(tgt));
+    run_forward(tgt, memory, out, fo);
   }
 
   // Prepares the cache for generation against `memory` [batch, Lm, d_model].
   template <TensorLike M>
   DecoderLayerCache<T> make_cache(const M& memory) const {
+    static_assert(rank_v<M> == 3, "TransformerDecoderLayer::make_cache takes [batch, Lm, d_model]");
+    constexpr std::string_view fn = "tessera::nn::TransformerDecoderLayer::make_cache";
+    multihead_attn.check_parameters(fn, "multihead_attn.");
+    check_transformer_input<T>(fn, "memory", cview(memory), options_.d_model);
     DecoderLayerCache<T> cache;
     multihead_attn.append_kv(cache.memory_kv, memory, memory);
     return cache;
@@ -120,33 +116,73 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
   template <TensorLike X>
   Tensor<T, 3> step(const X& tgt, DecoderLayerCache<T>& cache,
                     const std::optional<Mask>& memory_key_padding_mask = std::nullopt) const {
+    static_assert(rank_v<X> == 3, "TransformerDecoderLayer::step takes [batch, n, d_model]");
+    check_step("tessera::nn::TransformerDecoderLayer::step", cview(tgt), cache,
+               memory_key_padding_mask);
     return transformer_output<T>(
-        tgt, [&](TensorMap<T, 3> out) { step_into(tgt, cache, out, memory_key_padding_mask); });
+        tgt, [&](TensorMap<T, 3> out) { run_step(tgt, cache, out, memory_key_padding_mask); });
   }
   // The same into `out` (tgt's shape); out may be tgt, as in forward_into.
   template <TensorLike X>
   void step_into(const X& tgt, DecoderLayerCache<T>& cache, TensorMap<T, 3> out,
                  const std::optional<Mask>& memory_key_padding_mask = std::nullopt) const {
     static_assert(rank_v<X> == 3, "TransformerDecoderLayer::step takes [batch, n, d_model]");
-    const auto xv = cview(tgt);
-    check_transformer_out("tessera::nn::TransformerDecoderLayer::step_into", out, xv);
-    const MultiheadAttentionForwardOptions sa{.is_causal = true};
-    const MultiheadAttentionForwardOptions ca{.key_padding_mask = memory_key_padding_mask,
-                                              .need_weights = cache.record_cross_attention};
-    run(
-        xv, out,
-        [&](const auto& h, const auto& dst, const auto& residual) {
-          self_attn.append_kv(cache.self_kv, h, h);
-          self_attn.attend_into(h, cache.self_kv, dst, sa, residual);
-        },
-        [&](const auto& h, const auto& dst, const auto& residual) {
-          auto w = multihead_attn.attend_into(h, cache.memory_kv, dst, ca, residual);
-          if (w.attn_weights) cache.cross_attention = std::move(*w.attn_weights);
-        });
+    constexpr std::string_view fn = "tessera::nn::TransformerDecoderLayer::step_into";
+    check_step(fn, cview(tgt), cache, memory_key_padding_mask);
+    check_transformer_out(fn, out, cview(tgt));
+    run_step(tgt, cache, out, memory_key_padding_mask);
+  }
+
+  // Throws ShapeError, naming `fn` and the parameter as `prefix` + its state-dict name
+  // (self_attn.*, multihead_attn.*, linear1.*, linear2.*, norm1.* to norm3.*), unless every
+  // parameter has the shape the options give.
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    self_attn.check_parameters(fn, detail::ParameterPrefix(prefix, "self_attn."));
+    multihead_attn.check_parameters(fn, detail::ParameterPrefix(prefix, "multihead_attn."));
+    ff.check_parameters(fn, prefix);
+    norm1.check_parameters(fn, detail::ParameterPrefix(prefix, "norm1."));
+    norm2.check_parameters(fn, detail::ParameterPrefix(prefix, "norm2."));
+    norm3.check_parameters(fn, detail::ParameterPrefix(prefix, "norm3."));
+  }
+  // The checks of forward and forward_into but the output's: the parameters, tgt
+  // [batch, Lt, d_model], memory [batch, Lm, d_model] and the masks.
+  void check_call(std::string_view fn, const TensorMap<const T, 3>& tgt,
+                  const TensorMap<const T, 3>& memory,
+                  const TransformerDecoderLayerForwardOptions& fo,
+                  std::string_view prefix = "") const {
+    check_parameters(fn, prefix);
+    check_transformer_input<T>(fn, "tgt", tgt, options_.d_model);
+    const Index B = tgt.dim(0), Lt = tgt.dim(1), H = options_.nhead;
+    check_transformer_input<T>(fn, "memory", memory, options_.d_model, B);
+    const Index Lm = memory.dim(1);
+    check_transformer_attn_mask(fn, "tgt_mask", fo.tgt_mask, B, H, Lt, Lt);
+    check_transformer_attn_mask(fn, "memory_mask", fo.memory_mask, B, H, Lt, Lm);
+    check_transformer_padding_mask(fn, "tgt_key_padding_mask", fo.tgt_key_padding_mask, B, Lt);
+    check_transformer_padding_mask(fn, "memory_key_padding_mask", fo.memory_key_padding_mask, B,
+                                   Lm);
+  }
+  // The checks of step and step_into but the output's: the parameters, tgt [batch, n, d_model]
+  // and the padding mask against the cached memory ([batch, Lm]).
+  void check_step(std::string_view fn, const TensorMap<const T, 3>& tgt,
+                  const DecoderLayerCache<T>& cache,
+                  const std::optional<Mask>& memory_key_padding_mask,
+                  std::string_view prefix = "") const {
+    check_parameters(fn, prefix);
+    check_transformer_input<T>(fn, "tgt", tgt, options_.d_model);
+    const Index B = tgt.dim(0);
+    for (const auto* kv : {&cache.memory_kv, &cache.self_kv})
+      if ((kv == &cache.memory_kv || kv->length > 0) && kv->k.dim(0) != B)
+        detail::raise<ShapeError>(fn, "argument 'cache' holds ",
+                                  kv == &cache.memory_kv ? "a memory" : "keys", " of batch ",
+                                  kv->k.dim(0), ", argument 'tgt' has shape ",
+                                  detail::shape_string(tgt.shape()), " (batch ", B, ")");
+    check_transformer_padding_mask(fn, "memory_key_padding_mask", memory_key_padding_mask,
+                                   tgt.dim(0), cache.memory_kv.length);
   }
 
   // Packs the attentions' and the feed-forward's weights for inference (nn::Linear::prepack).
   void prepack() {
+    check_parameters("tessera::nn::TransformerDecoderLayer::prepack");
     self_attn.prepack(AttentionUse::self);
     multihead_attn.prepack(AttentionUse::cross);
     ff.prepack();
@@ -163,6 +199,42 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
   }
 
  private:
+  template <class X, class M>
+  void run_forward(const X& tgt, const M& memory, TensorMap<T, 3> out,
+                   const TransformerDecoderLayerForwardOptions& fo) const {
+    const MultiheadAttentionForwardOptions sa{.key_padding_mask = fo.tgt_key_padding_mask,
+                                              .attn_mask = fo.tgt_mask,
+                                              .is_causal = fo.tgt_is_causal};
+    const MultiheadAttentionForwardOptions ca{.key_padding_mask = fo.memory_key_padding_mask,
+                                              .attn_mask = fo.memory_mask,
+                                              .is_causal = fo.memory_is_causal};
+    run(
+        cview(tgt), out,
+        [&](const auto& h, const auto& dst, const auto& residual) {
+          self_attn.forward_into(h, h, h, dst, sa, residual);
+        },
+        [&](const auto& h, const auto& dst, const auto& residual) {
+          multihead_attn.forward_into(h, memory, memory, dst, ca, residual);
+        });
+  }
+  template <class X>
+  void run_step(const X& tgt, DecoderLayerCache<T>& cache, TensorMap<T, 3> out,
+                const std::optional<Mask>& memory_key_padding_mask) const {
+    const MultiheadAttentionForwardOptions sa{.is_causal = true};
+    const MultiheadAttentionForwardOptions ca{.key_padding_mask = memory_key_padding_mask,
+                                              .need_weights = cache.record_cross_attention};
+    run(
+        cview(tgt), out,
+        [&](const auto& h, const auto& dst, const auto& residual) {
+          self_attn.append_kv(cache.self_kv, h, h);
+          self_attn.attend_into(h, cache.self_kv, dst, sa, residual);
+        },
+        [&](const auto& h, const auto& dst, const auto& residual) {
+          auto w = multihead_attn.attend_into(h, cache.memory_kv, dst, ca, residual);
+          if (w.attn_weights) cache.cross_attention = std::move(*w.attn_weights);
+        });
+  }
+
   // The three residual blocks around the given self- and cross-attention, in either norm order,
   // from tgt into out. block(h, dst, residual) writes attention(h) + residual into dst. tgt (and
   // whatever the blocks read) is read only before out is written, by the feed-forward block.

@@ -4,6 +4,8 @@
 // per layer, and the layers' intermediates come from the thread's scratch arena.
 #pragma once
 
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "tessera/nn/layer_norm.hpp"
@@ -29,6 +31,8 @@ class TransformerEncoder : public Module<TransformerEncoder<T>> {
     if (o.num_layers < 1)
       detail::raise<ValueError>("tessera::nn::TransformerEncoder", "num_layers is ", o.num_layers,
                                 ", expected a value >= 1");
+    // The layer options, reported under the stack's name rather than the layer's.
+    check_transformer_layer_options("tessera::nn::TransformerEncoder", o.layer);
     for (Index i = 0; i < o.num_layers; ++i) {
       TransformerLayerOptions lo = o.layer;
       lo.seed = o.layer.seed + 1000 * static_cast<std::uint64_t>(i);
@@ -45,21 +49,44 @@ class TransformerEncoder : public Module<TransformerEncoder<T>> {
   // src: [batch, L, d_model] -> [batch, L, d_model]
   template <TensorLike X>
   Tensor<T, 3> forward(const X& src, const TransformerEncoderLayerForwardOptions& fo = {}) const {
-    return transformer_output<T>(src, [&](TensorMap<T, 3> out) { forward_into(src, out, fo); });
+    static_assert(rank_v<X> == 3, "TransformerEncoder takes [batch, L, d_model]");
+    check_call("tessera::nn::TransformerEncoder::forward", cview(src), fo);
+    return transformer_output<T>(src, [&](TensorMap<T, 3> out) { run(src, out, fo); });
   }
   // The same into `out` (src's shape); out may be src.
   template <TensorLike X>
   void forward_into(const X& src, TensorMap<T, 3> out,
                     const TransformerEncoderLayerForwardOptions& fo = {}) const {
     static_assert(rank_v<X> == 3, "TransformerEncoder takes [batch, L, d_model]");
-    check_transformer_out("tessera::nn::TransformerEncoder::forward_into", out, cview(src));
-    layers.front().forward_into(src, out, fo);
-    for (std::size_t i = 1; i < layers.size(); ++i) layers[i].forward_into(out, out, fo);
-    if (options_.final_norm) norm.forward_into(out, out);
+    constexpr std::string_view fn = "tessera::nn::TransformerEncoder::forward_into";
+    check_call(fn, cview(src), fo);
+    check_transformer_out(fn, out, cview(src));
+    run(src, out, fo);
+  }
+
+  // Throws, naming `fn`, unless `layers` holds num_layers layers of the configured d_model and
+  // nhead (ValueError) and every parameter has the shape the options give (ShapeError, the
+  // parameter named as `prefix` + its state-dict name: layers.<i>.*, norm.*).
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    check_layers(fn, prefix);
+    for (std::size_t i = 0; i < layers.size(); ++i)
+      layers[i].check_parameters(fn, detail::ParameterPrefix(prefix, "layers.", i));
+    if (options_.final_norm) norm.check_parameters(fn, detail::ParameterPrefix(prefix, "norm."));
+  }
+  // The checks of forward and forward_into but the output's: the layers and parameters, src
+  // [batch, L, d_model] and the masks.
+  void check_call(std::string_view fn, const TensorMap<const T, 3>& src,
+                  const TransformerEncoderLayerForwardOptions& fo,
+                  std::string_view prefix = "") const {
+    check_layers(fn, prefix);
+    for (std::size_t i = 0; i < layers.size(); ++i)
+      layers[i].check_call(fn, src, fo, detail::ParameterPrefix(prefix, "layers.", i));
+    if (options_.final_norm) norm.check_parameters(fn, detail::ParameterPrefix(prefix, "norm."));
   }
 
   // Packs every layer's weights for inference (nn::Linear::prepack).
   void prepack() {
+    check_parameters("tessera::nn::TransformerEncoder::prepack");
     for (auto& l : layers) l.prepack();
   }
 
@@ -72,6 +99,28 @@ class TransformerEncoder : public Module<TransformerEncoder<T>> {
   }
 
  private:
+  // `layers` is a public vector: a user may resize it or put in a layer built with other options.
+  void check_layers(std::string_view fn, std::string_view prefix) const {
+    if (static_cast<Index>(layers.size()) != options_.num_layers)
+      detail::raise<ValueError>(fn, "member '", prefix, "layers' holds ", layers.size(),
+                                " layers, expected ", options_.num_layers, " (num_layers)");
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      const auto& lo = layers[i].options();
+      if (lo.d_model != options_.layer.d_model || lo.nhead != options_.layer.nhead)
+        detail::raise<ValueError>(fn, "member '", prefix, "layers[", i, "]' has d_model ",
+                                  lo.d_model, " and nhead ", lo.nhead, ", expected ",
+                                  options_.layer.d_model, " and ", options_.layer.nhead,
+                                  " (layer.d_model, layer.nhead)");
+    }
+  }
+  template <class X>
+  void run(const X& src, TensorMap<T, 3> out,
+           const TransformerEncoderLayerForwardOptions& fo) const {
+    layers.front().forward_into(src, out, fo);
+    for (std::size_t i = 1; i < layers.size(); ++i) layers[i].forward_into(out, out, fo);
+    if (options_.final_norm) norm.forward_into(out, out);
+  }
+
   TransformerEncoderOptions options_{};
 };
 

@@ -10,6 +10,8 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <string_view>
 
 #include "tessera/core/error.hpp"
 #include "tessera/core/mask.hpp"
@@ -62,9 +64,16 @@ void check_transformer_out(std::string_view fn, const TensorMap<T, 3>& out,
   detail::check_shape_equal(fn, "out", out.shape(), x.shape());
 }
 
-// Checks what the attention and norm constructors do not. (Not in a nested `detail`
-// namespace: that would hide tessera::detail inside tessera::nn.)
+// Checks the options before the attention, feed-forward and norm constructors see them, so that
+// a bad value is reported under the layer's name. (Not in a nested `detail` namespace: that would
+// hide tessera::detail inside tessera::nn.)
 inline void check_transformer_layer_options(std::string_view fn, const TransformerLayerOptions& o) {
+  if (o.d_model <= 0)
+    detail::raise<ValueError>(fn, "d_model is ", o.d_model, ", expected a value > 0");
+  if (o.nhead <= 0 || o.d_model % o.nhead != 0)
+    detail::raise<ValueError>(fn, "nhead is ", o.nhead,
+                              ", expected a positive divisor of d_model = ", o.d_model);
+  detail::check_activation_enum(fn, "activation", o.activation);
   if (o.activation != Activation::relu && o.activation != Activation::gelu &&
       o.activation != Activation::gelu_tanh && o.activation != Activation::silu)
     detail::raise<ValueError>(fn, "activation is ", to_string(o.activation),
@@ -72,6 +81,46 @@ inline void check_transformer_layer_options(std::string_view fn, const Transform
   if (o.dim_feedforward <= 0)
     detail::raise<ValueError>(fn, "dim_feedforward is ", o.dim_feedforward,
                               ", expected a value > 0");
+  if (!(o.layer_norm_eps > 0))
+    detail::raise<ValueError>(fn, "layer_norm_eps is ", o.layer_norm_eps, ", expected a value > 0");
+}
+
+// Throws ShapeError unless x (argument `arg`) is [batch, L, d_model] (with `batch` >= 0 given,
+// that batch).
+template <class T>
+void check_transformer_input(std::string_view fn, std::string_view arg,
+                             const TensorMap<const T, 3>& x, Index d_model, Index batch = -1) {
+  if (x.dim(2) != d_model || (batch >= 0 && x.dim(0) != batch))
+    detail::raise<ShapeError>(fn, "argument '", arg, "' has shape ",
+                              detail::shape_string(x.shape()), ", expected [",
+                              batch >= 0 ? std::to_string(batch) : "batch", ", L, ", d_model,
+                              "] (d_model = ", d_model, ")");
+}
+
+// Throws ShapeError unless the attention mask `arg` is [Lq, Lk] or [batch * nhead, Lq, Lk], the
+// shapes nn::MultiheadAttention takes, named as the layer's caller wrote it.
+inline void check_transformer_attn_mask(std::string_view fn, std::string_view arg,
+                                        const std::optional<Mask>& mask, Index batch, Index nhead,
+                                        Index Lq, Index Lk) {
+  if (!mask) return;
+  const auto s = mask->shape();
+  const Index bh = detail::checked_mul(batch, nhead, fn, "batch * nhead");
+  const bool two_d = s.size() == 2 && s[0] == Lq && s[1] == Lk;
+  const bool three_d = s.size() == 3 && s[0] == bh && s[1] == Lq && s[2] == Lk;
+  if (!two_d && !three_d)
+    detail::raise<ShapeError>(fn, "argument '", arg, "' has shape ", detail::shape_string(s),
+                              ", expected [", Lq, ", ", Lk, "] or [", bh, ", ", Lq, ", ", Lk,
+                              "] ([L, S] or [batch * nhead, L, S])");
+}
+
+// Throws ShapeError unless the key-padding mask `arg` is [batch, Lk].
+inline void check_transformer_padding_mask(std::string_view fn, std::string_view arg,
+                                           const std::optional<Mask>& mask, Index batch, Index Lk) {
+  if (!mask) return;
+  const auto s = mask->shape();
+  if (s.size() != 2 || s[0] != batch || s[1] != Lk)
+    detail::raise<ShapeError>(fn, "argument '", arg, "' has shape ", detail::shape_string(s),
+                              ", expected [", batch, ", ", Lk, "] ([batch, S])");
 }
 
 template <class T>
@@ -102,7 +151,10 @@ class TransformerEncoderLayer : public Module<TransformerEncoderLayer<T>> {
   // src: [batch, L, d_model] -> [batch, L, d_model]
   template <TensorLike X>
   Tensor<T, 3> forward(const X& src, const TransformerEncoderLayerForwardOptions& fo = {}) const {
-    return transformer_output<T>(src, [&](TensorMap<T, 3> out) { forward_into(src, out, fo); });
+    static_assert(rank_v<X> == 3, "TransformerEncoderLayer takes [batch, L, d_model]");
+    constexpr std::string_view fn = "tessera::nn::TransformerEncoderLayer::forward";
+    check_call(fn, cview(src), fo);
+    return transformer_output<T>(src, [&](TensorMap<T, 3> out) { run(src, out, fo); });
   }
   // The same into `out` (src's shape). out may be src, or overlap it: src is read only before
   // out is first written, so a stack can run every layer in place.
@@ -110,8 +162,54 @@ class TransformerEncoderLayer : public Module<TransformerEncoderLayer<T>> {
   void forward_into(const X& src, TensorMap<T, 3> out,
                     const TransformerEncoderLayerForwardOptions& fo = {}) const {
     static_assert(rank_v<X> == 3, "TransformerEncoderLayer takes [batch, L, d_model]");
+    constexpr std::string_view fn = "tessera::nn::TransformerEncoderLayer::forward_into";
+    check_call(fn, cview(src), fo);
+    check_transformer_out(fn, out, cview(src));
+    run(src, out, fo);
+  }
+
+  // Throws ShapeError, naming `fn` and the parameter as `prefix` + its state-dict name
+  // (self_attn.*, linear1.*, linear2.*, norm1.*, norm2.*), unless every parameter has the shape
+  // the options give.
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    self_attn.check_parameters(fn, detail::ParameterPrefix(prefix, "self_attn."));
+    ff.check_parameters(fn, prefix);
+    norm1.check_parameters(fn, detail::ParameterPrefix(prefix, "norm1."));
+    norm2.check_parameters(fn, detail::ParameterPrefix(prefix, "norm2."));
+  }
+  // The checks of forward and forward_into but the output's: the parameters, src
+  // [batch, L, d_model] and the masks. The stack runs them once under its own name.
+  void check_call(std::string_view fn, const TensorMap<const T, 3>& src,
+                  const TransformerEncoderLayerForwardOptions& fo,
+                  std::string_view prefix = "") const {
+    check_parameters(fn, prefix);
+    check_transformer_input<T>(fn, "src", src, options_.d_model);
+    const Index B = src.dim(0), L = src.dim(1);
+    check_transformer_attn_mask(fn, "src_mask", fo.src_mask, B, options_.nhead, L, L);
+    check_transformer_padding_mask(fn, "src_key_padding_mask", fo.src_key_padding_mask, B, L);
+  }
+
+  // Packs the attention's and the feed-forward's weights for inference (nn::Linear::prepack).
+  void prepack() {
+    check_parameters("tessera::nn::TransformerEncoderLayer::prepack");
+    self_attn.prepack(AttentionUse::self);
+    ff.prepack();
+  }
+
+  template <class Self, class F>
+  static void visit(Self& self, F&& f, const std::string& prefix) {
+    MultiheadAttention<T>::visit(self.self_attn, f, prefix + "self_attn.");
+    FeedForward<T>::visit(self.ff, f, prefix);
+    LayerNorm<T>::visit(self.norm1, f, prefix + "norm1.");
+    LayerNorm<T>::visit(self.norm2, f, prefix + "norm2.");
+  }
+
+ private:
+  // The layer, on checked inputs.
+  template <class X>
+  void run(const X& src, TensorMap<T, 3> out,
+           const TransformerEncoderLayerForwardOptions& fo) const {
     const auto xv = cview(src);
-    check_transformer_out("tessera::nn::TransformerEncoderLayer::forward_into", out, xv);
     const MultiheadAttentionForwardOptions sa{.key_padding_mask = fo.src_key_padding_mask,
                                               .attn_mask = fo.src_mask,
                                               .is_causal = fo.is_causal};
@@ -134,21 +232,6 @@ class TransformerEncoderLayer : public Module<TransformerEncoderLayer<T>> {
     norm2.forward_into(out, out);
   }
 
-  // Packs the attention's and the feed-forward's weights for inference (nn::Linear::prepack).
-  void prepack() {
-    self_attn.prepack(AttentionUse::self);
-    ff.prepack();
-  }
-
-  template <class Self, class F>
-  static void visit(Self& self, F&& f, const std::string& prefix) {
-    MultiheadAttention<T>::visit(self.self_attn, f, prefix + "self_attn.");
-    FeedForward<T>::visit(self.ff, f, prefix);
-    LayerNorm<T>::visit(self.norm1, f, prefix + "norm1.");
-    LayerNorm<T>::visit(self.norm2, f, prefix + "norm2.");
-  }
-
- private:
   TransformerLayerOptions options_{};
 };
 

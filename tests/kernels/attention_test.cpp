@@ -341,7 +341,7 @@ TYPED_TEST(AttentionKernelTest, KeySplitsMatchOnePass) {
 TYPED_TEST(AttentionKernelTest, DecodingIsBitIdenticalAcrossThreadCounts) {
   using T = TypeParam;
   if (tessera::max_threads() < 2) GTEST_SKIP() << "built without OpenMP: one thread only";
-  for (const auto [H, Lq] : {std::pair<Index, Index>{1, 1}, {8, 1}, {2, 3}, {1, 200}}) {
+  for (const auto& [H, Lq] : {std::pair<Index, Index>{1, 1}, {8, 1}, {2, 3}, {1, 200}}) {
     const Index Lk = 8192;
     Tensor<T, 4> q(1, H, Lq, 64), k(1, H, Lk, 64), v(1, H, Lk, 64);
     q.setRandom(1);

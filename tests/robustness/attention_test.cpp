@@ -150,4 +150,38 @@ TYPED_TEST(AttentionRobustness, DecodingOver8192KeysOnAnyThreadCount) {
   tessera::set_num_threads(tessera::max_threads());
 }
 
+// prepack() then load_state_dict (or a copy of the module): the packed copies of the old
+// projection weights must not be used; forward falls back to the current weights.
+TYPED_TEST(AttentionRobustness, PackedProjectionsNeverOutliveTheirWeights) {
+  using T = TypeParam;
+  Tensor<T, 3> x(2, 4, 8);
+  x.setRandom(3);
+  MultiheadAttention<T> a({.embed_dim = 8, .num_heads = 2, .seed = 1});
+  const MultiheadAttention<T> b({.embed_dim = 8, .num_heads = 2, .seed = 77});
+  a.prepack();
+  EXPECT_TRUE(a.is_prepacked());
+  a.load_state_dict(b.state_dict());
+  EXPECT_FALSE(a.is_prepacked());
+  EXPECT_TRUE(tessera::test::same_bits(a.forward(x, x, x).output, b.forward(x, x, x).output));
+
+  // Separate q/k/v weights (kdim, vdim != embed_dim) and cross-attention slices as well.
+  MultiheadAttention<T> c({.embed_dim = 8, .num_heads = 2, .kdim = 6, .vdim = 5, .seed = 1});
+  const MultiheadAttention<T> d({.embed_dim = 8, .num_heads = 2, .kdim = 6, .vdim = 5, .seed = 5});
+  Tensor<T, 3> k(2, 3, 6), v(2, 3, 5);
+  k.setRandom(4);
+  v.setRandom(5);
+  c.prepack();
+  c.load_state_dict(d.state_dict());
+  EXPECT_TRUE(tessera::test::same_bits(c.forward(x, k, v).output, d.forward(x, k, v).output));
+
+  // A copy of a prepacked module with a NaN in its in_proj_weight: NaN out.
+  a.prepack();
+  MultiheadAttention<T> e = a;
+  e.in_proj_weight.value(0, 0) = std::numeric_limits<T>::quiet_NaN();
+  const auto y = e.forward(x, x, x).output;
+  bool any = false;
+  for (Index i = 0; i < y.size(); ++i) any = any || std::isnan(y.data()[i]);
+  EXPECT_TRUE(any);
+}
+
 }  // namespace

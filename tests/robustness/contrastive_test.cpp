@@ -356,4 +356,18 @@ TYPED_TEST(RobustContrastive, EmptyBatchesForInferenceGiveEmptyResults) {
   EXPECT_EQ(head.proj.weight.grad.as_array().abs().maxCoeff(), T(0));
 }
 
+// A replaced weight is reported by the probe's entry point, not by the Linear inside it.
+TYPED_TEST(RobustContrastive, LinearProbeNamesItselfForAReplacedWeight) {
+  using T = TypeParam;
+  tc::LinearProbe<T> probe({.in_features = 4, .num_classes = 3});
+  probe.linear.weight.value = Tensor<T, 2>(3, 2);
+  const Tensor<T, 2> x(2, 4);
+  const Tensor<std::int64_t, 1> labels{0, 1};
+  TESSERA_EXPECT_THROW_MSG(probe.accuracy(x, labels), ShapeError,
+                           "tessera::contrastive::LinearProbe::accuracy", "parameter 'weight'",
+                           "[3, 2]", "[3, 4]");
+  TESSERA_EXPECT_THROW_MSG(probe.predict(x), ShapeError,
+                           "tessera::contrastive::LinearProbe::predict", "parameter 'weight'");
+}
+
 }  // namespace

@@ -442,4 +442,24 @@ TEST(RobustIo, StoredTensorWithAnOverflowingShapeIsRejected) {
   TESSERA_EXPECT_THROW_MSG(sd.insert("neg", t), ValueError, "negative dimension");
 }
 
+// A name that is not UTF-8 is refused when saving, and the message itself stays printable ASCII
+// (it quotes the name: raw control bytes or invalid UTF-8 must not reach a log).
+TEST(RobustIo, SaveRefusesANonUtf8NameWithAPrintableMessage) {
+  TempDir dir;
+  StateDict sd;
+  sd.insert(std::string("q\"\\\n\x01\xff"), Tensor<float, 1>(2));
+  bool thrown = false;
+  try {
+    tessera::io::save_safetensors(dir / "bad.safetensors", sd);
+  } catch (const ValueError& e) {
+    thrown = true;
+    const std::string what = e.what();
+    EXPECT_NE(what.find("not valid UTF-8"), std::string::npos) << what;
+    for (char c : what)
+      EXPECT_TRUE(static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f)
+          << "byte " << static_cast<int>(static_cast<unsigned char>(c)) << " in " << what;
+  }
+  EXPECT_TRUE(thrown);
+}
+
 }  // namespace

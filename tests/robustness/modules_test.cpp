@@ -472,9 +472,9 @@ TYPED_TEST(ModulesRobustness, ErrorsNameTheEntryPointCalled) {
                            "tessera::nn::TransformerDecoder::make_cache",
                            "argument 'memory_key_padding_mask' has shape [2, 4], expected [2, 5]");
   auto cache = dec.make_cache(tokens<T>(2, 5, 8));
-  TESSERA_EXPECT_THROW_MSG(dec.step(tokens<T>(3, 1, 8), cache), ShapeError,
-                           "tessera::nn::TransformerDecoder::step", "argument 'cache' holds",
-                           "batch 2", "argument 'tgt' has shape [3, 1, 8]");
+  TESSERA_EXPECT_THROW_MSG(
+      dec.step(tokens<T>(3, 1, 8), cache), ShapeError, "tessera::nn::TransformerDecoder::step",
+      "argument 'cache.layers[0]' holds", "batch 2", "argument 'tgt' has shape [3, 1, 8]");
   TESSERA_EXPECT_THROW_MSG(dec.step(tokens<T>(2, 1, 4), cache), ShapeError,
                            "tessera::nn::TransformerDecoder::step", "argument 'tgt'");
 
@@ -623,6 +623,108 @@ TYPED_TEST(ModulesRobustness, FusionNaNReachesTheOutput) {
   fusion::EarlyFusion<T> early({.encoder = tessera::test::small_encoder(1)});
   early.modality_embedding.weight.value(1, 0) = nan<T>();
   EXPECT_TRUE(any_nan(early.forward({video, audio})));
+}
+
+// ---- Packed weights that no longer match the parameters (silent stale results) -----------------
+
+// prepack() at start-up, then load a checkpoint: forward used to keep multiplying by the packed
+// copy of the old weights. The packed copy is used only while it was made from the current
+// buffer and version of the weight; a copy of the module has its own buffer.
+TYPED_TEST(ModulesRobustness, LinearPackedWeightsNeverOutliveTheirWeight) {
+  using T = TypeParam;
+  const Tensor<T, 2> x = [] {
+    Tensor<T, 2> t(5, 8);
+    t.setRandom(11);
+    return t;
+  }();
+  nn::Linear<T> a({.in_features = 8, .out_features = 6, .seed = 1});
+  const nn::Linear<T> b({.in_features = 8, .out_features = 6, .seed = 2});
+  a.prepack();
+  EXPECT_TRUE(a.is_prepacked());
+  a.load_state_dict(b.state_dict());
+  EXPECT_FALSE(a.is_prepacked());
+  EXPECT_TRUE(tessera::test::same_bits(a.forward(x), b.forward(x)));
+  a.prepack();
+  EXPECT_TRUE(a.is_prepacked());
+  const auto packed = a.forward(x), plain = b.forward(x);
+  for (Index i = 0; i < packed.size(); ++i)
+    EXPECT_NEAR(packed.data()[i], plain.data()[i], 100 * tessera::test::tol<T>());
+
+  // A copy of a prepacked module, then a NaN in the copy's weight: NaN out.
+  nn::Linear<T> c = a;
+  EXPECT_FALSE(c.is_prepacked());
+  c.weight.value(0, 0) = nan<T>();
+  const auto y = c.forward(x);
+  for (Index r = 0; r < 5; ++r) EXPECT_TRUE(std::isnan(y(r, 0))) << r;
+  EXPECT_TRUE(all_finite(a.forward(x)));
+
+  // A new weight tensor of the right shape replaces the packed one too.
+  a.weight.value = b.weight.value;
+  EXPECT_FALSE(a.is_prepacked());
+  EXPECT_TRUE(tessera::test::same_bits(a.forward(x), b.forward(x)));
+}
+
+TYPED_TEST(ModulesRobustness, PrepackedLayerFollowsALoadedStateDict) {
+  using T = TypeParam;
+  const nn::TransformerLayerOptions lo{.d_model = 8, .nhead = 2, .dim_feedforward = 16};
+  nn::TransformerEncoderLayer<T> a(lo);
+  nn::TransformerLayerOptions lo2 = lo;
+  lo2.seed = 99;
+  const nn::TransformerEncoderLayer<T> b(lo2);
+  const auto x = tokens<T>(2, 5, 8);
+  a.prepack();
+  a.load_state_dict(b.state_dict());
+  EXPECT_TRUE(tessera::test::same_bits(a.forward(x), b.forward(x)));
+}
+
+// ---- Decoder caches: empty memories, and layers that do not advance together
+// ---------------------
+
+TYPED_TEST(ModulesRobustness, DecoderStepOverAnEmptyMemoryMatchesForward) {
+  using T = TypeParam;
+  nn::TransformerDecoder<T> dec(
+      {.layer = {.d_model = 8, .nhead = 2, .dim_feedforward = 16}, .num_layers = 2});
+  const Tensor<T, 3> memory(2, 0, 8);
+  const auto tgt = tokens<T>(2, 1, 8);
+  const auto full = dec.forward(tgt, memory);
+  auto cache = dec.make_cache(memory);
+  const auto stepped = dec.step(tgt, cache);
+  ASSERT_EQ(stepped.shape(), full.shape());
+  for (Index i = 0; i < full.size(); ++i)
+    EXPECT_NEAR(stepped.data()[i], full.data()[i], 100 * tessera::test::tol<T>());
+}
+
+TYPED_TEST(ModulesRobustness, DecoderStepNamesTheLayerCacheThatIsWrong) {
+  using T = TypeParam;
+  nn::TransformerDecoder<T> dec(
+      {.layer = {.d_model = 8, .nhead = 2, .dim_feedforward = 16}, .num_layers = 2});
+  const auto memory = tokens<T>(2, 3, 8);
+  const auto tgt = tokens<T>(2, 1, 8, 5);
+  {
+    auto cache = dec.make_cache(memory);
+    dec.step(tgt, cache);
+    cache.layers[1].self_kv.length = 100;
+    TESSERA_EXPECT_THROW_MSG(dec.step(tgt, cache), ValueError,
+                             "tessera::nn::TransformerDecoder::step",
+                             "'cache.layers[1].self_kv' has length 100");
+  }
+  {
+    auto cache = dec.make_cache(memory);
+    cache.layers[1].memory_kv.k = Tensor<T, 3>(2, 4, 4);
+    TESSERA_EXPECT_THROW_MSG(dec.step(tgt, cache), ShapeError,
+                             "tessera::nn::TransformerDecoder::step",
+                             "'cache.layers[1].memory_kv' has k of shape [2, 4, 4]");
+  }
+  {
+    // Each layer's cache valid alone, but layer 1 one position behind layer 0.
+    auto cache = dec.make_cache(memory);
+    dec.step(tgt, cache);
+    dec.step(tgt, cache);
+    cache.layers[1].self_kv.length = 1;
+    TESSERA_EXPECT_THROW_MSG(dec.step(tgt, cache), ValueError,
+                             "tessera::nn::TransformerDecoder::step", "layer 1",
+                             "must advance together");
+  }
 }
 
 }  // namespace

@@ -71,23 +71,23 @@ class LinearProbe : public nn::Module<LinearProbe<T>> {
   // W x + b: [B, num_classes].
   template <TensorLike X>
   Tensor<T, 2> logits(const X& x) const {
-    check_x("tessera::contrastive::LinearProbe::logits", x);
-    return linear.forward(x);
+    return logits_as(x, "tessera::contrastive::LinearProbe::logits");
   }
 
   // The most probable class of every row [B] (ties: the smaller id). A row whose logits hold
   // NaN predicts its first NaN, as torch.argmax does.
   template <TensorLike X>
   Tensor<Index, 1> predict(const X& x) const {
-    return argmax_rows(logits(x));
+    return argmax_rows(logits_as(x, "tessera::contrastive::LinearProbe::predict"));
   }
 
   // The fraction of rows predicted as their label: 0 for no rows, NaN when any row's logits
   // hold NaN (a NaN embedding or weight must not yield a plausible accuracy).
   template <TensorLike X, TensorLike L>
   double accuracy(const X& x, const L& labels) const {
-    const auto y = checked_labels("tessera::contrastive::LinearProbe::accuracy", x, labels);
-    const auto l = logits(x);
+    constexpr std::string_view fn = "tessera::contrastive::LinearProbe::accuracy";
+    const auto y = checked_labels(fn, x, labels);
+    const auto l = logits_as(x, fn);
     if (l.as_array().isNaN().any()) return std::numeric_limits<double>::quiet_NaN();
     const auto p = argmax_rows(l);
     Index hits = 0;
@@ -185,6 +185,15 @@ class LinearProbe : public nn::Module<LinearProbe<T>> {
       loss += static_cast<double>(wd) / 2 * linear.weight.value.as_matrix().squaredNorm();
     }
     return static_cast<T>(loss);
+  }
+
+  // logits() under the name of the entry point the user called, which also checks linear's
+  // parameters under that name (the probe's state-dict names are linear's own: weight, bias).
+  template <TensorLike X>
+  Tensor<T, 2> logits_as(const X& x, std::string_view fn) const {
+    check_x(fn, x);
+    linear.check_parameters(fn);
+    return linear.forward(x);
   }
 
   template <class X>

@@ -63,8 +63,9 @@ class Mask {
   Mask with_shape(std::span<const Index> shape,
                   std::string_view fn = "tessera::Mask::with_shape") const {
     if (shape.size() > static_cast<std::size_t>(kMaxRank))
-      detail::raise<ShapeError>(fn, "argument 'shape' ", detail::shape_string(shape), " has ",
-                                shape.size(), " dimensions, at most ", kMaxRank, " are supported");
+      detail::raise<ShapeError>(
+          fn, "cannot view a mask of shape ", detail::shape_string(this->shape()), " as shape ",
+          detail::shape_string(shape), ": at most ", kMaxRank, " dimensions are supported");
     for (Index d : shape)
       if (d < 0)
         detail::raise<ShapeError>(fn, "argument 'shape' ", detail::shape_string(shape),

@@ -452,8 +452,9 @@ inline std::string safetensors_header_json(std::string_view fn, const StateDict&
     try {
       return nlohmann::json(s).dump();
     } catch (const nlohmann::json::exception&) {
-      raise<ValueError>(fn, "the string ", quote_name(s),
-                        " (a tensor name or metadata entry) is not valid UTF-8");
+      raise<ValueError>(fn, "the string ", printable(quote_name(s)),
+                        " (a tensor name or metadata entry; bytes outside printable ASCII shown "
+                        "as '?') is not valid UTF-8");
     }
   };
   std::string out = "{";

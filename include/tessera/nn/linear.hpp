@@ -1,8 +1,11 @@
 // tessera: nn::Linear, y = x W^T + b, as torch.nn.Linear (weight [out_features, in_features]).
 //
 // For inference, prepack() copies the weight once into the GEMM's packed layout, and every later
-// forward reads that copy instead of re-packing the weight. The packed copy does not follow later
-// writes to `weight`: call prepack() again after changing it (or unprepack() to drop the copy).
+// forward reads that copy instead of re-packing the weight. The copy is used only while it is
+// current: load_state_dict, a new `weight.value` tensor, or a copy of the module (whose weight is
+// another buffer) make forward fall back to the unpacked weight, correct but slower, until
+// prepack() is called again. Writes into the elements of `weight.value` itself are not seen:
+// call prepack() again after them (or unprepack() to drop the copy).
 #pragma once
 
 #include <cmath>
@@ -110,9 +113,14 @@ class Linear : public Module<Linear<T>> {
   void prepack() {
     check_parameters("tessera::nn::Linear::prepack");
     packed_ = std::make_shared<const PackedMatrix<T>>(PackedMatrix<T>::from_weight(weight.value));
+    packed_from_ = detail::PackStamp::of(weight);
   }
-  void unprepack() noexcept { packed_.reset(); }
-  bool is_prepacked() const noexcept { return packed_ != nullptr; }
+  void unprepack() noexcept {
+    packed_.reset();
+    packed_from_ = {};
+  }
+  // Whether forward reads a packed copy that is current (see the top of this file).
+  bool is_prepacked() const noexcept { return packed_ != nullptr && packed_from_.matches(weight); }
 
   template <class Self, class F>
   static void visit(Self& self, F&& f, const std::string& prefix) {
@@ -146,7 +154,7 @@ class Linear : public Module<Linear<T>> {
     auto lo = bias_options();
     lo.activation = act;
     lo.residual = residual;
-    if (packed_ && packed_->rows() == weight.value.dim(1) && packed_->cols() == weight.value.dim(0))
+    if (is_prepacked())
       linear_into(x, *packed_, std::forward<Y>(out), lo);
     else
       linear_into(x, weight.value, std::forward<Y>(out), lo);
@@ -158,6 +166,7 @@ class Linear : public Module<Linear<T>> {
   }
   LinearOptions options_{};
   std::shared_ptr<const PackedMatrix<T>> packed_;
+  detail::PackStamp packed_from_;  // the weight the packed copy was made from
 };
 
 }  // namespace tessera::nn

@@ -90,8 +90,10 @@ class Module {
     }
     for_each_parameter(
         [&](const std::string& name, auto& p) {
-          if (const io::StoredTensor* st = dict.find(name))
+          if (const io::StoredTensor* st = dict.find(name)) {
             st->copy_to(p.value.data(), fn, "key " + io::detail::quote_name(name) + ": ");
+            ++p.version;  // packed copies of the old value are stale now
+          }
         },
         prefix);
   }

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -202,12 +203,40 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
       }
     }
     out_proj.prepack();
+    packed_from_ = {detail::PackStamp::of(in_proj_weight), detail::PackStamp::of(q_proj_weight),
+                    detail::PackStamp::of(k_proj_weight), detail::PackStamp::of(v_proj_weight)};
   }
   void unprepack() noexcept {
     for (auto& p : packed_proj_) p.reset();
+    packed_from_ = {};
     out_proj.unprepack();
   }
-  bool is_prepacked() const noexcept { return out_proj.is_prepacked(); }
+  // Whether forward reads packed copies that are current: after load_state_dict, a new weight
+  // tensor or a copy of the module it falls back to the unpacked weights until prepack() is
+  // called again (see nn::Linear).
+  bool is_prepacked() const noexcept { return out_proj.is_prepacked() && packed_current(); }
+
+  // Throws unless `cache` can be read (and appended to) as this module writes it: k and v of one
+  // shape [batch, capacity, embed_dim] and 0 <= length <= capacity (an empty cache may hold any
+  // shape: it is reallocated). The cache is named as `arg` + `member` in messages (a decoder
+  // names the layer's cache: 'cache.layers[1].self_kv').
+  void check_cache(std::string_view fn, const KVCache<T>& cache, std::string_view arg = "cache",
+                   std::string_view member = "") const {
+    if (cache.k.shape() != cache.v.shape())
+      detail::raise<ShapeError>(fn, "argument '", arg, member, "' has k of shape ",
+                                detail::shape_string(cache.k.shape()), " and v of shape ",
+                                detail::shape_string(cache.v.shape()), ", expected one shape");
+    if (cache.length < 0 || cache.length > cache.k.dim(1))
+      detail::raise<ValueError>(fn, "argument '", arg, member, "' has length ", cache.length,
+                                ", expected a value in [0, ", cache.k.dim(1),
+                                "] (the capacity of its k, ", detail::shape_string(cache.k.shape()),
+                                ")");
+    if (cache.length > 0 && cache.k.dim(2) != options_.embed_dim)
+      detail::raise<ShapeError>(fn, "argument '", arg, member, "' has k and v of shape ",
+                                detail::shape_string(cache.k.shape()),
+                                ", expected [batch, capacity, ", options_.embed_dim,
+                                "] (embed_dim)");
+  }
 
   // Projects key [batch, n, kdim] and value [batch, n, vdim] and appends them to `cache`.
   template <TensorLike Kx, TensorLike Vx>
@@ -291,7 +320,7 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
     const Index parts = part == kQKV ? 3 : part == kKV ? 2 : 1;
     const int first = part == kQKV ? 0 : part == kKV ? 1 : part;
     const auto& packed_w = packed_proj_[part];
-    if (packed_w && packed_w->cols() == out.dim(2))
+    if (packed_w && packed_w->cols() == out.dim(2) && packed_current())
       linear_into(x, *packed_w, out, proj_bias(first, parts));
     else if (part == kQKV)
       linear_into(x, in_proj_weight.value, out, proj_bias(0, 3));
@@ -314,25 +343,6 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
     return lo;
   }
 
-  // Throws unless `cache` can be read (and appended to) as this module writes it: k and v of one
-  // shape [batch, capacity, embed_dim] and 0 <= length <= capacity (an empty cache may hold any
-  // shape: it is reallocated).
-  void check_cache(std::string_view fn, const KVCache<T>& cache) const {
-    if (cache.k.shape() != cache.v.shape())
-      detail::raise<ShapeError>(fn, "argument 'cache' has k of shape ",
-                                detail::shape_string(cache.k.shape()), " and v of shape ",
-                                detail::shape_string(cache.v.shape()), ", expected one shape");
-    if (cache.length < 0 || cache.length > cache.k.dim(1))
-      detail::raise<ValueError>(fn, "argument 'cache' has length ", cache.length,
-                                ", expected a value in [0, ", cache.k.dim(1),
-                                "] (the capacity of cache.k, ",
-                                detail::shape_string(cache.k.shape()), ")");
-    if (cache.length > 0 && cache.k.dim(2) != options_.embed_dim)
-      detail::raise<ShapeError>(
-          fn, "argument 'cache' has k and v of shape ", detail::shape_string(cache.k.shape()),
-          ", expected [batch, capacity, ", options_.embed_dim, "] (embed_dim)");
-  }
-
   // Throws ShapeError unless out is [B, Lq, E].
   void check_out(std::string_view fn, const TensorMap<T, 3>& out, Index B, Index Lq) const {
     const Index expected[] = {B, Lq, options_.embed_dim};
@@ -348,7 +358,15 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
       std::optional<TensorMap<const T, 2>> residual, TensorMap<T, 3> out) const;
 
   MultiheadAttentionOptions options_{};
+  // The projection weights' packed copies are current: made from these buffers and versions.
+  bool packed_current() const noexcept {
+    if (packed()) return packed_from_[0].matches(in_proj_weight);
+    return packed_from_[1].matches(q_proj_weight) && packed_from_[2].matches(k_proj_weight) &&
+           packed_from_[3].matches(v_proj_weight);
+  }
+
   std::shared_ptr<const PackedMatrix<T>> packed_proj_[5];  // prepack(): by ProjSlice
+  std::array<detail::PackStamp, 4> packed_from_{};         // in_proj, q, k, v weights at prepack()
 };
 
 template <class T>
@@ -459,7 +477,15 @@ void MultiheadAttention<T>::append_kv(KVCache<T>& cache, const Kx& key, const Vx
   if (cache.length > 0 && cache.k.dim(0) != B)
     detail::raise<ShapeError>(fn, "argument 'key' has batch ", B, ", the cache holds batch ",
                               cache.k.dim(0));
-  if (n == 0) return;
+  if (n == 0) {
+    // Nothing to append, but an empty cache takes the batch, so that a decoder's cache over an
+    // empty memory still knows its batch.
+    if (cache.length == 0 && (cache.k.dim(0) != B || cache.k.dim(2) != E)) {
+      cache.k = Tensor<T, 3>(B, Index(0), E);
+      cache.v = Tensor<T, 3>(B, Index(0), E);
+    }
+    return;
+  }
   // k_new, v_new: [B, n, E]
   const auto k_new = linear(kv, proj_weight(1), proj_bias(1));
   const auto v_new = linear(vv, proj_weight(2), proj_bias(2));

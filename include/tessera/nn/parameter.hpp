@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -23,6 +24,11 @@ struct Parameter {
 
   Tensor<T, Rank> value;
   Tensor<T, Rank> grad;
+  // Bumped by Module::load_state_dict when it overwrites `value` in place. A packed copy of a
+  // weight (nn::Linear::prepack) remembers the buffer and version it was made from and is used
+  // only while both are unchanged, so loading a checkpoint, replacing `value` or copying the
+  // module never runs on stale packed weights.
+  std::uint64_t version = 0;
 
   Parameter() = default;
   explicit Parameter(const Shape<Rank>& shape) : value(shape) {}
@@ -47,6 +53,23 @@ struct Parameter {
 }  // namespace tessera::nn
 
 namespace tessera::detail {
+
+// What a packed copy of a weight was made from: the value's buffer and the parameter's version.
+// A copy made from another buffer (the module was copied, or `value` replaced) or an older
+// version (a state dict was loaded since) is stale; an empty stamp matches nothing.
+struct PackStamp {
+  const void* data = nullptr;
+  std::uint64_t version = 0;
+
+  template <class T, int Rank>
+  static PackStamp of(const nn::Parameter<T, Rank>& p) noexcept {
+    return {p.value.data(), p.version};
+  }
+  template <class T, int Rank>
+  bool matches(const nn::Parameter<T, Rank>& p) const noexcept {
+    return data != nullptr && data == p.value.data() && version == p.version;
+  }
+};
 
 // The check every module runs on the parameters it reads, at each forward-like entry: a
 // parameter's value is a public member, so a user (or a state dict loaded by hand) can replace it

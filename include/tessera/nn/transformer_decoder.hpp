@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdio>
 #include <limits>
 #include <string_view>
 #include <vector>
@@ -115,9 +116,22 @@ class TransformerDecoder : public Module<TransformerDecoder<T>> {
     if (cache.layers.size() != layers.size())
       detail::raise<ValueError>(fn, "the cache has ", cache.layers.size(), " layers, the decoder ",
                                 layers.size(), " (make it with make_cache)");
-    for (std::size_t i = 0; i < layers.size(); ++i)
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      char cache_arg[48];  // how the user writes this layer's cache
+      std::snprintf(cache_arg, sizeof cache_arg, "cache.layers[%zu]", i);
       layers[i].check_step(fn, cview(tgt), cache.layers[i], cache.memory_key_padding_mask,
-                           detail::ParameterPrefix("", "layers.", i));
+                           detail::ParameterPrefix("", "layers.", i), cache_arg);
+      // Every layer's caches advance together: a layer that holds another number of target or
+      // memory positions than the first would attend over other positions.
+      const auto& first = cache.layers.front();
+      if (cache.layers[i].self_kv.length != first.self_kv.length ||
+          cache.layers[i].memory_kv.length != first.memory_kv.length)
+        detail::raise<ValueError>(
+            fn, "argument 'cache' holds ", cache.layers[i].self_kv.length, " target and ",
+            cache.layers[i].memory_kv.length, " memory positions in layer ", i, " but ",
+            first.self_kv.length, " and ", first.memory_kv.length,
+            " in layer 0: the layers' caches must advance together (make it with make_cache)");
+    }
     if (options_.final_norm) norm.check_parameters(fn, "norm.");
     return transformer_output<T>(tgt, [&](TensorMap<T, 3> out) {
       layers.front().step_into(tgt, cache.layers.front(), out, cache.memory_key_padding_mask);

@@ -165,14 +165,16 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
   // and the padding mask against the cached memory ([batch, Lm]).
   void check_step(std::string_view fn, const TensorMap<const T, 3>& tgt,
                   const DecoderLayerCache<T>& cache,
-                  const std::optional<Mask>& memory_key_padding_mask,
-                  std::string_view prefix = "") const {
+                  const std::optional<Mask>& memory_key_padding_mask, std::string_view prefix = "",
+                  std::string_view cache_arg = "cache") const {
     check_parameters(fn, prefix);
     check_transformer_input<T>(fn, "tgt", tgt, options_.d_model);
+    self_attn.check_cache(fn, cache.self_kv, cache_arg, ".self_kv");
+    multihead_attn.check_cache(fn, cache.memory_kv, cache_arg, ".memory_kv");
     const Index B = tgt.dim(0);
     for (const auto* kv : {&cache.memory_kv, &cache.self_kv})
       if ((kv == &cache.memory_kv || kv->length > 0) && kv->k.dim(0) != B)
-        detail::raise<ShapeError>(fn, "argument 'cache' holds ",
+        detail::raise<ShapeError>(fn, "argument '", cache_arg, "' holds ",
                                   kv == &cache.memory_kv ? "a memory" : "keys", " of batch ",
                                   kv->k.dim(0), ", argument 'tgt' has shape ",
                                   detail::shape_string(tgt.shape()), " (batch ", B, ")");

@@ -60,24 +60,7 @@ std::string as_string(const Bytes& b, std::size_t from, std::size_t n) {
   return std::string(reinterpret_cast<const char*>(b.data()) + from, n);
 }
 
-// A scratch directory, removed at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            ("tessera_io_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
-};
+using tessera::test::TempDir;
 
 void write_file(const fs::path& p, const Bytes& b) {
   std::ofstream f(p, std::ios::binary);

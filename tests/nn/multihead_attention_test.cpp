@@ -630,7 +630,7 @@ TYPED_TEST(MultiheadAttentionTest, EmptyInputs) {
   for (bool bias_kv : {false, true}) {
     MultiheadAttention<T> mha({.embed_dim = 8, .num_heads = 2, .add_bias_kv = bias_kv, .seed = 7});
     mha.out_proj.bias.value.setRandom(8);
-    for (const auto [B, Lq, Lk] :
+    for (const auto& [B, Lq, Lk] :
          {std::tuple<Index, Index, Index>{0, 3, 4}, {2, 0, 4}, {2, 3, 0}, {0, 0, 0}, {2, 0, 0}}) {
       Tensor<T, 3> q(B, Lq, 8), kv(B, Lk, 8);
       q.setRandom(1);
@@ -640,13 +640,16 @@ TYPED_TEST(MultiheadAttentionTest, EmptyInputs) {
       for (bool weights : {false, true}) {
         const auto y = mha.forward(q, kv, kv, {.need_weights = weights});
         ASSERT_EQ(y.output.shape(), (Shape<3>{B, Lq, 8})) << what;
-        if (weights) EXPECT_EQ(y.attn_weights->shape(), (Shape<3>{B, Lq, Lk + bias_kv})) << what;
-        if (!bias_kv)
+        if (weights) {
+          EXPECT_EQ(y.attn_weights->shape(), (Shape<3>{B, Lq, Lk + bias_kv})) << what;
+        }
+        if (!bias_kv) {
           for (Index b = 0; b < B; ++b)
             for (Index i = 0; i < Lq; ++i)
               for (Index e = 0; e < 8; ++e)
                 EXPECT_NEAR(y.output(b, i, e), mha.out_proj.bias.value(e), tessera::test::tol<T>())
                     << what;
+        }
       }
       if (Lq == Lk) (void)mha.forward(q, q, q);  // self-attention on an empty sequence
       if (bias_kv) continue;

@@ -101,17 +101,7 @@ class TransformerEncoder : public Module<TransformerEncoder<T>> {
  private:
   // `layers` is a public vector: a user may resize it or put in a layer built with other options.
   void check_layers(std::string_view fn, std::string_view prefix) const {
-    if (static_cast<Index>(layers.size()) != options_.num_layers)
-      detail::raise<ValueError>(fn, "member '", prefix, "layers' holds ", layers.size(),
-                                " layers, expected ", options_.num_layers, " (num_layers)");
-    for (std::size_t i = 0; i < layers.size(); ++i) {
-      const auto& lo = layers[i].options();
-      if (lo.d_model != options_.layer.d_model || lo.nhead != options_.layer.nhead)
-        detail::raise<ValueError>(fn, "member '", prefix, "layers[", i, "]' has d_model ",
-                                  lo.d_model, " and nhead ", lo.nhead, ", expected ",
-                                  options_.layer.d_model, " and ", options_.layer.nhead,
-                                  " (layer.d_model, layer.nhead)");
-    }
+    detail::check_stack_layers(fn, prefix, layers, options_.num_layers, options_.layer);
   }
   template <class X>
   void run(const X& src, TensorMap<T, 3> out,

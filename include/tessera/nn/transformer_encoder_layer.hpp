@@ -236,3 +236,24 @@ class TransformerEncoderLayer : public Module<TransformerEncoderLayer<T>> {
 };
 
 }  // namespace tessera::nn
+
+namespace tessera::detail {
+
+// The check the encoder and decoder stacks run on their public `layers` vector: num_layers
+// layers, each built with the stack's d_model and nhead (ValueError naming `fn` otherwise).
+template <class Layers, class LayerOptions>
+void check_stack_layers(std::string_view fn, std::string_view prefix, const Layers& layers,
+                        Index num_layers, const LayerOptions& layer) {
+  if (static_cast<Index>(layers.size()) != num_layers)
+    raise<ValueError>(fn, "member '", prefix, "layers' holds ", layers.size(), " layers, expected ",
+                      num_layers, " (num_layers)");
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const auto& lo = layers[i].options();
+    if (lo.d_model != layer.d_model || lo.nhead != layer.nhead)
+      raise<ValueError>(fn, "member '", prefix, "layers[", i, "]' has d_model ", lo.d_model,
+                        " and nhead ", lo.nhead, ", expected ", layer.d_model, " and ", layer.nhead,
+                        " (layer.d_model, layer.nhead)");
+  }
+}
+
+}  // namespace tessera::detail

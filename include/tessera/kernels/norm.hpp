@@ -145,7 +145,13 @@ void rms_norm_row(const T* x, T* y, Index n, T eps, const T* w, bool may_rescale
       return;
     }
   }
-  affine_row<T>(x, y, n, T(0), T(0), T(1) / std::sqrt(ms + eps), w, nullptr);
+  // y = x * scale (* w): no centring, so none of layer norm's shifts in this pass.
+  const T scale = T(1) / std::sqrt(ms + eps);
+  Eigen::Map<Arr> ya(y, n);
+  if (w)
+    ya = xa * scale * Eigen::Map<const Arr>(w, n);
+  else
+    ya = xa * scale;
 }
 
 }  // namespace detail

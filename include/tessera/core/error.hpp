@@ -127,14 +127,6 @@ inline Index checked_shape_size(std::span<const Index> shape, std::string_view f
   return zero ? 0 : n;
 }
 
-// Product of sizes for messages only: saturates instead of overflowing.
-inline Index saturating_size(std::span<const Index> shape) {
-  Index n = 1;
-  for (Index d : shape)
-    if (__builtin_mul_overflow(n, d, &n)) return d < 0 ? -1 : PTRDIFF_MAX;
-  return n;
-}
-
 // Throws ValueError unless `value` is finite once converted to T: an option given as a double
 // (a scale of 1e39, say) must also be finite in the float the kernel computes in.
 template <class T, class V>

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -107,7 +108,32 @@ class TempDir {
   std::filesystem::path path_;
 };
 
+// The project's shared reference data (../shared/data beside the checkout: CLIP's merge list and
+// reference token ids, public-domain photographs, ...), or TESSERA_SHARED_DATA when set. Empty
+// when absent: a fresh clone elsewhere lacks it, and tests that need it skip with
+// TESSERA_SKIP_WITHOUT_SHARED_DATA() instead of failing.
+inline std::filesystem::path shared_data_dir() {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (const char* env = std::getenv("TESSERA_SHARED_DATA"); env && *env) {
+    if (fs::is_directory(env, ec)) return fs::path(env);
+    return {};
+  }
+#ifdef TESSERA_SHARED_DATA_DIR
+  if (fs::is_directory(TESSERA_SHARED_DATA_DIR, ec)) return fs::path(TESSERA_SHARED_DATA_DIR);
+#endif
+  return {};
+}
+
 }  // namespace tessera::test
+
+// Skips the current test, saying why, when the shared reference data is not on this machine.
+#define TESSERA_SKIP_WITHOUT_SHARED_DATA()                                                    \
+  do {                                                                                        \
+    if (::tessera::test::shared_data_dir().empty())                                           \
+      GTEST_SKIP() << "../shared/data (the project's reference data) is not on this machine; " \
+                      "set TESSERA_SHARED_DATA to its path to run this test";                 \
+  } while (0)
 
 // Expects `stmt` to throw `Exc` whose what() contains every one of the given substrings.
 #define TESSERA_EXPECT_THROW_MSG(stmt, Exc, ...)                                          \

@@ -112,6 +112,7 @@ inline std::vector<std::string> fixtures_with_prefix(const std::string& prefix) 
 inline Activation activation_from(const std::string& name) {
   if (name == "relu") return Activation::relu;
   if (name == "gelu") return Activation::gelu;
+  if (name == "quick_gelu") return Activation::quick_gelu;
   ADD_FAILURE() << "unknown activation '" << name << "' in a fixture";
   return Activation::relu;
 }

@@ -27,7 +27,8 @@ using R = long double;
 constexpr Index kLengths[] = {1, 7, 17, 1000, 4099};
 constexpr Index kRows = 5;
 constexpr Activation kAll[] = {Activation::identity,  Activation::relu, Activation::gelu,
-                               Activation::gelu_tanh, Activation::silu, Activation::tanh};
+                               Activation::gelu_tanh, Activation::silu, Activation::tanh,
+                               Activation::quick_gelu};
 
 template <class T>
 class ActivationTest : public ::testing::Test {};
@@ -51,6 +52,8 @@ R reference(Activation act, R x) {
       return x / (R(1) + std::exp(-x));
     case Activation::tanh:
       return std::tanh(x);
+    case Activation::quick_gelu:
+      return x / (R(1) + std::exp(R(-1.702) * x));
   }
   return std::numeric_limits<R>::quiet_NaN();
 }
@@ -102,6 +105,8 @@ auto named(Activation act, const X& x) {
       return tessera::silu(x);
     case Activation::tanh:
       return tessera::tanh(x);
+    case Activation::quick_gelu:
+      return tessera::quick_gelu(x);
     case Activation::identity:
       break;
   }
@@ -122,6 +127,8 @@ void named_into(Activation act, const X& x, Y&& out) {
       return tessera::silu_into(x, out);
     case Activation::tanh:
       return tessera::tanh_into(x, out);
+    case Activation::quick_gelu:
+      return tessera::quick_gelu_into(x, out);
     case Activation::identity:
       break;
   }
@@ -194,13 +201,14 @@ TYPED_TEST(ActivationTest, LargeMagnitudesGiveNoNaN) {
   }
   // The limits the definitions give, to within T's precision, at |x| >= 1e4.
   const auto g = tessera::gelu(x), gt = tessera::gelu_tanh(x), s = tessera::silu(x),
-             t = tessera::tanh(x), r = tessera::relu(x);
+             t = tessera::tanh(x), r = tessera::relu(x), q = tessera::quick_gelu(x);
   for (Index i = 0; i < x.size(); ++i) {
     if (std::fabs(values[i]) < 1e4) continue;
     const T want_pos = values[i] > 0 ? x(i) : T(0);
     EXPECT_TRUE(close(g(i), want_pos, tol<T>(), tol<T>())) << "gelu(" << x(i) << ")";
     EXPECT_TRUE(close(gt(i), want_pos, tol<T>(), tol<T>())) << "gelu_tanh(" << x(i) << ")";
     EXPECT_TRUE(close(s(i), want_pos, tol<T>(), tol<T>())) << "silu(" << x(i) << ")";
+    EXPECT_TRUE(close(q(i), want_pos, tol<T>(), tol<T>())) << "quick_gelu(" << x(i) << ")";
     EXPECT_TRUE(close(r(i), want_pos, T(0), T(0))) << "relu(" << x(i) << ")";
     EXPECT_EQ(t(i), values[i] > 0 ? T(1) : T(-1)) << "tanh(" << x(i) << ")";
   }
@@ -276,6 +284,26 @@ TEST(Activation, ToStringNamesEveryValue) {
   EXPECT_EQ(tessera::to_string(Activation::gelu_tanh), "gelu_tanh");
   EXPECT_EQ(tessera::to_string(Activation::silu), "silu");
   EXPECT_EQ(tessera::to_string(Activation::tanh), "tanh");
+  EXPECT_EQ(tessera::to_string(Activation::quick_gelu), "quick_gelu");
+}
+
+// CLIP's QuickGELU against PyTorch 1.13's x * torch.sigmoid(1.702 * x) in float64 (open_clip's
+// QuickGELU module), and against GELU: close, but not the same function.
+TYPED_TEST(ActivationTest, QuickGeluMatchesPyTorch) {
+  using T = TypeParam;
+  const double xs[] = {-4.0, -1.5, -0.25, 0.0, 0.3, 1.0, 2.5, 6.0};
+  const double want[] = {
+      -0.0044147241395810621, -0.10833780155292341, -0.098800350099805825, 0.0,
+      0.1874841353815917,     0.84579576593282124,  2.4650138349514301,    5.9997796464502127};
+  Tensor<T, 1> x(8);
+  for (Index i = 0; i < 8; ++i) x(i) = static_cast<T>(xs[i]);
+  const auto y = tessera::quick_gelu(x), g = tessera::gelu(x);
+  for (Index i = 0; i < 8; ++i) {
+    EXPECT_TRUE(close(y(i), static_cast<T>(want[i]), tol<T>(), tol<T>())) << "x = " << xs[i];
+    if (xs[i] == 1.0) {  // 0.84580 vs 0.84134
+      EXPECT_GT(std::fabs(y(i) - g(i)), T(4e-3)) << "quick_gelu(1) vs gelu(1)";
+    }
+  }
 }
 
 // ---- errors ----------------------------------------------------------------------------------

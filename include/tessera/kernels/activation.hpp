@@ -1,9 +1,12 @@
 // tessera: element-wise activations, vectorised through Eigen's array expressions.
 //
-//   relu(x)      = max(x, 0)
-//   gelu(x)      = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))                 (Hendrycks & Gimpel
-//   2016) gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))          (PyTorch
-//   approximate='tanh') silu(x)      = x * sigmoid(x) (Elfwing et al. 2018) tanh(x)
+//   relu(x)       = max(x, 0)
+//   gelu(x)       = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))        (Hendrycks & Gimpel 2016)
+//   gelu_tanh(x)  = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))  (PyTorch approximate='tanh')
+//   silu(x)       = x * sigmoid(x)                                   (Elfwing et al. 2018)
+//   tanh(x)
+//   quick_gelu(x) = x * sigmoid(1.702 x)   (Hendrycks & Gimpel 2016, section 2; the activation of
+//                   OpenAI's CLIP checkpoints, open_clip's QuickGELU)
 //
 // Every function has a returning form, f(x), and an `_into(x, out)` form that writes into a
 // tensor of the same shape (which may be x itself).
@@ -21,7 +24,8 @@
 
 namespace tessera {
 
-enum class Activation { identity, relu, gelu, gelu_tanh, silu, tanh };
+// New enumerators go at the end: the values of the others stay what they were.
+enum class Activation { identity, relu, gelu, gelu_tanh, silu, tanh, quick_gelu };
 
 inline std::string_view to_string(Activation a) {
   switch (a) {
@@ -37,6 +41,8 @@ inline std::string_view to_string(Activation a) {
       return "silu";
     case Activation::tanh:
       return "tanh";
+    case Activation::quick_gelu:
+      return "quick_gelu";
   }
   return "unknown";
 }
@@ -59,6 +65,8 @@ inline std::string_view activation_fn_name(Activation a) {
       return "tessera::silu";
     case Activation::tanh:
       return "tessera::tanh";
+    case Activation::quick_gelu:
+      return "tessera::quick_gelu";
   }
   return "tessera::activate";
 }
@@ -71,6 +79,7 @@ inline bool is_valid(Activation a) {
     case Activation::gelu_tanh:
     case Activation::silu:
     case Activation::tanh:
+    case Activation::quick_gelu:
       return true;
   }
   return false;
@@ -82,7 +91,7 @@ inline void check_activation(std::string_view fn, std::string_view arg, Activati
   if (!is_valid(act))
     raise<ValueError>(fn, "argument '", arg, "' is Activation(",
                       static_cast<std::underlying_type_t<Activation>>(act),
-                      "), expected one of identity, relu, gelu, gelu_tanh, silu, tanh");
+                      "), expected one of identity, relu, gelu, gelu_tanh, silu, tanh, quick_gelu");
 }
 
 // out = act(x) over n contiguous elements; out may alias x. act must be valid (check_activation).
@@ -109,6 +118,9 @@ void activate(Activation act, const T* x, T* out, Index n) {
       break;
     case Activation::tanh:
       y = a.tanh();
+      break;
+    case Activation::quick_gelu:
+      y = a * (a * T(1.702)).logistic();
       break;
   }
 }
@@ -164,6 +176,7 @@ TESSERA_DEFINE_ACTIVATION(gelu, gelu)
 TESSERA_DEFINE_ACTIVATION(gelu_tanh, gelu_tanh)
 TESSERA_DEFINE_ACTIVATION(silu, silu)
 TESSERA_DEFINE_ACTIVATION(tanh, tanh)
+TESSERA_DEFINE_ACTIVATION(quick_gelu, quick_gelu)
 #undef TESSERA_DEFINE_ACTIVATION
 
 }  // namespace tessera

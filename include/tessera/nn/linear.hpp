@@ -28,7 +28,7 @@ namespace tessera::detail {
 inline void check_activation_enum(std::string_view fn, std::string_view what, Activation act) {
   if (!is_valid(act))
     raise<ValueError>(fn, what, " is Activation(", static_cast<long long>(act),
-                      "), expected identity, relu, gelu, gelu_tanh, silu or tanh");
+                      "), expected identity, relu, gelu, gelu_tanh, silu, tanh or quick_gelu");
 }
 
 }  // namespace tessera::detail

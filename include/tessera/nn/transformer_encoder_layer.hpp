@@ -29,7 +29,7 @@ struct TransformerLayerOptions {
   Index d_model = 0;
   Index nhead = 1;
   Index dim_feedforward = 2048;
-  Activation activation = Activation::relu;  // PyTorch offers relu and gelu
+  Activation activation = Activation::relu;  // PyTorch offers relu and gelu; CLIP quick_gelu
   double layer_norm_eps = 1e-5;
   bool norm_first = false;
   bool bias = true;  // biases of every Linear, of the attention and of the LayerNorms
@@ -75,9 +75,10 @@ inline void check_transformer_layer_options(std::string_view fn, const Transform
                               ", expected a positive divisor of d_model = ", o.d_model);
   detail::check_activation_enum(fn, "activation", o.activation);
   if (o.activation != Activation::relu && o.activation != Activation::gelu &&
-      o.activation != Activation::gelu_tanh && o.activation != Activation::silu)
+      o.activation != Activation::gelu_tanh && o.activation != Activation::silu &&
+      o.activation != Activation::quick_gelu)
     detail::raise<ValueError>(fn, "activation is ", to_string(o.activation),
-                              ", expected relu, gelu, gelu_tanh or silu");
+                              ", expected relu, gelu, gelu_tanh, silu or quick_gelu");
   if (o.dim_feedforward <= 0)
     detail::raise<ValueError>(fn, "dim_feedforward is ", o.dim_feedforward,
                               ", expected a value > 0");

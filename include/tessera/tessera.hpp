@@ -53,4 +53,9 @@
 // tessera works and io/safetensors.hpp is simply not included here.
 #if __has_include(<nlohmann/json.hpp>)
 #include "tessera/io/safetensors.hpp"
+// models/ loads checkpoints from safetensors files, so it needs nlohmann-json too.
+#include "tessera/models/clip.hpp"
+#include "tessera/models/naming.hpp"
+#include "tessera/models/text_transformer.hpp"
+#include "tessera/models/vision_transformer.hpp"
 #endif

@@ -265,6 +265,42 @@ TEST(StateDict, InsertLookupAndOrder) {
   EXPECT_EQ(sd.size(), 2u);
 }
 
+// rename and take move a tensor's bytes: the buffer is the same before and after.
+TEST(StateDict, RenameAndTakeMoveTheBytes) {
+  StateDict sd;
+  Tensor<float, 2> w(3, 4);
+  w.setRandom(1);
+  sd.insert("a.weight", w);
+  sd.insert("b", Tensor<float, 1>(2));
+  const std::byte* bytes = sd.at("a.weight").bytes.data();
+  sd.rename("a.weight", "z.weight");
+  EXPECT_FALSE(sd.contains("a.weight"));
+  EXPECT_EQ(sd.at("z.weight").bytes.data(), bytes);
+  EXPECT_EQ(sd.keys(), (std::vector<std::string>{"b", "z.weight"}));
+  sd.rename("b", "b");  // to itself: nothing changes
+  EXPECT_TRUE(sd.contains("b"));
+  auto t = sd.take("z.weight");
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(t->bytes.data(), bytes);
+  EXPECT_EQ(t->shape, (std::vector<Index>{3, 4}));
+  EXPECT_FALSE(sd.contains("z.weight"));
+  EXPECT_FALSE(sd.take("z.weight").has_value());
+}
+
+TEST(StateDict, RenameErrorsNameTheKeys) {
+  StateDict sd;
+  sd.insert("a", Tensor<float, 1>(2));
+  sd.insert("b", Tensor<float, 1>(2));
+  TESSERA_EXPECT_THROW_MSG(sd.rename("missing", "c"), tessera::ValueError,
+                           "tessera::io::StateDict::rename", "no tensor named 'missing'", "'a'");
+  TESSERA_EXPECT_THROW_MSG(sd.rename("a", "b"), tessera::ValueError,
+                           "tessera::io::StateDict::rename", "'b' is already present");
+  TESSERA_EXPECT_THROW_MSG(sd.rename("a", "__metadata__"), tessera::ValueError, "reserved");
+  TESSERA_EXPECT_THROW_MSG(sd.rename("missing", "missing"), tessera::ValueError,
+                           "no tensor named 'missing'");
+  EXPECT_EQ(sd.keys(), (std::vector<std::string>{"a", "b"}));  // unchanged
+}
+
 TEST(StateDict, GetConvertsAndChecksRank) {
   StateDict sd;
   Tensor<float, 2> w{{1, 2, 3}, {4, 5, 6}};

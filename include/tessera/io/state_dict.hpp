@@ -512,6 +512,35 @@ class StateDict {
     return true;
   }
 
+  // Removes the tensor named `name` and returns it; its bytes move, never copied. nullopt when
+  // there is none.
+  std::optional<StoredTensor> take(std::string_view name) {
+    const auto it = tensors_.find(name);
+    if (it == tensors_.end()) return std::nullopt;
+    std::optional<StoredTensor> t(std::move(it->second));
+    tensors_.erase(it);
+    return t;
+  }
+  // Gives the tensor named `from` the name `to` without copying its bytes. Throws ValueError if
+  // `from` is absent, or `to` is already present or is "__metadata__".
+  void rename(std::string_view from, std::string to) {
+    constexpr std::string_view fn = "tessera::io::StateDict::rename";
+    if (from == to) {
+      lookup(fn, from);
+      return;
+    }
+    if (to == "__metadata__")
+      detail::raise<ValueError>(fn, "the name '__metadata__' is reserved for metadata");
+    if (contains(to))
+      detail::raise<ValueError>(fn, "a tensor named ", detail::quote_name(to),
+                                " is already present");
+    const auto it = tensors_.find(from);
+    if (it == tensors_.end()) lookup(fn, from);  // throws, listing the names
+    auto node = tensors_.extract(it);
+    node.key() = std::move(to);
+    tensors_.insert(std::move(node));
+  }
+
   // The tensor named `name` as a Tensor<T, R>, converted from its stored dtype (see
   // StoredTensor::copy_to). Throws ValueError if absent, ShapeError if its rank is not R.
   template <class T, int R>

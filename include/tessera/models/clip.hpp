@@ -1,0 +1,345 @@
+// tessera: models::CLIP (Radford et al. 2021, "Learning Transferable Visual Models From Natural
+// Language Supervision"): an image tower and a text tower mapping into one embedding space, and
+// the learned temperature, loaded from a checkpoint in a few lines:
+//
+//   auto clip = tessera::models::load_clip<float>("ViT-B-32.safetensors", "ViT-B-32-quickgelu");
+//   auto img = clip.encode_image(pixels);          // [B, 512], pixels [B, 3, 224, 224]
+//   auto txt = clip.encode_text(ids);              // [N, 512], ids [N, 77]
+//   auto probs = clip.probabilities(img, txt);     // [B, N], each row sums to 1
+//
+// Loading detects the checkpoint's naming convention (models/naming.hpp), reads every size the
+// shapes give (widths, layers, patch and image size, context length, vocabulary, embedding width,
+// as open_clip's build_model_from_openai_state_dict does) and checks them against the preset; a
+// preset supplies only what shapes cannot tell (heads, layer norm eps, QuickGELU or GELU, the
+// pooling), and a preset that contradicts the checkpoint is a ValueError naming both values.
+//
+// Parameters: visual.* (VisionTransformer), text.* (TextTransformer), logit_scale [] (the log of
+// the logits' scale, as CLIP stores it).
+#pragma once
+
+#include <cmath>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <span>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "tessera/core/error.hpp"
+#include "tessera/core/tensor.hpp"
+#include "tessera/io/safetensors.hpp"
+#include "tessera/io/state_dict.hpp"
+#include "tessera/kernels/linear.hpp"
+#include "tessera/kernels/normalize.hpp"
+#include "tessera/kernels/softmax.hpp"
+#include "tessera/models/naming.hpp"
+#include "tessera/models/text_transformer.hpp"
+#include "tessera/models/vision_transformer.hpp"
+#include "tessera/nn/module.hpp"
+#include "tessera/nn/parameter.hpp"
+
+namespace tessera::models {
+
+struct CLIPOptions {
+  VisionTransformerOptions vision;          // its output_dim is the joint embedding width
+  TextTransformerOptions text;              // output_dim the same
+  double logit_scale = 2.6592600369327779;  // log(1 / 0.07), CLIP's initial temperature
+};
+
+template <class T>
+class CLIP : public nn::Module<CLIP<T>> {
+ public:
+  VisionTransformer<T> visual;
+  TextTransformer<T> text;
+  nn::Parameter<T, 0> logit_scale;  // [] log of the logits' scale
+
+  CLIP() = default;
+  explicit CLIP(const CLIPOptions& o) : logit_scale(Shape<0>{}), options_(checked(o)) {
+    visual = VisionTransformer<T>(o.vision);
+    text = TextTransformer<T>(o.text);
+    logit_scale.value() = static_cast<T>(o.logit_scale);
+  }
+
+  const CLIPOptions& options() const noexcept { return options_; }
+  Index embed_dim() const noexcept { return options_.vision.output_dim; }
+
+  // images: [B, 3, image_size, image_size], normalised pixels -> [B, embed_dim] (not unit
+  // length; open_clip's encode_image with normalize=False).
+  template <TensorLike X>
+  Tensor<T, 2> encode_image(const X& images) const {
+    return visual.forward(images);
+  }
+  // ids: [N, L] token ids, L <= context_length -> [N, embed_dim] (not unit length).
+  template <TensorLike I>
+  Tensor<T, 2> encode_text(const I& ids) const {
+    return text.forward(ids);
+  }
+
+  // exp(logit_scale): the factor on cosine similarities.
+  T scale() const { return std::exp(logit_scale.value()); }
+
+  // scale() * cos(image i, text j): [B, N] from image features [B, E] and text features [N, E]
+  // (normalised here).
+  template <TensorLike A, TensorLike B>
+  Tensor<T, 2> logits(const A& image_features, const B& text_features) const {
+    constexpr std::string_view fn = "tessera::models::CLIP::logits";
+    const auto av = cview(image_features);
+    const auto bv = cview(text_features);
+    const Index e[] = {av.dim(0), embed_dim()};
+    tessera::detail::check_shape_equal(fn, "image_features", av.shape(), e);
+    const Index f[] = {bv.dim(0), embed_dim()};
+    tessera::detail::check_shape_equal(fn, "text_features", bv.shape(), f);
+    const Tensor<T, 2> a = l2_normalize(av), b = l2_normalize(bv);
+    // [B, N] = s [B, E] x [N, E]^T
+    Tensor<T, 2> out = linear(a, b);
+    out.as_array() *= scale();
+    return out;
+  }
+
+  // Per image, the softmax over the texts of the logits: [B, N], rows summing to 1 (CLIP's
+  // zero-shot probabilities).
+  template <TensorLike A, TensorLike B>
+  Tensor<T, 2> probabilities(const A& image_features, const B& text_features) const {
+    Tensor<T, 2> l = logits(image_features, text_features);
+    softmax_into(l, l);
+    return l;
+  }
+
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    visual.check_parameters(fn, detail::ParameterPrefix(prefix, "visual."));
+    text.check_parameters(fn, detail::ParameterPrefix(prefix, "text."));
+    detail::check_parameter(fn, prefix, "logit_scale", logit_scale, {});
+  }
+
+  template <class Self, class F>
+  static void visit(Self& self, F&& f, const std::string& prefix) {
+    VisionTransformer<T>::visit(self.visual, f, prefix + "visual.");
+    TextTransformer<T>::visit(self.text, f, prefix + "text.");
+    f(prefix + "logit_scale", self.logit_scale);
+  }
+
+ private:
+  static const CLIPOptions& checked(const CLIPOptions& o) {
+    if (o.vision.output_dim <= 0 || o.vision.output_dim != o.text.output_dim)
+      detail::raise<ValueError>("tessera::models::CLIP", "vision.output_dim is ",
+                                o.vision.output_dim, " and text.output_dim ", o.text.output_dim,
+                                ", expected the same embedding width > 0");
+    return o;
+  }
+
+  CLIPOptions options_{};
+};
+
+// ---- presets ---------------------------------------------------------------------------------
+
+struct ClipPreset {
+  std::string_view name;
+  std::string_view description;
+  CLIPOptions options;
+};
+
+}  // namespace tessera::models
+
+namespace tessera::detail {
+
+// open_clip's model configs (model_configs/ViT-*.json): mlp_ratio 4, heads = width / 64, text
+// width 512 (768 for L/14) with 8 (12) heads, context 77, vocabulary 49408, eps 1e-5. The
+// -quickgelu variants are the activation OpenAI's released weights were trained with.
+inline models::CLIPOptions openai_style_clip(Index patch, Index vision_width, Index vision_layers,
+                                             Index text_width, Index embed_dim, Activation act) {
+  models::CLIPOptions o;
+  o.vision = {.image_size = 224,
+              .patch_size = patch,
+              .width = vision_width,
+              .layers = vision_layers,
+              .heads = vision_width / 64,
+              .mlp_dim = 4 * vision_width,
+              .activation = act,
+              .layer_norm_eps = 1e-5,
+              .patch_bias = false,
+              .ln_pre = true,
+              .output_dim = embed_dim};
+  o.text = {.vocab_size = 49408,
+            .context_length = 77,
+            .width = text_width,
+            .layers = 12,
+            .heads = text_width / 64,
+            .mlp_dim = 4 * text_width,
+            .activation = act,
+            .layer_norm_eps = 1e-5,
+            .causal = true,
+            .pooling = models::TextPooling::argmax,
+            .output_dim = embed_dim};
+  return o;
+}
+
+}  // namespace tessera::detail
+
+namespace tessera::models {
+
+// The named CLIP architectures (open_clip's names).
+inline std::span<const ClipPreset> clip_presets() {
+  using detail::openai_style_clip;
+  static const ClipPreset presets[] = {
+      {"ViT-B-32", "ViT-B/32, GELU (open_clip's LAION/DataComp weights)",
+       openai_style_clip(32, 768, 12, 512, 512, Activation::gelu)},
+      {"ViT-B-32-quickgelu", "ViT-B/32, QuickGELU (OpenAI's weights)",
+       openai_style_clip(32, 768, 12, 512, 512, Activation::quick_gelu)},
+      {"ViT-B-16", "ViT-B/16, GELU", openai_style_clip(16, 768, 12, 512, 512, Activation::gelu)},
+      {"ViT-B-16-quickgelu", "ViT-B/16, QuickGELU (OpenAI's weights)",
+       openai_style_clip(16, 768, 12, 512, 512, Activation::quick_gelu)},
+      {"ViT-L-14", "ViT-L/14, GELU", openai_style_clip(14, 1024, 24, 768, 768, Activation::gelu)},
+      {"ViT-L-14-quickgelu", "ViT-L/14, QuickGELU (OpenAI's weights)",
+       openai_style_clip(14, 1024, 24, 768, 768, Activation::quick_gelu)},
+  };
+  return presets;
+}
+
+// The preset named `name`; throws ValueError listing the known names.
+inline const ClipPreset& clip_preset(std::string_view name) {
+  for (const ClipPreset& p : clip_presets())
+    if (p.name == name) return p;
+  std::vector<std::string_view> names;
+  for (const ClipPreset& p : clip_presets()) names.push_back(p.name);
+  detail::raise<ValueError>("tessera::models::clip_preset", "no CLIP preset named '", name,
+                            "'; the presets are ", detail::capped_list(names));
+}
+
+}  // namespace tessera::models
+
+namespace tessera::detail {
+
+// The architecture a CLIP checkpoint (in tessera's names) has, as far as its shapes tell, checked
+// against `config`: throws ValueError, naming `fn`, listing every size on which they disagree
+// with both values and the tensor that says so.
+inline void check_clip_config(std::string_view fn, const io::StateDict& dict,
+                              const models::CLIPOptions& config, std::string_view preset,
+                              const std::map<std::string, std::string, std::less<>>& origin) {
+  std::vector<std::string> problems;
+  // The checkpoint's own name for a tensor renamed to `key`.
+  auto original = [&](const std::string& key) -> std::string {
+    const auto it = origin.find(key);
+    return it == origin.end() ? key : it->second;
+  };
+  auto shape = [&](const std::string& key) -> const std::vector<Index>& {
+    const io::StoredTensor* t = dict.find(key);
+    if (!t)
+      raise<ValueError>(fn, "the checkpoint has no tensor '", original(key), "' (tessera's '", key,
+                        "')");
+    return t->shape;
+  };
+  auto expect_rank = [&](const std::string& key, std::size_t rank) -> const std::vector<Index>& {
+    const auto& s = shape(key);
+    if (s.size() != rank)
+      raise<ShapeError>(fn, "checkpoint tensor '", original(key), "' has shape ", shape_string(s),
+                        ", expected rank ", rank);
+    return s;
+  };
+  auto compare = [&](std::string_view field, Index preset_value, Index checkpoint_value,
+                     const std::string& key) {
+    if (preset_value == checkpoint_value) return;
+    std::ostringstream os;
+    os << field << ": the preset says " << preset_value << ", the checkpoint's '" << original(key)
+       << "' " << shape_string(shape(key)) << " says " << checkpoint_value;
+    problems.push_back(os.str());
+  };
+  auto count_layers = [&](const std::string& prefix) {
+    Index n = 0;
+    while (dict.contains(prefix + std::to_string(n) + ".norm1.weight")) ++n;
+    return n;
+  };
+  // The number of blocks: the last one's key says how many there are.
+  auto compare_layers = [&](std::string_view field, Index preset_value, const std::string& prefix) {
+    const Index n = count_layers(prefix);
+    compare(field, preset_value, n, prefix + std::to_string(n > 0 ? n - 1 : 0) + ".norm1.weight");
+  };
+  auto compare_flag = [&](std::string_view field, bool preset_value, const std::string& key) {
+    const bool present = dict.contains(key);
+    if (preset_value == present) return;
+    problems.push_back(std::string(field) + ": the preset says " +
+                       (preset_value ? "true" : "false") + ", the checkpoint " +
+                       (present ? "has '" : "has no '") + original(key) + "'");
+  };
+
+  const auto& v = config.vision;
+  const std::string conv = "visual.patch_embed.conv1.weight";
+  const auto& cs = expect_rank(conv, 4);
+  compare("vision.width", v.width, cs[0], conv);
+  compare("vision.in_channels", v.in_channels, cs[1], conv);
+  compare("vision.patch_size", v.patch_size, cs[2], conv);
+  if (cs[2] != cs[3])
+    raise<ValueError>(fn, "checkpoint tensor '", original(conv), "' has shape ", shape_string(cs),
+                      ", expected square patches");
+  const std::string vpos = "visual.patch_embed.positional_embedding";
+  const auto& ps = expect_rank(vpos, 2);
+  const Index grid = static_cast<Index>(std::llround(std::sqrt(static_cast<double>(ps[0] - 1))));
+  if (ps[0] < 2 || grid * grid + 1 != ps[0])
+    raise<ValueError>(fn, "checkpoint tensor '", original(vpos), "' has shape ", shape_string(ps),
+                      ", expected 1 + a square number of positions (class token and patch grid)");
+  compare("vision.image_size", v.image_size, grid * cs[2], vpos);
+  const std::string vfc = "visual.encoder.layers.0.linear1.weight";
+  compare_layers("vision.layers", v.layers, "visual.encoder.layers.");
+  compare("vision.mlp_dim", v.mlp_dim, expect_rank(vfc, 2)[0], vfc);
+  const std::string vhead = "visual.head.weight";
+  if (v.output_dim > 0) compare("vision.output_dim", v.output_dim, expect_rank(vhead, 2)[0], vhead);
+  compare_flag("vision.ln_pre", v.ln_pre, "visual.patch_embed.ln_pre.weight");
+  compare_flag("vision.patch_bias", v.patch_bias, "visual.patch_embed.conv1.bias");
+
+  const auto& t = config.text;
+  const std::string tok = "text.embed.token_embedding.weight";
+  const auto& ts = expect_rank(tok, 2);
+  compare("text.vocab_size", t.vocab_size, ts[0], tok);
+  compare("text.width", t.width, ts[1], tok);
+  const std::string tpos = "text.embed.positional_embedding";
+  compare("text.context_length", t.context_length, expect_rank(tpos, 2)[0], tpos);
+  compare_layers("text.layers", t.layers, "text.encoder.layers.");
+  const std::string tfc = "text.encoder.layers.0.linear1.weight";
+  compare("text.mlp_dim", t.mlp_dim, expect_rank(tfc, 2)[0], tfc);
+  const std::string thead = "text.head.weight";
+  if (t.output_dim > 0) compare("text.output_dim", t.output_dim, expect_rank(thead, 2)[0], thead);
+
+  if (!problems.empty()) {
+    std::ostringstream os;
+    for (std::size_t i = 0; i < problems.size(); ++i) os << (i ? "; " : "") << problems[i];
+    raise<ValueError>(fn, "the checkpoint does not have the architecture of preset '", preset,
+                      "': ", os.str());
+  }
+}
+
+}  // namespace tessera::detail
+
+namespace tessera::models {
+
+// A CLIP from a checkpoint's tensors in the OpenAI/open_clip layout, with the architecture of
+// `config` (checked against the checkpoint's shapes; `preset` names it in messages). The dict's
+// tensors are moved, not copied, into tessera's names. Throws ValueError when the keys are not
+// in a known layout (listing at most 20 of those that are not) or the preset contradicts the
+// shapes, ShapeError when a tensor has a shape the architecture does not take.
+template <class T>
+CLIP<T> load_clip(io::StateDict dict, const CLIPOptions& config,
+                  std::string_view preset = "(custom options)") {
+  constexpr std::string_view fn = "tessera::models::load_clip";
+  std::map<std::string, std::string, std::less<>> origin;
+  io::StateDict named = rename_state_dict(fn, std::move(dict), openai_clip_naming(), &origin);
+  detail::check_clip_config(fn, named, config, preset, origin);
+  CLIP<T> model(config);
+  model.load_state_dict(named);
+  return model;
+}
+
+// The same with the architecture of the preset named `preset` (clip_presets()).
+template <class T>
+CLIP<T> load_clip(io::StateDict dict, std::string_view preset) {
+  return load_clip<T>(std::move(dict), clip_preset(preset).options, preset);
+}
+
+// The same from a safetensors file (io::load_safetensors; its errors are IoErrors).
+template <class T>
+CLIP<T> load_clip(const std::filesystem::path& path, std::string_view preset) {
+  return load_clip<T>(io::load_safetensors(path), preset);
+}
+
+}  // namespace tessera::models

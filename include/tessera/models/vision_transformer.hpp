@@ -1,0 +1,174 @@
+// tessera: models::VisionTransformer, the image tower of ViT (Dosovitskiy et al. 2021) and CLIP
+// (Radford et al. 2021), composed of nn/ modules:
+//
+//   images [B, C, H, W] -> patch_embed (conv as one product, class token, positions, ln_pre)
+//     -> encoder (pre-norm blocks) -> pool (the class token) -> ln_post -> head -> [B, output]
+//
+// The layouts of the checkpoints this loads:
+//   OpenAI CLIP / open_clip  conv1 without bias, class token, ln_pre, QuickGELU (OpenAI weights)
+//                            or GELU, ln_post, `proj` [width, embed_dim] (no bias);
+//   torchvision ViT          conv_proj with bias, class token, no ln_pre, GELU, LayerNorm eps
+//                            1e-6 over every token (`encoder.ln`), `heads.head` with bias;
+//   Hugging Face CLIP        as OpenAI's, with `pre_layrnorm`, `post_layernorm` and a separate
+//                            `visual_projection` Linear.
+// Layer norm is per token, so normalising only the pooled class token equals normalising every
+// token and then pooling (torchvision's order).
+//
+// Parameters (tessera's names; models/naming.hpp maps each checkpoint layout onto them):
+//   patch_embed.*  (nn::PatchEmbedding: conv1.weight, conv1.bias, class_embedding,
+//                   positional_embedding, ln_pre.*)
+//   encoder.layers.<i>.*  (nn::TransformerEncoderLayer, pre-norm)
+//   ln_post.weight, ln_post.bias   [width]
+//   head.weight [output_dim, width], head.bias [output_dim] (with head_bias)
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "tessera/core/error.hpp"
+#include "tessera/core/tensor.hpp"
+#include "tessera/kernels/activation.hpp"
+#include "tessera/nn/layer_norm.hpp"
+#include "tessera/nn/linear.hpp"
+#include "tessera/nn/module.hpp"
+#include "tessera/nn/patch_embedding.hpp"
+#include "tessera/nn/transformer_encoder.hpp"
+
+namespace tessera::models {
+
+struct VisionTransformerOptions {
+  Index image_size = 224;  // square images, pixels
+  Index patch_size = 16;   // square patches, pixels; image_size a multiple of it
+  Index in_channels = 3;
+  Index width = 768;  // token width (d_model)
+  Index layers = 12;
+  Index heads = 12;                          // width a multiple of heads
+  Index mlp_dim = 3072;                      // hidden width of each block's MLP
+  Activation activation = Activation::gelu;  // quick_gelu for OpenAI's CLIP weights
+  double layer_norm_eps = 1e-5;              // 1e-6 for torchvision
+  bool patch_bias = false;                   // conv bias: torchvision yes, CLIP no
+  bool ln_pre = true;                        // CLIP yes, torchvision no
+  Index output_dim = 512;                    // head's outputs; 0: no head, the pooled token
+  bool head_bias = false;                    // torchvision's classifier has one, CLIP's not
+  std::uint64_t seed = 0;
+};
+
+template <class T>
+class VisionTransformer : public nn::Module<VisionTransformer<T>> {
+ public:
+  nn::PatchEmbedding<T> patch_embed;
+  nn::TransformerEncoder<T> encoder;
+  nn::LayerNorm<T> ln_post;
+  nn::Linear<T> head;  // used when output_dim > 0
+
+  VisionTransformer() = default;
+  explicit VisionTransformer(const VisionTransformerOptions& o) : options_(checked(o)) {
+    patch_embed = nn::PatchEmbedding<T>({.image_size = {o.image_size, o.image_size},
+                                         .patch_size = {o.patch_size, o.patch_size},
+                                         .in_channels = o.in_channels,
+                                         .embed_dim = o.width,
+                                         .bias = o.patch_bias,
+                                         .cls_token = true,
+                                         .pre_norm = o.ln_pre,
+                                         .layer_norm_eps = o.layer_norm_eps,
+                                         .seed = o.seed});
+    encoder = nn::TransformerEncoder<T>({.layer = {.d_model = o.width,
+                                                   .nhead = o.heads,
+                                                   .dim_feedforward = o.mlp_dim,
+                                                   .activation = o.activation,
+                                                   .layer_norm_eps = o.layer_norm_eps,
+                                                   .norm_first = true,
+                                                   .seed = o.seed + 100},
+                                         .num_layers = o.layers});
+    ln_post = nn::LayerNorm<T>({.normalized_shape = o.width, .eps = o.layer_norm_eps});
+    if (o.output_dim > 0)
+      head = nn::Linear<T>({.in_features = o.width,
+                            .out_features = o.output_dim,
+                            .bias = o.head_bias,
+                            .seed = o.seed + 200});
+  }
+
+  const VisionTransformerOptions& options() const noexcept { return options_; }
+  // Features per image: output_dim, or width without a head.
+  Index output_features() const noexcept {
+    return options_.output_dim > 0 ? options_.output_dim : options_.width;
+  }
+  // Tokens per image: the patches and the class token.
+  Index num_tokens() const noexcept { return patch_embed.num_tokens(); }
+
+  // images: [B, in_channels, image_size, image_size] -> every token after the last block
+  // [B, num_tokens, width], the class token first (not normalised by ln_post).
+  template <TensorLike X>
+  requires(rank_v<X> == 4) Tensor<T, 3> forward_tokens(const X& images)
+  const {
+    constexpr std::string_view fn = "tessera::models::VisionTransformer::forward_tokens";
+    check_parameters(fn);
+    return tokens(images);
+  }
+
+  // images: [B, in_channels, image_size, image_size] -> [B, output_features()]: the class token
+  // after ln_post, through the head.
+  template <TensorLike X>
+  requires(rank_v<X> == 4) Tensor<T, 2> forward(const X& images)
+  const {
+    constexpr std::string_view fn = "tessera::models::VisionTransformer::forward";
+    check_parameters(fn);
+    const Tensor<T, 3> x = tokens(images);
+    const Index B = x.dim(0), W = options_.width;
+    // pooled: [B, width], the class token of each image
+    Tensor<T, 2> pooled(Shape<2>{B, W}, uninitialized);
+    for (Index b = 0; b < B; ++b) pooled[b].as_vector() = x[b][0].as_vector();
+    ln_post.forward_into(pooled, pooled);
+    if (options_.output_dim <= 0) return pooled;
+    return head.forward(pooled);
+  }
+
+  // Throws ShapeError, naming `fn` and the parameter by its state-dict name, unless every
+  // parameter has the shape the options give.
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    patch_embed.check_parameters(fn, detail::ParameterPrefix(prefix, "patch_embed."));
+    encoder.check_parameters(fn, detail::ParameterPrefix(prefix, "encoder."));
+    ln_post.check_parameters(fn, detail::ParameterPrefix(prefix, "ln_post."));
+    if (options_.output_dim > 0)
+      head.check_parameters(fn, detail::ParameterPrefix(prefix, "head."));
+  }
+
+  template <class Self, class F>
+  static void visit(Self& self, F&& f, const std::string& prefix) {
+    nn::PatchEmbedding<T>::visit(self.patch_embed, f, prefix + "patch_embed.");
+    nn::TransformerEncoder<T>::visit(self.encoder, f, prefix + "encoder.");
+    nn::LayerNorm<T>::visit(self.ln_post, f, prefix + "ln_post.");
+    if (self.options_.output_dim > 0) nn::Linear<T>::visit(self.head, f, prefix + "head.");
+  }
+
+ private:
+  template <class X>
+  Tensor<T, 3> tokens(const X& images) const {
+    Tensor<T, 3> x = patch_embed.forward(images);  // [B, num_tokens, width]
+    encoder.forward_into(x, x);
+    return x;
+  }
+
+  static const VisionTransformerOptions& checked(const VisionTransformerOptions& o) {
+    constexpr std::string_view fn = "tessera::models::VisionTransformer";
+    if (o.patch_size <= 0 || o.image_size <= 0 || o.image_size % o.patch_size != 0)
+      detail::raise<ValueError>(fn, "image_size is ", o.image_size, " and patch_size ",
+                                o.patch_size,
+                                ", expected positive sizes with image_size a multiple of "
+                                "patch_size");
+    if (o.layers < 1) detail::raise<ValueError>(fn, "layers is ", o.layers, ", expected >= 1");
+    if (o.width <= 0 || o.heads <= 0 || o.width % o.heads != 0)
+      detail::raise<ValueError>(fn, "width is ", o.width, " and heads ", o.heads,
+                                ", expected heads > 0 dividing width");
+    if (o.mlp_dim <= 0) detail::raise<ValueError>(fn, "mlp_dim is ", o.mlp_dim, ", expected > 0");
+    if (o.output_dim < 0)
+      detail::raise<ValueError>(fn, "output_dim is ", o.output_dim, ", expected >= 0");
+    return o;
+  }
+
+  VisionTransformerOptions options_{};
+};
+
+}  // namespace tessera::models

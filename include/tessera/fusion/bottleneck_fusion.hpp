@@ -77,7 +77,7 @@ class BottleneckFusion : public nn::Module<BottleneckFusion<T>> {
       encoders.emplace_back(eo);
     }
     bottleneck = nn::Parameter<T, 3>(Shape<3>{1, o.n_bottlenecks, embed_dim()});
-    bottleneck.value.setRandomNormal(o.seed, 0.0, 0.02);
+    tessera::detail::init_normal(bottleneck, o.seed, 0.0, 0.02);
   }
 
   const BottleneckFusionOptions& options() const noexcept { return options_; }

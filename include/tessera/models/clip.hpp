@@ -325,8 +325,13 @@ CLIP<T> load_clip(io::StateDict dict, const CLIPOptions& config,
   std::map<std::string, std::string, std::less<>> origin;
   io::StateDict named = rename_state_dict(fn, std::move(dict), openai_clip_naming(), &origin);
   detail::check_clip_config(fn, named, config, preset, origin);
-  CLIP<T> model(config);
-  model.load_state_dict(named);
+  // Built without drawing random weights, then every parameter written from the checkpoint
+  // (strict), each tensor released as soon as it is copied.
+  CLIP<T> model = [&] {
+    nn::SkipInit skip;
+    return CLIP<T>(config);
+  }();
+  model.load_state_dict(std::move(named));
   return model;
 }
 

@@ -109,7 +109,7 @@ class Attention : public Module<Attention<T>> {
       case AttentionScore::general: {
         weight = Parameter<T, 2>(Shape<2>{Dq, Dk});
         const double bound = 1.0 / std::sqrt(static_cast<double>(Dk));
-        weight.value.setRandom(o.seed, -bound, bound);
+        detail::init_uniform(weight, o.seed, -bound, bound);
         break;
       }
       case AttentionScore::additive:

@@ -70,7 +70,7 @@ class AttentionPooling : public Module<AttentionPooling<T>> {
                       .seed = o.seed + 1});
     query = Parameter<T, 1>(Shape<1>{o.attention_dim});
     const double bound = 1.0 / std::sqrt(static_cast<double>(o.attention_dim));
-    query.value.setRandom(o.seed + 2, -bound, bound);
+    detail::init_uniform(query, o.seed + 2, -bound, bound);
   }
 
   const AttentionPoolingOptions& options() const noexcept { return options_; }

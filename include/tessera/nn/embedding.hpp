@@ -57,8 +57,9 @@ class Embedding : public Module<Embedding<T>> {
       options_.padding_idx = p < 0 ? p + o.num_embeddings : p;
     }
     weight = Parameter<T, 2>(Shape<2>{o.num_embeddings, o.embedding_dim});
-    weight.value.setRandomNormal(o.seed, 0.0, 1.0);
-    if (options_.padding_idx) weight.value[*options_.padding_idx].setZero();
+    detail::init_normal(weight, o.seed, 0.0, 1.0);
+    if (options_.padding_idx && !detail::skip_init_flag())
+      weight.value[*options_.padding_idx].setZero();
   }
 
   const EmbeddingOptions& options() const noexcept { return options_; }

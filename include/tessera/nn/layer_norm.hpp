@@ -37,7 +37,7 @@ class LayerNorm : public Module<LayerNorm<T>> {
                                 " in the module's scalar type; expected a finite value > 0");
     if (o.elementwise_affine) {
       weight = Parameter<T, 1>(Shape<1>{o.normalized_shape});
-      weight.value.setConstant(1);
+      detail::init_constant(weight, 1);
       if (o.bias) bias = Parameter<T, 1>(Shape<1>{o.normalized_shape});
     }
   }

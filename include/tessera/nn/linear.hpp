@@ -56,10 +56,10 @@ class Linear : public Module<Linear<T>> {
     weight = Parameter<T, 2>(Shape<2>{o.out_features, o.in_features});
     const double bound =
         o.in_features > 0 ? 1.0 / std::sqrt(static_cast<double>(o.in_features)) : 0.0;
-    if (bound > 0) weight.value.setRandom(o.seed, -bound, bound);
+    if (bound > 0) detail::init_uniform(weight, o.seed, -bound, bound);
     if (o.bias) {
       bias = Parameter<T, 1>(Shape<1>{o.out_features});
-      if (bound > 0) bias.value.setRandom(o.seed ^ 0x9e3779b97f4a7c15ull, -bound, bound);
+      if (bound > 0) detail::init_uniform(bias, o.seed ^ 0x9e3779b97f4a7c15ull, -bound, bound);
     }
   }
 

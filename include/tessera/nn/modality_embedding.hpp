@@ -41,7 +41,7 @@ class ModalityEmbedding : public Module<ModalityEmbedding<T>> {
     if (o.embed_dim <= 0)
       detail::raise<ValueError>(fn, "embed_dim is ", o.embed_dim, ", expected a value > 0");
     weight = Parameter<T, 2>(Shape<2>{o.num_modalities, o.embed_dim});
-    weight.value.setRandomNormal(o.seed, 0.0, 0.02);
+    detail::init_normal(weight, o.seed, 0.0, 0.02);
   }
 
   const ModalityEmbeddingOptions& options() const noexcept { return options_; }

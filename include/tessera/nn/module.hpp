@@ -17,6 +17,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "tessera/core/error.hpp"
@@ -53,6 +54,21 @@ class Module {
   // nothing is changed then.
   void load_state_dict(const io::StateDict& dict, const std::string& prefix = "",
                        bool strict = true) {
+    load_from(dict, prefix, strict);
+  }
+  // The same, consuming `dict`: each tensor is released as soon as it is copied into its
+  // parameter, so loading a checkpoint holds about its size in memory once, not twice (with
+  // parameters allocated in an nn::SkipInit scope, whose pages are not resident until written).
+  // When a check fails (missing, unexpected or misshapen keys) nothing is changed and `dict`
+  // keeps every tensor.
+  void load_state_dict(io::StateDict&& dict, const std::string& prefix = "", bool strict = true) {
+    load_from(dict, prefix, strict);
+  }
+
+ private:
+  // Dict is io::StateDict (consumed) or const io::StateDict.
+  template <class Dict>
+  void load_from(Dict& dict, const std::string& prefix, bool strict) {
     constexpr std::string_view fn = "tessera::nn::Module::load_state_dict";
     std::vector<std::string> missing;
     std::set<std::string> used;
@@ -93,11 +109,13 @@ class Module {
           if (const io::StoredTensor* st = dict.find(name)) {
             st->copy_to(p.value.data(), fn, "key " + io::detail::quote_name(name) + ": ");
             ++p.version;  // packed copies of the old value are stale now
+            if constexpr (!std::is_const_v<Dict>) dict.erase(name);
           }
         },
         prefix);
   }
 
+ public:
   // Every parameter's value under its PyTorch name (prefixed).
   io::StateDict state_dict(const std::string& prefix = "") const {
     io::StateDict dict;

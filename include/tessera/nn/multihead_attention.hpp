@@ -120,7 +120,7 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
     // PyTorch: xavier_uniform_ on the projection weights, zero biases, xavier_normal_ on bias_k/v.
     auto xavier = [](Parameter<T, 2>& w, std::uint64_t seed) {
       const double bound = std::sqrt(6.0 / static_cast<double>(w.shape()[0] + w.shape()[1]));
-      w.value.setRandom(seed, -bound, bound);
+      detail::init_uniform(w, seed, -bound, bound);
     };
     if (packed()) {
       in_proj_weight = Parameter<T, 2>(Shape<2>{3 * E, E});
@@ -138,11 +138,11 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
       bias_k = Parameter<T, 3>(Shape<3>{1, 1, E});
       bias_v = Parameter<T, 3>(Shape<3>{1, 1, E});
       const double std = std::sqrt(2.0 / static_cast<double>(E + 1));
-      bias_k.value.setRandomNormal(o.seed + 4, 0.0, std);
-      bias_v.value.setRandomNormal(o.seed + 5, 0.0, std);
+      detail::init_normal(bias_k, o.seed + 4, 0.0, std);
+      detail::init_normal(bias_v, o.seed + 5, 0.0, std);
     }
     out_proj = Linear<T>({.in_features = E, .out_features = E, .bias = o.bias, .seed = o.seed + 6});
-    if (o.bias) out_proj.bias.value.setZero();
+    if (o.bias) detail::init_constant(out_proj.bias, 0);
   }
 
   const MultiheadAttentionOptions& options() const noexcept { return options_; }

@@ -15,7 +15,37 @@
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 
+namespace tessera::detail {
+
+// Whether this thread is inside an nn::SkipInit scope.
+inline bool& skip_init_flag() noexcept {
+  thread_local bool skip = false;
+  return skip;
+}
+
+}  // namespace tessera::detail
+
 namespace tessera::nn {
+
+// While one is alive on this thread, modules constructed here leave their parameters
+// uninitialised: no random draws, no zero fill, memory allocated but not written (so not yet
+// resident). For modules about to be overwritten by a strict load_state_dict, where the
+// initialisation would cost seconds and be thrown away (PyTorch's torch.nn.utils.skip_init does
+// the same). Reading a parameter that nothing has written since is undefined; load every one.
+//
+//   tessera::nn::SkipInit skip;
+//   tessera::nn::Linear<float> proj({.in_features = 768, .out_features = 512});  // not drawn
+//   proj.load_state_dict(dict);  // strict: every parameter written
+class SkipInit {
+ public:
+  SkipInit() noexcept : previous_(detail::skip_init_flag()) { detail::skip_init_flag() = true; }
+  ~SkipInit() { detail::skip_init_flag() = previous_; }
+  SkipInit(const SkipInit&) = delete;
+  SkipInit& operator=(const SkipInit&) = delete;
+
+ private:
+  bool previous_;
+};
 
 template <class T, int Rank>
 struct Parameter {
@@ -31,7 +61,10 @@ struct Parameter {
   std::uint64_t version = 0;
 
   Parameter() = default;
-  explicit Parameter(const Shape<Rank>& shape) : value(shape) {}
+  // Zero-filled, or uninitialised inside an nn::SkipInit scope.
+  explicit Parameter(const Shape<Rank>& shape)
+      : value(detail::skip_init_flag() ? Tensor<T, Rank>(shape, uninitialized)
+                                       : Tensor<T, Rank>(shape)) {}
   explicit Parameter(Tensor<T, Rank> v) : value(std::move(v)) {}
 
   const Shape<Rank>& shape() const noexcept { return value.shape(); }
@@ -53,6 +86,20 @@ struct Parameter {
 }  // namespace tessera::nn
 
 namespace tessera::detail {
+
+// Initialisers for module constructors: they do nothing inside an nn::SkipInit scope.
+template <class P>
+void init_uniform(P& p, std::uint64_t seed, double lo, double hi) {
+  if (!skip_init_flag()) p.value.setRandom(seed, lo, hi);
+}
+template <class P>
+void init_normal(P& p, std::uint64_t seed, double mean, double stddev) {
+  if (!skip_init_flag()) p.value.setRandomNormal(seed, mean, stddev);
+}
+template <class P, class V>
+void init_constant(P& p, V value) {
+  if (!skip_init_flag()) p.value.setConstant(value);
+}
 
 // What a packed copy of a weight was made from: the value's buffer and the parameter's version.
 // A copy made from another buffer (the module was copied, or `value` replaced) or an older

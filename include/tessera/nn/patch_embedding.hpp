@@ -115,17 +115,17 @@ class PatchEmbedding : public Module<PatchEmbedding<T>> {
     const Index E = o.embed_dim, K = patch_features();
     conv1_weight = Parameter<T, 4>(Shape<4>{E, o.in_channels, o.patch_size[0], o.patch_size[1]});
     const double bound = 1.0 / std::sqrt(static_cast<double>(K));
-    conv1_weight.value.setRandom(o.seed, -bound, bound);
+    detail::init_uniform(conv1_weight, o.seed, -bound, bound);
     if (o.bias) {
       conv1_bias = Parameter<T, 1>(Shape<1>{E});
-      conv1_bias.value.setRandom(o.seed + 1, -bound, bound);
+      detail::init_uniform(conv1_bias, o.seed + 1, -bound, bound);
     }
     if (o.cls_token) {
       class_embedding = Parameter<T, 1>(Shape<1>{E});
-      class_embedding.value.setRandomNormal(o.seed + 2, 0.0, 0.02);
+      detail::init_normal(class_embedding, o.seed + 2, 0.0, 0.02);
     }
     positional_embedding = Parameter<T, 2>(Shape<2>{num_tokens(), E});
-    positional_embedding.value.setRandomNormal(o.seed + 3, 0.0, 0.02);
+    detail::init_normal(positional_embedding, o.seed + 3, 0.0, 0.02);
     if (o.pre_norm) ln_pre = LayerNorm<T>({.normalized_shape = E, .eps = o.layer_norm_eps});
   }
 

@@ -151,7 +151,7 @@ class LearnedPositionalEmbedding : public Module<LearnedPositionalEmbedding<T>> 
     detail::check_positional_options("tessera::nn::LearnedPositionalEmbedding", o.max_len,
                                      o.embed_dim);
     weight = Parameter<T, 2>(Shape<2>{o.max_len, o.embed_dim});
-    weight.value.setRandomNormal(o.seed, 0.0, 0.02);
+    detail::init_normal(weight, o.seed, 0.0, 0.02);
   }
 
   const LearnedPositionalEmbeddingOptions& options() const noexcept { return options_; }

@@ -54,7 +54,7 @@ class TokenEmbedding : public Module<TokenEmbedding<T>> {
                                     .padding_idx = o.padding_idx,
                                     .seed = o.seed});
     positional_embedding = Parameter<T, 2>(Shape<2>{o.max_len, o.embed_dim});
-    positional_embedding.value.setRandomNormal(o.seed + 1, 0.0, 0.02);
+    detail::init_normal(positional_embedding, o.seed + 1, 0.0, 0.02);
     if (o.layer_norm)
       norm = LayerNorm<T>({.normalized_shape = o.embed_dim, .eps = o.layer_norm_eps});
   }

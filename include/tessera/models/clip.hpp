@@ -35,6 +35,7 @@
 #include "tessera/kernels/linear.hpp"
 #include "tessera/kernels/normalize.hpp"
 #include "tessera/kernels/softmax.hpp"
+#include "tessera/models/architecture_check.hpp"
 #include "tessera/models/naming.hpp"
 #include "tessera/models/text_transformer.hpp"
 #include "tessera/models/vision_transformer.hpp"
@@ -210,107 +211,6 @@ inline const ClipPreset& clip_preset(std::string_view name) {
 
 }  // namespace tessera::models
 
-namespace tessera::detail {
-
-// The architecture a CLIP checkpoint (in tessera's names) has, as far as its shapes tell, checked
-// against `config`: throws ValueError, naming `fn`, listing every size on which they disagree
-// with both values and the tensor that says so.
-inline void check_clip_config(std::string_view fn, const io::StateDict& dict,
-                              const models::CLIPOptions& config, std::string_view preset,
-                              const std::map<std::string, std::string, std::less<>>& origin) {
-  std::vector<std::string> problems;
-  // The checkpoint's own name for a tensor renamed to `key`.
-  auto original = [&](const std::string& key) -> std::string {
-    const auto it = origin.find(key);
-    return it == origin.end() ? key : it->second;
-  };
-  auto shape = [&](const std::string& key) -> const std::vector<Index>& {
-    const io::StoredTensor* t = dict.find(key);
-    if (!t)
-      raise<ValueError>(fn, "the checkpoint has no tensor '", original(key), "' (tessera's '", key,
-                        "')");
-    return t->shape;
-  };
-  auto expect_rank = [&](const std::string& key, std::size_t rank) -> const std::vector<Index>& {
-    const auto& s = shape(key);
-    if (s.size() != rank)
-      raise<ShapeError>(fn, "checkpoint tensor '", original(key), "' has shape ", shape_string(s),
-                        ", expected rank ", rank);
-    return s;
-  };
-  auto compare = [&](std::string_view field, Index preset_value, Index checkpoint_value,
-                     const std::string& key) {
-    if (preset_value == checkpoint_value) return;
-    std::ostringstream os;
-    os << field << ": the preset says " << preset_value << ", the checkpoint's '" << original(key)
-       << "' " << shape_string(shape(key)) << " says " << checkpoint_value;
-    problems.push_back(os.str());
-  };
-  auto count_layers = [&](const std::string& prefix) {
-    Index n = 0;
-    while (dict.contains(prefix + std::to_string(n) + ".norm1.weight")) ++n;
-    return n;
-  };
-  // The number of blocks: the last one's key says how many there are.
-  auto compare_layers = [&](std::string_view field, Index preset_value, const std::string& prefix) {
-    const Index n = count_layers(prefix);
-    compare(field, preset_value, n, prefix + std::to_string(n > 0 ? n - 1 : 0) + ".norm1.weight");
-  };
-  auto compare_flag = [&](std::string_view field, bool preset_value, const std::string& key) {
-    const bool present = dict.contains(key);
-    if (preset_value == present) return;
-    problems.push_back(std::string(field) + ": the preset says " +
-                       (preset_value ? "true" : "false") + ", the checkpoint " +
-                       (present ? "has '" : "has no '") + original(key) + "'");
-  };
-
-  const auto& v = config.vision;
-  const std::string conv = "visual.patch_embed.conv1.weight";
-  const auto& cs = expect_rank(conv, 4);
-  compare("vision.width", v.width, cs[0], conv);
-  compare("vision.in_channels", v.in_channels, cs[1], conv);
-  compare("vision.patch_size", v.patch_size, cs[2], conv);
-  if (cs[2] != cs[3])
-    raise<ValueError>(fn, "checkpoint tensor '", original(conv), "' has shape ", shape_string(cs),
-                      ", expected square patches");
-  const std::string vpos = "visual.patch_embed.positional_embedding";
-  const auto& ps = expect_rank(vpos, 2);
-  const Index grid = static_cast<Index>(std::llround(std::sqrt(static_cast<double>(ps[0] - 1))));
-  if (ps[0] < 2 || grid * grid + 1 != ps[0])
-    raise<ValueError>(fn, "checkpoint tensor '", original(vpos), "' has shape ", shape_string(ps),
-                      ", expected 1 + a square number of positions (class token and patch grid)");
-  compare("vision.image_size", v.image_size, grid * cs[2], vpos);
-  const std::string vfc = "visual.encoder.layers.0.linear1.weight";
-  compare_layers("vision.layers", v.layers, "visual.encoder.layers.");
-  compare("vision.mlp_dim", v.mlp_dim, expect_rank(vfc, 2)[0], vfc);
-  const std::string vhead = "visual.head.weight";
-  if (v.output_dim > 0) compare("vision.output_dim", v.output_dim, expect_rank(vhead, 2)[0], vhead);
-  compare_flag("vision.ln_pre", v.ln_pre, "visual.patch_embed.ln_pre.weight");
-  compare_flag("vision.patch_bias", v.patch_bias, "visual.patch_embed.conv1.bias");
-
-  const auto& t = config.text;
-  const std::string tok = "text.embed.token_embedding.weight";
-  const auto& ts = expect_rank(tok, 2);
-  compare("text.vocab_size", t.vocab_size, ts[0], tok);
-  compare("text.width", t.width, ts[1], tok);
-  const std::string tpos = "text.embed.positional_embedding";
-  compare("text.context_length", t.context_length, expect_rank(tpos, 2)[0], tpos);
-  compare_layers("text.layers", t.layers, "text.encoder.layers.");
-  const std::string tfc = "text.encoder.layers.0.linear1.weight";
-  compare("text.mlp_dim", t.mlp_dim, expect_rank(tfc, 2)[0], tfc);
-  const std::string thead = "text.head.weight";
-  if (t.output_dim > 0) compare("text.output_dim", t.output_dim, expect_rank(thead, 2)[0], thead);
-
-  if (!problems.empty()) {
-    std::ostringstream os;
-    for (std::size_t i = 0; i < problems.size(); ++i) os << (i ? "; " : "") << problems[i];
-    raise<ValueError>(fn, "the checkpoint does not have the architecture of preset '", preset,
-                      "': ", os.str());
-  }
-}
-
-}  // namespace tessera::detail
-
 namespace tessera::models {
 
 // A CLIP from a checkpoint's tensors in the OpenAI/open_clip layout, with the architecture of
@@ -324,7 +224,10 @@ CLIP<T> load_clip(io::StateDict dict, const CLIPOptions& config,
   constexpr std::string_view fn = "tessera::models::load_clip";
   std::map<std::string, std::string, std::less<>> origin;
   io::StateDict named = rename_state_dict(fn, std::move(dict), openai_clip_naming(), &origin);
-  detail::check_clip_config(fn, named, config, preset, origin);
+  ArchitectureCheck check(fn, named, origin, openai_clip_naming());
+  check.vision("visual.", "vision.", config.vision);
+  check.text("text.", "text.", config.text);
+  check.raise_if_any(preset);
   // Built without drawing random weights, then every parameter written from the checkpoint
   // (strict), each tensor released as soon as it is copied.
   CLIP<T> model = [&] {

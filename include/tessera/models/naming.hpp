@@ -33,6 +33,7 @@ namespace tessera::models {
 enum class NameTransform {
   none,
   transpose,  // a matrix [rows, cols] becomes [cols, rows]
+  squeeze,    // leading dimensions of size 1 removed: [1, 1, 768] -> [768] (bytes unchanged)
   drop,       // a checkpoint entry the model does not use (e.g. OpenAI's `input_resolution`)
 };
 
@@ -145,6 +146,8 @@ inline io::StateDict rename_state_dict(
     std::optional<io::StoredTensor> t = dict.take(key);
     if (rule->transform == NameTransform::drop) continue;
     if (rule->transform == NameTransform::transpose) detail::transpose_stored(fn, key, *t);
+    if (rule->transform == NameTransform::squeeze)
+      while (t->shape.size() > 1 && t->shape.front() == 1) t->shape.erase(t->shape.begin());
     std::string name = *detail::apply_name_rule(key, *rule);
     if (out.contains(name))
       tessera::detail::raise<ValueError>(fn, "checkpoint keys map twice onto '", name, "' in the ",
@@ -190,6 +193,31 @@ inline const NamingConvention& openai_clip_naming() {
   static constexpr NamingConvention convention{
       "openai_clip", "OpenAI CLIP or open_clip: visual.transformer.resblocks.N, text_projection",
       rules};
+  return convention;
+}
+
+// torchvision's VisionTransformer (torchvision.models.vit_b_16 and its siblings): conv_proj,
+// class_token [1, 1, width], encoder.pos_embedding [1, tokens, width],
+// encoder.layers.encoder_layer_N.{ln_1, self_attention, ln_2, mlp.0, mlp.3}, encoder.ln,
+// heads.head. The MLP's older names mlp.linear_1/linear_2 (torchvision < 0.13) load too.
+inline const NamingConvention& torchvision_vit_naming() {
+  static constexpr NameRule rules[] = {
+      {"conv_proj.*", "patch_embed.conv1.*"},
+      {"class_token", "patch_embed.class_embedding", NameTransform::squeeze},
+      {"encoder.pos_embedding", "patch_embed.positional_embedding", NameTransform::squeeze},
+      {"encoder.layers.encoder_layer_#.ln_1.*", "encoder.layers.#.norm1.*"},
+      {"encoder.layers.encoder_layer_#.self_attention.*", "encoder.layers.#.self_attn.*"},
+      {"encoder.layers.encoder_layer_#.ln_2.*", "encoder.layers.#.norm2.*"},
+      {"encoder.layers.encoder_layer_#.mlp.0.*", "encoder.layers.#.linear1.*"},
+      {"encoder.layers.encoder_layer_#.mlp.3.*", "encoder.layers.#.linear2.*"},
+      {"encoder.layers.encoder_layer_#.mlp.linear_1.*", "encoder.layers.#.linear1.*"},
+      {"encoder.layers.encoder_layer_#.mlp.linear_2.*", "encoder.layers.#.linear2.*"},
+      {"encoder.ln.*", "ln_post.*"},
+      {"heads.head.*", "head.*"},
+  };
+  static constexpr NamingConvention convention{
+      "torchvision_vit",
+      "torchvision's VisionTransformer: encoder.layers.encoder_layer_N, heads.head", rules};
   return convention;
 }
 

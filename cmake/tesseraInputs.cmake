@@ -5,7 +5,7 @@
 # tesseraConfig.cmake, in a consumer's find_package(tessera), so both see the same targets:
 #
 #   tessera::text           CLIP's BPE tokenizer       zlib, PCRE2 (8-bit), utf8proc, nlohmann-json
-#   tessera::sentencepiece  SentencePiece tokenizer    sentencepiece (+ its trainer library)
+#   tessera::sentencepiece  SentencePiece tokenizer    sentencepiece (+ its trainer), utf8proc
 #   tessera::image          decoding and writing       stb (stb_image, stb_image_write)
 #   tessera::audio          sound files, resampling    libsndfile, libsamplerate
 #
@@ -77,10 +77,18 @@ else()
   _tessera_input(text OFF "${_missing}")
 endif()
 
-if(TESSERA_SENTENCEPIECE_FOUND)
-  _tessera_input(sentencepiece ON "" PkgConfig::TESSERA_SENTENCEPIECE)
+# SentencePiece's SigLIP clean-up shares CLIP's Unicode steps (utf8proc).
+if(TESSERA_SENTENCEPIECE_FOUND AND TESSERA_UTF8PROC_FOUND)
+  _tessera_input(sentencepiece ON "" PkgConfig::TESSERA_SENTENCEPIECE PkgConfig::TESSERA_UTF8PROC)
 else()
-  _tessera_input(sentencepiece OFF " sentencepiece")
+  set(_missing "")
+  if(NOT TESSERA_SENTENCEPIECE_FOUND)
+    string(APPEND _missing " sentencepiece")
+  endif()
+  if(NOT TESSERA_UTF8PROC_FOUND)
+    string(APPEND _missing " libutf8proc")
+  endif()
+  _tessera_input(sentencepiece OFF "${_missing}")
 endif()
 
 if(TESSERA_STB_FOUND)

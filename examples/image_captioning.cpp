@@ -6,7 +6,10 @@
 //
 // The weights are untrained (seeded), so the words are arbitrary; the mechanism is the point. The
 // program checks it: the cached steps give the same logits as one causal forward over the whole
-// caption, and it prints which image patch each word looked at most.
+// caption, and it prints which image patch each word looked at most. It draws the last decoder
+// layer's cross-attention (averaged over its heads) in two pictures:
+//   captioning_attention.png  caption words x image tokens (class token + 16 patches), labelled
+//   captioning_overlays.png   each word's attention over the 4 x 4 patches, drawn over the image
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -16,6 +19,9 @@
 #include <vector>
 
 #include <tessera/tessera.hpp>
+
+#include "tessera/image/heatmap.hpp"
+#include "tessera/image/write.hpp"
 
 using tessera::Index;
 using tessera::Tensor;
@@ -42,6 +48,58 @@ Tensor<float, 4> make_image() {
 }
 
 Index argmax(const float* p, Index n) { return std::max_element(p, p + n) - p; }
+
+// The [1, 3, H, W] image in [0, 1] as an RGB picture [H * scale, W * scale, 3], each pixel
+// repeated scale x scale times.
+Tensor<std::uint8_t, 3> to_picture(const Tensor<float, 4>& img, Index scale) {
+  const Index h = img.dim(2), w = img.dim(3);
+  Tensor<std::uint8_t, 3> out(h * scale, w * scale, 3);
+  for (Index y = 0; y < h * scale; ++y)
+    for (Index x = 0; x < w * scale; ++x)
+      for (Index c = 0; c < 3; ++c)
+        out(y, x, c) = static_cast<std::uint8_t>(
+            std::lround(255 * std::clamp(img(0, c, y / scale, x / scale), 0.0f, 1.0f)));
+  return out;
+}
+
+// attention: [steps, 1 + 16], row t the cross-attention of the step that wrote words[t].
+void write_pictures(const Tensor<float, 2>& attention, const std::vector<std::string>& words,
+                    const Tensor<float, 4>& img) {
+  namespace image = tessera::image;
+  const Index grid = kImage / kPatch, n = attention.dim(0);
+  std::vector<std::string> tokens = {"cls"};
+  for (Index p = 0; p < grid * grid; ++p)
+    tokens.push_back(std::to_string(p / grid) + "," + std::to_string(p % grid));
+  image::write_png("captioning_attention.png",
+                   image::heatmap(attention, words, tokens,
+                                  {.title = "Cross-attention of the last decoder layer",
+                                   .x_label = "image token (class token, then patch row,col)",
+                                   .y_label = "word written",
+                                   .cell_size = 32}));
+  // One overlay per word over the 16 patches (the class token has no place on the image), all on
+  // one colour scale: the smallest to the largest patch weight of any word. The image itself,
+  // alone, comes first.
+  float lo = attention(0, 1), hi = attention(0, 1);
+  for (Index t = 0; t < n; ++t)
+    for (Index p = 1; p <= grid * grid; ++p) {
+      lo = std::min(lo, attention(t, p));
+      hi = std::max(hi, attention(t, p));
+    }
+  const auto photo = to_picture(img, 6);  // [192, 192, 3]
+  std::vector<Tensor<std::uint8_t, 3>> tiles = {photo};
+  for (Index t = 0; t < n; ++t) {
+    const tessera::TensorMap<const float, 2> patches(&attention(t, 1), {grid, grid});
+    tiles.push_back(image::overlay(photo, patches, {.alpha = 0.5, .vmin = lo, .vmax = hi}));
+  }
+  std::vector<std::string> titles = {"image"};
+  for (Index t = 0; t < n; ++t) titles.push_back(std::to_string(t + 1) + ". " + words[t]);
+  image::write_png(
+      "captioning_overlays.png",
+      image::make_grid(
+          tiles, titles,
+          {.nrow = 4,
+           .title = "Where each word looked (dark: least, yellow: most; one scale for all)"}));
+}
 
 }  // namespace
 
@@ -87,6 +145,7 @@ int main() {
   std::vector<Index> caption = {0};  // <bos>
   std::vector<Tensor<float, 2>> step_logits;
   std::vector<Index> looked_at;  // per step: the memory token the last layer attended to most
+  std::vector<std::vector<float>> attention;  // per step: the last layer's weights over memory
   for (Index t = 0; t < kMaxLen - 1; ++t) {
     Tensor<std::int64_t, 2> id(1, 1);
     id(0, 0) = caption.back();
@@ -96,6 +155,7 @@ int main() {
     step_logits.push_back(logits);
     const auto& w = cache.layers.back().cross_attention;  // [1, 1, Lm]
     looked_at.push_back(argmax(w.data(), Lm));
+    attention.emplace_back(w.data(), w.data() + Lm);
     caption.push_back(argmax(logits.data(), V));
     if (caption.back() == 1) break;  // <eos>
   }
@@ -131,5 +191,19 @@ int main() {
   std::printf(
       "Cached steps vs. one causal forward over the caption: max |logit difference| = %.2g\n",
       diff);
+
+  // The pictures: rows are the words written, in order.
+  const Index steps = static_cast<Index>(attention.size());
+  Tensor<float, 2> weights(steps, Lm);
+  std::vector<std::string> written;
+  for (Index t = 0; t < steps; ++t) {
+    std::copy(attention[t].begin(), attention[t].end(), &weights(t, 0));
+    written.push_back(kVocab[caption[t + 1]]);
+  }
+  write_pictures(weights, written, image);
+  std::printf(
+      "Wrote captioning_attention.png (%td words x %td image tokens) and captioning_overlays.png"
+      " (each word's attention over the image).\n",
+      steps, Lm);
   return diff < 1e-3f ? 0 : 1;
 }

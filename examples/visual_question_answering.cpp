@@ -14,21 +14,26 @@
 // A colour word thus attends to the patches of its colour and brings back where they are; the
 // other words, matching no colour, attend evenly and bring back no preference.
 //
-// Prints the answer distributions, the question-to-patch attention map of one example (as a
-// table and as vqa_attention.pgm, a greyscale heatmap), and checks every answer.
+// Prints the answer distributions and the question-to-patch attention map of one example, as a
+// table and as two pictures, and checks every answer:
+//   vqa_attention.png  the map as a labelled heatmap: question words x image patches
+//   vqa_overlays.png   each word's attention over the 4 x 4 patch grid, drawn over the image
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include <tessera/tessera.hpp>
 
+#include "tessera/image/heatmap.hpp"
+#include "tessera/image/write.hpp"
+
 using tessera::Index;
 using tessera::Tensor;
+using tessera::TensorMap;
 namespace nn = tessera::nn;
 namespace fusion = tessera::fusion;
 
@@ -69,14 +74,48 @@ Tensor<std::int64_t, 2> tokenize(const std::string& question) {
   return t;
 }
 
-void write_pgm(const char* path, const Tensor<float, 2>& w, int cell) {
-  const Index rows = w.dim(0), cols = w.dim(1);
-  const float top = std::max(w.as_matrix().maxCoeff(), 1e-6f);
-  std::ofstream f(path, std::ios::binary);
-  f << "P5\n" << cols * cell << " " << rows * cell << "\n255\n";
-  for (Index r = 0; r < rows * cell; ++r)
-    for (Index c = 0; c < cols * cell; ++c)
-      f.put(static_cast<char>(255 - std::lround(255 * w(r / cell, c / cell) / top)));
+// The [1, 3, H, W] image in [0, 1] as an RGB picture [H * scale, W * scale, 3], each pixel
+// repeated scale x scale times so that the patches stay sharp.
+Tensor<std::uint8_t, 3> to_picture(const Tensor<float, 4>& img, Index scale) {
+  const Index h = img.dim(2), w = img.dim(3);
+  Tensor<std::uint8_t, 3> out(h * scale, w * scale, 3);
+  for (Index y = 0; y < h * scale; ++y)
+    for (Index x = 0; x < w * scale; ++x)
+      for (Index c = 0; c < 3; ++c)
+        out(y, x, c) = static_cast<std::uint8_t>(
+            std::lround(255 * std::clamp(img(0, c, y / scale, x / scale), 0.0f, 1.0f)));
+  return out;
+}
+
+// The two pictures of example 0: the heatmap of `map` [words, 16 patches] and one overlay per
+// word on the image.
+void write_pictures(const Tensor<float, 2>& map, const std::vector<std::string>& words,
+                    const Tensor<float, 4>& img) {
+  namespace image = tessera::image;
+  std::vector<std::string> patch_names;
+  for (Index t = 0; t < kGrid * kGrid; ++t) patch_names.push_back(std::to_string(t));
+  image::write_png("vqa_attention.png",
+                   image::heatmap(map, words, patch_names,
+                                  {.title = "Question-to-patch attention (mean of " +
+                                            std::to_string(kHeads) + " heads)",
+                                   .x_label = "image patch (row by row over the 4 x 4 grid)",
+                                   .y_label = "question word",
+                                   .cell_size = 36}));
+  // One overlay per word, all on the same colour scale (0 to the largest weight).
+  const auto photo = to_picture(img, 8);  // [256, 256, 3]
+  const float top = map.as_matrix().maxCoeff();
+  std::vector<Tensor<std::uint8_t, 3>> tiles = {photo};  // the image itself first
+  std::vector<std::string> titles = {"image"};
+  for (Index i = 0; i < map.dim(0); ++i) {
+    const TensorMap<const float, 2> grid(&map(i, 0), {kGrid, kGrid});  // [4, 4] patches
+    tiles.push_back(image::overlay(photo, grid, {.alpha = 0.5, .vmin = 0.0, .vmax = top}));
+    titles.push_back(words[static_cast<std::size_t>(i)]);
+  }
+  image::write_png("vqa_overlays.png",
+                   image::make_grid(tiles, titles,
+                                    {.nrow = 4,
+                                     .title = "Each word's attention over the image"
+                                              " (dark: 0, yellow: the largest weight)"}));
 }
 
 // The hand-set weights described above; everything else keeps its seeded initialisation.
@@ -151,7 +190,8 @@ int main() {
     const Index Lq = ids.dim(1);
     // q: [1, Lq, E] question tokens; v: [1, 16, E] patch tokens
     const auto q = words.forward(ids);
-    const auto v = patches.forward(make_image(ex.squares, 10 + e));
+    const auto img = make_image(ex.squares, 10 + e);
+    const auto v = patches.forward(img);
     const auto out = co.forward(q, v, {.need_weights = true});
     // pooled: [1, E], the mean of the question's tokens after attending to the image
     Tensor<float, 2> pooled(1, kE);
@@ -174,7 +214,9 @@ int main() {
     for (Index t = 0; t < 16; ++t) std::printf(" %4td", t);
     std::printf("\n");
     Tensor<float, 2> map(Lq, 16);
+    std::vector<std::string> question_words;
     for (Index i = 0; i < Lq; ++i) {
+      question_words.push_back(kVocab[ids(0, i)]);
       std::printf("  %-8s", kVocab[ids(0, i)].c_str());
       for (Index t = 0; t < 16; ++t) std::printf(" %4.2f", map(i, t) = w(0, i, t));
       std::printf("\n");
@@ -188,9 +230,11 @@ int main() {
     std::printf(
         "  (head 0 compares colours and puts about 1/4 on each red patch; head 1, with no query\n"
         "  weights, attends evenly, 1/16 each; the table shows their average)\n");
-    write_pgm("vqa_attention.pgm", map, 16);
-    std::printf("  Wrote vqa_attention.pgm (%td words x 16 patches, dark = more attention).\n\n",
-                Lq);
+    write_pictures(map, question_words, img);
+    std::printf(
+        "  Wrote vqa_attention.png (heatmap, %td words x 16 patches) and vqa_overlays.png"
+        " (each word's attention over the image).\n\n",
+        Lq);
   }
   std::printf(
       "\n%d of %zu questions answered correctly; the same image gives different answers"

@@ -32,6 +32,8 @@ endif()
 # lacks; the caller skips the program, with a message, when it is not empty.
 function(tessera_input_targets src out_targets out_missing)
   file(STRINGS ${src} includes REGEX "#include [<\"]tessera/(text|image|audio)/")
+  # An include added later re-runs this at the next build.
+  set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${src})
   set(targets "")
   set(missing "")
   foreach(line ${includes})

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -192,7 +193,8 @@ TEST(Clip, KeysOfAnotherLayoutAreListedAndCounted) {
     ADD_FAILURE() << "expected a ValueError";
   } catch (const tessera::ValueError& e) {
     const std::string what = e.what();
-    EXPECT_NE(what.find("30 of the checkpoint's 92 keys are not in the openai_clip layout"),
+    EXPECT_NE(what.find("none of the layouts 'openai_clip', 'hf_clip'; closest is openai_clip, "
+                        "which has no rule for 30 of the 92 keys"),
               std::string::npos)
         << what;
     EXPECT_NE(what.find("(30 in all)"), std::string::npos) << what;
@@ -257,6 +259,97 @@ TEST(Clip, InvalidOptionsAreErrors) {
   v.heads = 5;
   TESSERA_EXPECT_THROW_MSG(models::VisionTransformer<float>{v}, tessera::ValueError,
                            "width is 64 and heads 5");
+}
+
+// Hugging Face's layout with its config.json beside the weights, no preset: q/k/v stacked,
+// projections as Linear weights, the text pooled at the first eos_token_id (5 here, not the
+// largest id, so OpenAI's argmax pooling would read the wrong token).
+TYPED_TEST(ClipTest, HuggingFaceLayoutWithConfigJsonMatchesTheReference) {
+  using T = TypeParam;
+  constexpr bool is_float = std::is_same_v<T, float>;
+  const std::string tag = is_float ? "f32" : "f64";
+  const double tol = is_float ? 1e-5 : 1e-11;
+  const io::StateDict io_dict = io::load_safetensors(fixture_path("clip_hf.io.safetensors"));
+  const auto clip = models::load_clip<T>(fixture_path("clip_hf/model.safetensors"));
+  EXPECT_EQ(clip.options().text.pooling, models::TextPooling::eos);
+  EXPECT_EQ(clip.options().text.eos_token_id, 5);
+  EXPECT_EQ(clip.options().vision.activation, tessera::Activation::quick_gelu);
+  const auto img = clip.encode_image(io_dict.get<T, 4>("input.images"));
+  const auto txt = clip.encode_text(io_dict.get<Index, 2>("input.ids"));
+  expect_near_scaled(img, io_dict.get<T, 2>("expected." + tag + ".image_features"), tol,
+                     "image_features");
+  expect_near_scaled(txt, io_dict.get<T, 2>("expected." + tag + ".text_features"), tol,
+                     "text_features");
+  expect_near_scaled(clip.probabilities(img, txt),
+                     io_dict.get<T, 2>("expected." + tag + ".probabilities"), tol, "probabilities");
+  EXPECT_NEAR(double(clip.scale()), 20.0, 1e-5);
+}
+
+TEST(Clip, HuggingFaceConfigFields) {
+  const auto o = models::clip_options_from_hf_config(nlohmann::json::parse(R"({
+      "projection_dim": 768,
+      "text_config": {"hidden_size": 768, "num_attention_heads": 12, "hidden_act": "gelu",
+                      "eos_token_id": 2},
+      "vision_config": {"hidden_size": 1024, "num_hidden_layers": 24, "patch_size": 14,
+                        "num_attention_heads": 16, "intermediate_size": 4096,
+                        "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}})"));
+  EXPECT_EQ(o.vision.width, 1024);
+  EXPECT_EQ(o.vision.layers, 24);
+  EXPECT_EQ(o.vision.patch_size, 14);
+  EXPECT_EQ(o.vision.image_size, 224);  // transformers' default
+  EXPECT_EQ(o.vision.activation, tessera::Activation::gelu_tanh);
+  EXPECT_EQ(o.vision.layer_norm_eps, 1e-6);
+  EXPECT_EQ(o.vision.output_dim, 768);
+  EXPECT_EQ(o.text.width, 768);
+  EXPECT_EQ(o.text.mlp_dim, 2048);  // default
+  EXPECT_EQ(o.text.activation, tessera::Activation::gelu);
+  EXPECT_EQ(o.text.pooling, models::TextPooling::argmax);  // eos_token_id 2: older configs
+  EXPECT_TRUE(o.text.causal);
+  // An empty config is transformers' defaults: ViT-B/32 with QuickGELU.
+  const auto d = models::clip_options_from_hf_config(nlohmann::json::object());
+  EXPECT_EQ(d.vision.patch_size, 32);
+  EXPECT_EQ(d.text.activation, tessera::Activation::quick_gelu);
+  EXPECT_EQ(d.text.pooling, models::TextPooling::eos);
+  EXPECT_EQ(d.text.eos_token_id, 49407);
+}
+
+TEST(Clip, HuggingFaceConfigErrors) {
+  TESSERA_EXPECT_THROW_MSG(models::clip_options_from_hf_config(nlohmann::json::parse(
+                               R"({"vision_config": {"hidden_act": "relu"}})")),
+                           tessera::ValueError, "tessera::models::clip_options_from_hf_config",
+                           "'vision_config.hidden_act' is \"relu\"", "quick_gelu");
+  TESSERA_EXPECT_THROW_MSG(models::clip_options_from_hf_config(
+                               nlohmann::json::parse(R"({"text_config": {"hidden_size": "512"}})")),
+                           tessera::ValueError, "'text_config.hidden_size' is \"512\"",
+                           "expected a number");
+  tessera::test::TempDir dir;
+  TESSERA_EXPECT_THROW_MSG(models::read_hf_clip_config(dir / "config.json"), tessera::IoError,
+                           "cannot open", "config.json");
+  { std::ofstream(dir / "config.json") << "{\"projection_dim\": "; }
+  TESSERA_EXPECT_THROW_MSG(models::read_hf_clip_config(dir / "config.json"), tessera::IoError,
+                           "is not valid JSON");
+  // Weights without a config.json and without a preset.
+  std::filesystem::remove(dir / "config.json");
+  TESSERA_EXPECT_THROW_MSG(models::load_clip<float>(dir / "model.safetensors"), tessera::ValueError,
+                           "no preset given and no config.json", "'ViT-B-32'");
+}
+
+TEST(Clip, AHuggingFaceAttentionWithoutItsKeyProjectionIsNamed) {
+  io::StateDict sd = io::load_safetensors(fixture_path("clip_hf/model.safetensors"));
+  ASSERT_TRUE(sd.erase("text_model.encoder.layers.1.self_attn.k_proj.weight"));
+  const auto o = models::read_hf_clip_config(fixture_path("clip_hf/config.json"));
+  TESSERA_EXPECT_THROW_MSG(models::load_clip<float>(std::move(sd), o), tessera::ValueError,
+                           "'text.encoder.layers.1.self_attn.in_proj_weight' is stacked from the "
+                           "'q', 'k', 'v' tensors",
+                           "'text_model.encoder.layers.1.self_attn.q_proj.weight'", "no 'k' part");
+}
+
+TEST(Clip, ACheckpointForAnotherLoaderSaysWhichOne) {
+  TESSERA_EXPECT_THROW_MSG(
+      models::load_clip<float>(
+          io::load_safetensors(fixture_path("torchvision_vit_small.safetensors")), "ViT-B-32"),
+      tessera::ValueError, "none of the layouts", "the keys are in the torchvision_vit layout",
+      "load it with models::load_vit");
 }
 
 // The renaming moves every tensor's bytes: the checkpoint's buffers become the new dict's.

@@ -117,7 +117,9 @@ TEST(Vit, AnotherLayoutIsListedNotLoaded) {
       models::load_vit<float>(io::load_safetensors(fixture_path("clip_openai_gelu.safetensors")),
                               "vit_b_16"),
       tessera::ValueError, "tessera::models::load_vit",
-      "62 of the checkpoint's 62 keys are not in the torchvision_vit layout", "(62 in all)");
+      "none of the layouts 'torchvision_vit'; closest is torchvision_vit, which has no rule for 62 "
+      "of the 62 keys",
+      "(62 in all)", "the keys are in the openai_clip layout", "load it with models::load_clip");
   TESSERA_EXPECT_THROW_MSG(models::vit_preset("vit_b_8"), tessera::ValueError,
                            "no ViT preset named 'vit_b_8'", "'vit_h_14'");
 }

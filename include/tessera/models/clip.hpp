@@ -19,12 +19,15 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <span>
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -213,18 +216,109 @@ inline const ClipPreset& clip_preset(std::string_view name) {
 
 namespace tessera::models {
 
-// A CLIP from a checkpoint's tensors in the OpenAI/open_clip layout, with the architecture of
-// `config` (checked against the checkpoint's shapes; `preset` names it in messages). The dict's
-// tensors are moved, not copied, into tessera's names. Throws ValueError when the keys are not
-// in a known layout (listing at most 20 of those that are not) or the preset contradicts the
-// shapes, ShapeError when a tensor has a shape the architecture does not take.
+// The CLIPOptions a Hugging Face CLIPModel's config.json describes (transformers'
+// CLIPConfig, CLIPTextConfig and CLIPVisionConfig, with their defaults for absent fields):
+// projection_dim; vision_config/text_config hidden_size, intermediate_size, num_attention_heads,
+// num_hidden_layers, layer_norm_eps, hidden_act (quick_gelu, gelu, gelu_new or
+// gelu_pytorch_tanh), image_size, patch_size, num_channels, vocab_size,
+// max_position_embeddings, eos_token_id (2, the value of older configs, pools at the largest id
+// as OpenAI does; any other at the first occurrence of that id, as transformers does). Throws
+// ValueError naming the field for a value of the wrong type or an activation tessera lacks.
+inline CLIPOptions clip_options_from_hf_config(const nlohmann::json& config) {
+  constexpr std::string_view fn = "tessera::models::clip_options_from_hf_config";
+  auto get = [&](const nlohmann::json& j, const char* section, const char* key, auto fallback) {
+    using V = decltype(fallback);
+    if (!j.is_object() || !j.contains(key)) return fallback;
+    const auto& v = j.at(key);
+    if constexpr (std::is_same_v<V, std::string>) {
+      if (v.is_string()) return v.get<std::string>();
+    } else if constexpr (std::is_floating_point_v<V>) {
+      if (v.is_number()) return v.get<V>();
+    } else {
+      if (v.is_number_integer()) return v.get<V>();
+    }
+    detail::raise<ValueError>(fn, "field '", section, key, "' is ", v.dump(), ", expected a ",
+                              std::is_same_v<V, std::string> ? "string" : "number");
+  };
+  auto activation = [&](const std::string& name, const char* field) {
+    if (name == "quick_gelu") return Activation::quick_gelu;
+    if (name == "gelu") return Activation::gelu;
+    if (name == "gelu_new" || name == "gelu_pytorch_tanh") return Activation::gelu_tanh;
+    detail::raise<ValueError>(fn, "field '", field, "' is \"", name,
+                              "\", expected quick_gelu, gelu, gelu_new or gelu_pytorch_tanh");
+  };
+  const nlohmann::json empty = nlohmann::json::object();
+  const auto& v = config.contains("vision_config") ? config.at("vision_config") : empty;
+  const auto& t = config.contains("text_config") ? config.at("text_config") : empty;
+  const Index projection = get(config, "", "projection_dim", Index{512});
+  CLIPOptions o;
+  o.vision = {
+      .image_size = get(v, "vision_config.", "image_size", Index{224}),
+      .patch_size = get(v, "vision_config.", "patch_size", Index{32}),
+      .in_channels = get(v, "vision_config.", "num_channels", Index{3}),
+      .width = get(v, "vision_config.", "hidden_size", Index{768}),
+      .layers = get(v, "vision_config.", "num_hidden_layers", Index{12}),
+      .heads = get(v, "vision_config.", "num_attention_heads", Index{12}),
+      .mlp_dim = get(v, "vision_config.", "intermediate_size", Index{3072}),
+      .activation = activation(get(v, "vision_config.", "hidden_act", std::string("quick_gelu")),
+                               "vision_config.hidden_act"),
+      .layer_norm_eps = get(v, "vision_config.", "layer_norm_eps", 1e-5),
+      .patch_bias = false,
+      .ln_pre = true,
+      .output_dim = projection};
+  const Index eos = get(t, "text_config.", "eos_token_id", Index{49407});
+  o.text = {
+      .vocab_size = get(t, "text_config.", "vocab_size", Index{49408}),
+      .context_length = get(t, "text_config.", "max_position_embeddings", Index{77}),
+      .width = get(t, "text_config.", "hidden_size", Index{512}),
+      .layers = get(t, "text_config.", "num_hidden_layers", Index{12}),
+      .heads = get(t, "text_config.", "num_attention_heads", Index{8}),
+      .mlp_dim = get(t, "text_config.", "intermediate_size", Index{2048}),
+      .activation = activation(get(t, "text_config.", "hidden_act", std::string("quick_gelu")),
+                               "text_config.hidden_act"),
+      .layer_norm_eps = get(t, "text_config.", "layer_norm_eps", 1e-5),
+      .causal = true,
+      .pooling = eos == 2 ? TextPooling::argmax : TextPooling::eos,
+      .eos_token_id = eos,
+      .output_dim = projection};
+  o.logit_scale = get(config, "", "logit_scale_init_value", 2.6592);
+  return o;
+}
+
+// clip_options_from_hf_config of a config.json file; IoError naming the path when it cannot be
+// read or parsed.
+inline CLIPOptions read_hf_clip_config(const std::filesystem::path& path) {
+  constexpr std::string_view fn = "tessera::models::read_hf_clip_config";
+  std::ifstream in(path);
+  if (!in) detail::raise<IoError>(fn, "cannot open '", path.string(), "'");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    detail::raise<IoError>(fn, "'", path.string(), "' is not valid JSON: ", e.what());
+  }
+  if (!j.is_object()) detail::raise<IoError>(fn, "'", path.string(), "' is not a JSON object");
+  return clip_options_from_hf_config(j);
+}
+
+// A CLIP from a checkpoint's tensors in the OpenAI/open_clip or the Hugging Face layout
+// (detected from the keys), with the architecture of `config` (checked against the checkpoint's
+// shapes; `preset` names it in messages). Tensors are moved into tessera's names (HF's q/k/v
+// stacked into one matrix), the model is built without drawing random weights and each tensor is
+// released as soon as it is copied. Throws ValueError when the keys are in neither layout
+// (listing at most 20 of those the closer one lacks, and naming the loader of another known
+// layout they fit) or the preset contradicts the shapes, ShapeError when a tensor has a shape the
+// architecture does not take.
 template <class T>
 CLIP<T> load_clip(io::StateDict dict, const CLIPOptions& config,
                   std::string_view preset = "(custom options)") {
   constexpr std::string_view fn = "tessera::models::load_clip";
+  const NamingConvention* candidates[] = {&openai_clip_naming(), &hf_clip_naming()};
+  const auto others = known_namings();
+  const NamingConvention& naming = detect_naming(fn, dict, candidates, others);
   std::map<std::string, std::string, std::less<>> origin;
-  io::StateDict named = rename_state_dict(fn, std::move(dict), openai_clip_naming(), &origin);
-  ArchitectureCheck check(fn, named, origin, openai_clip_naming());
+  io::StateDict named = rename_state_dict(fn, std::move(dict), naming, &origin);
+  ArchitectureCheck check(fn, named, origin, naming);
   check.vision("visual.", "vision.", config.vision);
   check.text("text.", "text.", config.text);
   check.raise_if_any(preset);
@@ -248,6 +342,26 @@ CLIP<T> load_clip(io::StateDict dict, std::string_view preset) {
 template <class T>
 CLIP<T> load_clip(const std::filesystem::path& path, std::string_view preset) {
   return load_clip<T>(io::load_safetensors(path), preset);
+}
+
+// A Hugging Face checkpoint: the weights file and the config.json beside it (a model folder as
+// save_pretrained writes it, with model.safetensors). The architecture comes from the config
+// and is checked against the shapes.
+template <class T>
+CLIP<T> load_clip(const std::filesystem::path& path) {
+  const auto config_path = path.parent_path() / "config.json";
+  if (!std::filesystem::exists(config_path))
+    detail::raise<ValueError>("tessera::models::load_clip",
+                              "no preset given and no config.json "
+                              "beside '",
+                              path.string(), "'; pass a preset (", detail::capped_list([] {
+                                std::vector<std::string_view> n;
+                                for (const auto& p : clip_presets()) n.push_back(p.name);
+                                return n;
+                              }()),
+                              ") or put the checkpoint's config.json there");
+  return load_clip<T>(io::load_safetensors(path), read_hf_clip_config(config_path),
+                      config_path.string());
 }
 
 }  // namespace tessera::models

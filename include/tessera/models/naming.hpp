@@ -5,7 +5,10 @@
 //   {"visual.transformer.resblocks.#.ln_1.*", "visual.encoder.layers.#.norm1.*"}
 //
 // '#' matches a layer number (decimal digits), a trailing '*' the rest of the key (at least one
-// character); the target names the same placeholders in the same order. Renaming moves each
+// character), '{q,k,v}' one of the listed words; the target names the '#' and '*' placeholders in
+// the same order. A concat rule gathers the tensors its '{...}' alternatives match into one,
+// stacked along the first dimension in the order listed: Hugging Face's separate q_proj, k_proj
+// and v_proj weights become PyTorch's in_proj_weight. Renaming moves each
 // tensor's bytes (io::StateDict::rename); only a transposed tensor is copied, one at a time.
 //
 // The OpenAI CLIP layout (also open_clip's for its ViT models) is openai_clip_naming(): keys as
@@ -13,12 +16,14 @@
 // [in, out] and transposed into Linear's [out, in].
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
 #include <functional>
 #include <map>
 #include <optional>
 #include <span>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -34,6 +39,7 @@ enum class NameTransform {
   none,
   transpose,  // a matrix [rows, cols] becomes [cols, rows]
   squeeze,    // leading dimensions of size 1 removed: [1, 1, 768] -> [768] (bytes unchanged)
+  concat,     // the tensors of the '{a,b,c}' alternatives stacked along dimension 0 (copied)
   drop,       // a checkpoint entry the model does not use (e.g. OpenAI's `input_resolution`)
 };
 
@@ -47,17 +53,21 @@ struct NamingConvention {
   std::string_view name;         // "openai_clip"
   std::string_view description;  // who writes checkpoints in this layout
   std::span<const NameRule> rules;
+  std::string_view loader;  // the tessera function that loads it, for hints: "models::load_clip"
 };
 
 }  // namespace tessera::models
 
 namespace tessera::detail {
 
-// `key` renamed by `rule`, or nullopt when the rule does not match it.
+// `key` renamed by `rule`, or nullopt when the rule does not match it; `part`, when given,
+// receives the index of the '{...}' alternative that matched (0 without one).
 inline std::optional<std::string> apply_name_rule(std::string_view key,
-                                                  const models::NameRule& rule) {
+                                                  const models::NameRule& rule,
+                                                  std::size_t* part = nullptr) {
   std::vector<std::string_view> captures;
   std::size_t k = 0;
+  if (part) *part = 0;
   const std::string_view pat = rule.from;
   for (std::size_t p = 0; p < pat.size(); ++p) {
     if (pat[p] == '#') {
@@ -69,6 +79,25 @@ inline std::optional<std::string> apply_name_rule(std::string_view key,
       if (k >= key.size()) return std::nullopt;
       captures.push_back(key.substr(k));
       k = key.size();
+    } else if (pat[p] == '{') {
+      const std::size_t close = pat.find('}', p);
+      if (close == std::string_view::npos) return std::nullopt;
+      const std::string_view alternatives = pat.substr(p + 1, close - p - 1);
+      bool found = false;
+      std::size_t index = 0;
+      for (std::size_t a = 0; a <= alternatives.size(); ++index) {
+        const std::size_t comma = std::min(alternatives.find(',', a), alternatives.size());
+        const std::string_view word = alternatives.substr(a, comma - a);
+        if (key.substr(k, word.size()) == word) {
+          k += word.size();
+          if (part) *part = index;
+          found = true;
+          break;
+        }
+        a = comma + 1;
+      }
+      if (!found) return std::nullopt;
+      p = close;
     } else {
       if (k >= key.size() || key[k] != pat[p]) return std::nullopt;
       ++k;
@@ -82,6 +111,51 @@ inline std::optional<std::string> apply_name_rule(std::string_view key,
       out.append(captures[c++]);
     else
       out.push_back(ch);
+  }
+  return out;
+}
+
+// The words of a pattern's '{...}' group ("q", "k", "v"), empty without one.
+inline std::vector<std::string_view> name_rule_alternatives(std::string_view pattern) {
+  std::vector<std::string_view> words;
+  const std::size_t open = pattern.find('{'), close = pattern.find('}');
+  if (open == std::string_view::npos || close == std::string_view::npos || close < open)
+    return words;
+  const std::string_view inside = pattern.substr(open + 1, close - open - 1);
+  for (std::size_t a = 0; a <= inside.size();) {
+    const std::size_t comma = std::min(inside.find(',', a), inside.size());
+    words.push_back(inside.substr(a, comma - a));
+    a = comma + 1;
+  }
+  return words;
+}
+
+// Stacks `parts` (same dtype, same trailing dimensions) along dimension 0 into one tensor.
+inline io::StoredTensor concat_stored(std::string_view fn, std::string_view target,
+                                      std::vector<io::StoredTensor>& parts) {
+  io::StoredTensor out;
+  out.dtype = parts.front().dtype;
+  out.shape = parts.front().shape;
+  if (out.shape.empty())
+    raise<ShapeError>(fn, "the parts of '", target, "' are scalars, expected tensors to stack");
+  Index rows = 0;
+  std::size_t bytes = 0;
+  for (const auto& p : parts) {
+    const bool same_rest = p.shape.size() == out.shape.size() &&
+                           std::equal(p.shape.begin() + 1, p.shape.end(), out.shape.begin() + 1);
+    if (p.dtype != out.dtype || !same_rest)
+      raise<ShapeError>(fn, "the parts of '", target, "' have shapes ",
+                        shape_string(parts.front().shape), " and ", shape_string(p.shape),
+                        " (dtypes ", io::dtype_name(out.dtype), ", ", io::dtype_name(p.dtype),
+                        "), expected one dtype and the same dimensions after the first");
+    rows += p.shape[0];
+    bytes += p.bytes.size();
+  }
+  out.shape[0] = rows;
+  out.bytes.reserve(bytes);
+  for (auto& p : parts) {
+    out.bytes.insert(out.bytes.end(), p.bytes.begin(), p.bytes.end());
+    p.bytes = {};  // released as soon as copied
   }
   return out;
 }
@@ -141,10 +215,29 @@ inline io::StateDict rename_state_dict(
                                        "): ", tessera::detail::capped_list(unmatched));
   io::StateDict out;
   out.metadata = std::move(dict.metadata);
+  // Concat rules: each target's parts, by alternative, until all are there.
+  struct Group {
+    const NameRule* rule = nullptr;
+    std::vector<std::optional<io::StoredTensor>> parts;
+    std::vector<std::string> keys;
+  };
+  std::map<std::string, Group, std::less<>> groups;
   for (const std::string& key : dict.keys()) {
     const NameRule* rule = detail::find_name_rule(key, convention);
     std::optional<io::StoredTensor> t = dict.take(key);
     if (rule->transform == NameTransform::drop) continue;
+    if (rule->transform == NameTransform::concat) {
+      std::size_t part = 0;
+      std::string name = *detail::apply_name_rule(key, *rule, &part);
+      Group& g = groups[name];
+      if (!g.rule) {
+        const std::size_t n = detail::name_rule_alternatives(rule->from).size();
+        g.rule = rule, g.parts.resize(n), g.keys.resize(n);
+      }
+      g.parts[part] = std::move(t);
+      g.keys[part] = key;
+      continue;
+    }
     if (rule->transform == NameTransform::transpose) detail::transpose_stored(fn, key, *t);
     if (rule->transform == NameTransform::squeeze)
       while (t->shape.size() > 1 && t->shape.front() == 1) t->shape.erase(t->shape.begin());
@@ -154,6 +247,25 @@ inline io::StateDict rename_state_dict(
                                          convention.name, " layout");
     if (origin) (*origin)[name] = key;
     out.insert(std::move(name), std::move(*t));
+  }
+  for (auto& [name, g] : groups) {
+    const auto words = detail::name_rule_alternatives(g.rule->from);
+    std::vector<io::StoredTensor> parts;
+    std::string present;
+    for (std::size_t i = 0; i < g.parts.size(); ++i)
+      if (g.parts[i]) present += (present.empty() ? "'" : ", '") + g.keys[i] + "'";
+    for (std::size_t i = 0; i < g.parts.size(); ++i) {
+      if (!g.parts[i])
+        tessera::detail::raise<ValueError>(
+            fn, "'", name, "' is stacked from the ", tessera::detail::capped_list(words),
+            " tensors, but the checkpoint has only ", present, " (no '", words[i], "' part)");
+      parts.push_back(std::move(*g.parts[i]));
+    }
+    if (out.contains(name))
+      tessera::detail::raise<ValueError>(fn, "checkpoint keys map twice onto '", name, "' in the ",
+                                         convention.name, " layout");
+    if (origin) (*origin)[name] = g.keys.front();
+    out.insert(name, detail::concat_stored(fn, name, parts));
   }
   return out;
 }
@@ -192,7 +304,7 @@ inline const NamingConvention& openai_clip_naming() {
   };
   static constexpr NamingConvention convention{
       "openai_clip", "OpenAI CLIP or open_clip: visual.transformer.resblocks.N, text_projection",
-      rules};
+      rules, "models::load_clip"};
   return convention;
 }
 
@@ -217,8 +329,96 @@ inline const NamingConvention& torchvision_vit_naming() {
   };
   static constexpr NamingConvention convention{
       "torchvision_vit",
-      "torchvision's VisionTransformer: encoder.layers.encoder_layer_N, heads.head", rules};
+      "torchvision's VisionTransformer: encoder.layers.encoder_layer_N, heads.head", rules,
+      "models::load_vit"};
   return convention;
+}
+
+// Hugging Face's CLIPModel (transformers' modeling_clip.py): vision_model.* and text_model.* with
+// separate q/k/v projections (stacked into in_proj_weight here), pre_layrnorm, post_layernorm,
+// final_layer_norm, and Linear projections visual_projection and text_projection ([out, in]
+// already).
+inline const NamingConvention& hf_clip_naming() {
+  static constexpr NameRule rules[] = {
+      {"vision_model.embeddings.patch_embedding.*", "visual.patch_embed.conv1.*"},
+      {"vision_model.embeddings.class_embedding", "visual.patch_embed.class_embedding"},
+      {"vision_model.embeddings.position_embedding.weight",
+       "visual.patch_embed.positional_embedding"},
+      {"vision_model.embeddings.position_ids", "", NameTransform::drop},
+      {"vision_model.pre_layrnorm.*", "visual.patch_embed.ln_pre.*"},
+      {"vision_model.encoder.layers.#.self_attn.{q,k,v}_proj.weight",
+       "visual.encoder.layers.#.self_attn.in_proj_weight", NameTransform::concat},
+      {"vision_model.encoder.layers.#.self_attn.{q,k,v}_proj.bias",
+       "visual.encoder.layers.#.self_attn.in_proj_bias", NameTransform::concat},
+      {"vision_model.encoder.layers.#.self_attn.out_proj.*",
+       "visual.encoder.layers.#.self_attn.out_proj.*"},
+      {"vision_model.encoder.layers.#.layer_norm1.*", "visual.encoder.layers.#.norm1.*"},
+      {"vision_model.encoder.layers.#.mlp.fc1.*", "visual.encoder.layers.#.linear1.*"},
+      {"vision_model.encoder.layers.#.mlp.fc2.*", "visual.encoder.layers.#.linear2.*"},
+      {"vision_model.encoder.layers.#.layer_norm2.*", "visual.encoder.layers.#.norm2.*"},
+      {"vision_model.post_layernorm.*", "visual.ln_post.*"},
+      {"visual_projection.weight", "visual.head.weight"},
+      {"text_model.embeddings.token_embedding.weight", "text.embed.token_embedding.weight"},
+      {"text_model.embeddings.position_embedding.weight", "text.embed.positional_embedding"},
+      {"text_model.embeddings.position_ids", "", NameTransform::drop},
+      {"text_model.encoder.layers.#.self_attn.{q,k,v}_proj.weight",
+       "text.encoder.layers.#.self_attn.in_proj_weight", NameTransform::concat},
+      {"text_model.encoder.layers.#.self_attn.{q,k,v}_proj.bias",
+       "text.encoder.layers.#.self_attn.in_proj_bias", NameTransform::concat},
+      {"text_model.encoder.layers.#.self_attn.out_proj.*",
+       "text.encoder.layers.#.self_attn.out_proj.*"},
+      {"text_model.encoder.layers.#.layer_norm1.*", "text.encoder.layers.#.norm1.*"},
+      {"text_model.encoder.layers.#.mlp.fc1.*", "text.encoder.layers.#.linear1.*"},
+      {"text_model.encoder.layers.#.mlp.fc2.*", "text.encoder.layers.#.linear2.*"},
+      {"text_model.encoder.layers.#.layer_norm2.*", "text.encoder.layers.#.norm2.*"},
+      {"text_model.final_layer_norm.*", "text.ln_final.*"},
+      {"text_projection.weight", "text.head.weight"},
+      {"logit_scale", "logit_scale"},
+  };
+  static constexpr NamingConvention convention{
+      "hf_clip", "Hugging Face CLIPModel: vision_model.*, text_model.*, q_proj/k_proj/v_proj",
+      rules, "models::load_clip"};
+  return convention;
+}
+
+// Every layout tessera knows, for detection and for hints when a checkpoint is given to the wrong
+// loader.
+inline std::vector<const NamingConvention*> known_namings() {
+  return {&openai_clip_naming(), &hf_clip_naming(), &torchvision_vit_naming()};
+}
+
+// The convention among `candidates` whose rules name every key of `dict`. Otherwise throws
+// ValueError naming `fn`: with the closest candidate's unmatched keys (at most 20, then their
+// count), and, when another known layout (`others`) names every key, which one it is and the
+// function that loads it.
+inline const NamingConvention& detect_naming(std::string_view fn, const io::StateDict& dict,
+                                             std::span<const NamingConvention* const> candidates,
+                                             std::span<const NamingConvention* const> others) {
+  const NamingConvention* best = nullptr;
+  std::size_t best_count = 0;
+  for (const NamingConvention* c : candidates) {
+    const std::size_t n = count_matching_keys(dict, *c);
+    if (n == dict.size() && !dict.empty()) return *c;
+    if (!best || n > best_count) best = c, best_count = n;
+  }
+  std::string hint;
+  for (const NamingConvention* c : others)
+    if (!dict.empty() && count_matching_keys(dict, *c) == dict.size())
+      hint = std::string("; the keys are in the ") + std::string(c->name) + " layout (" +
+             std::string(c->description) + "): load it with " + std::string(c->loader);
+  std::vector<std::string> unmatched;
+  for (const auto& kv : dict)
+    if (!detail::find_name_rule(kv.first, *best)) unmatched.push_back(kv.first);
+  std::vector<std::string_view> names;
+  for (const NamingConvention* c : candidates) names.push_back(c->name);
+  std::ostringstream os;
+  os << "the checkpoint's keys are in none of the layouts " << tessera::detail::capped_list(names);
+  if (dict.empty())
+    os << " (it holds no tensors)";
+  else
+    os << "; closest is " << best->name << ", which has no rule for " << unmatched.size()
+       << " of the " << dict.size() << " keys: " << tessera::detail::capped_list(unmatched);
+  tessera::detail::raise<ValueError>(fn, os.str(), hint);
 }
 
 }  // namespace tessera::models

@@ -86,9 +86,12 @@ template <class T>
 VisionTransformer<T> load_vit(io::StateDict dict, const VisionTransformerOptions& options,
                               std::string_view preset = "(custom options)") {
   constexpr std::string_view fn = "tessera::models::load_vit";
+  const NamingConvention* candidates[] = {&torchvision_vit_naming()};
+  const auto others = known_namings();
+  const NamingConvention& naming = detect_naming(fn, dict, candidates, others);
   std::map<std::string, std::string, std::less<>> origin;
-  io::StateDict named = rename_state_dict(fn, std::move(dict), torchvision_vit_naming(), &origin);
-  ArchitectureCheck check(fn, named, origin, torchvision_vit_naming());
+  io::StateDict named = rename_state_dict(fn, std::move(dict), naming, &origin);
+  ArchitectureCheck check(fn, named, origin, naming);
   check.vision("", "", options);
   check.raise_if_any(preset);
   VisionTransformer<T> model = [&] {

@@ -8,6 +8,13 @@ and prints one table: milliseconds and GFLOPS for both, their ratio, and tessera
 BM_PeakFMA. FLOP counts are the benchmarks' own: attention 4*B*H*L*L*D (half with causal), a layer
 its projections plus attention.
 
+With --models it compares whole towers instead (bench_models): torchvision's vit_b_16 classifying
+one 224 x 224 image and CLIP ViT-B/32's image tower (the OpenAI-architecture reference of
+tests/fixtures/make_model_fixtures.py at full size), random weights, one thread and all threads,
+against PyTorch and, with --onnx DIR (a folder where `npm install --ignore-scripts
+onnxruntime-node` was run), ONNX Runtime's CPU library running the same models exported with
+torch.onnx.export; and it prints bench_models' build-and-load time and peak memory.
+
 Not part of CI: it needs PyTorch (Debian: apt-get install python3-torch; run it with the system
 interpreter, /usr/bin/python3) and a Release build of the benchmarks:
 
@@ -109,6 +116,96 @@ def tessera_runs(binary, pattern, min_time):
     return runs
 
 
+ORT_SCRIPT = r"""
+const ort = require(process.argv[2] + "/node_modules/onnxruntime-node");
+(async () => {
+  const [model, threads, minTime] = [process.argv[3], +process.argv[4], +process.argv[5]];
+  const session = await ort.InferenceSession.create(model, {
+      intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: "all",
+      executionMode: "sequential"});
+  const data = Float32Array.from({length: 3 * 224 * 224}, (_, i) => Math.sin(i));
+  const feeds = {[session.inputNames[0]]: new ort.Tensor("float32", data, [1, 3, 224, 224])};
+  await session.run(feeds);  // warm-up
+  const times = [];
+  const start = process.hrtime.bigint();
+  while (times.length < 3 || Number(process.hrtime.bigint() - start) / 1e9 < minTime) {
+    const t0 = process.hrtime.bigint();
+    await session.run(feeds);
+    times.push(Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+  times.sort((a, b) => a - b);
+  console.log(JSON.stringify({median: times[Math.floor(times.length / 2)], runs: times.length}));
+})();
+"""
+
+
+def model_towers():
+    """The two towers bench_models runs, as PyTorch modules, random weights, eval mode."""
+    import torchvision
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                                    "fixtures"))
+    from make_model_fixtures import QuickGELU, VisionTransformer
+    torch.manual_seed(0)
+    vit = torchvision.models.vit_b_16().eval()
+    clip = VisionTransformer(224, 32, 768, 12, 12, 3072, 512, QuickGELU).eval()
+    with torch.no_grad():
+        for p in clip.parameters():
+            p.normal_(0, 0.02)
+    return {"BM_VitB16_Image": ("ViT-B/16 (torchvision), 1 image", vit),
+            "BM_ClipB32_Image": ("CLIP ViT-B/32 image tower, 1 image", clip)}
+
+
+def onnx_seconds(model, name, threads, onnx_dir, min_time):
+    path = os.path.join("/tmp", f"tessera_compare_{name}.onnx")
+    if not os.path.exists(path):
+        torch.onnx.export(model, torch.rand(1, 3, 224, 224), path, opset_version=14,
+                          input_names=["images"])
+    script = os.path.join("/tmp", "tessera_compare_ort.js")
+    with open(script, "w") as f:
+        f.write(ORT_SCRIPT)
+    out = subprocess.run(["node", script, os.path.abspath(onnx_dir), path, str(threads),
+                          str(min_time)], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["median"]
+
+
+def compare_models(args):
+    threads_all = os.cpu_count()
+    ts = tessera_runs(args.bench_models, "BM_PeakFMA|BM_VitB16_Image|BM_ClipB32_Image|BM_VitB16_Load",
+                      args.min_time)
+    peak = max(v["GFLOPS"] for k, v in ts.items() if k.startswith("BM_PeakFMA"))
+    ort_version = ""
+    if args.onnx:
+        with open(os.path.join(args.onnx, "node_modules", "onnxruntime-node", "package.json")) as f:
+            ort_version = json.load(f)["version"]
+    print(f"PyTorch {torch.__version__}; ONNX Runtime {ort_version or '(not run: --onnx DIR)'}; "
+          f"tessera BM_PeakFMA {peak:.1f} GFLOPS a core; {threads_all} cores\n")
+    header = (f"{'tower':<38}{'thr':>4}{'PyTorch ms':>11}{'ORT ms':>8}{'tessera ms':>11}"
+              f"{'GFLOPS':>8}{'% peak':>8}{'× PyTorch':>10}{'× ORT':>7}")
+    print(header)
+    print("-" * len(header))
+    for bench, (label, model) in model_towers().items():
+        for threads in sorted({1, threads_all}):
+            run = ts.get(f"{bench}/{threads}/process_time/real_time")
+            if run is None:
+                continue
+            torch.set_num_threads(threads)
+            x = torch.rand(1, 3, 224, 224)
+            with torch.no_grad():
+                pt = median_seconds(lambda: model(x), args.min_time)
+            ort_s = (onnx_seconds(model, bench, threads, args.onnx, args.min_time)
+                     if args.onnx else float("nan"))
+            t_ms = run["real_time"] if run["time_unit"] == "ms" else run["real_time"] / 1e6
+            print(f"{label:<38}{threads:>4}{pt * 1e3:>11.1f}{ort_s * 1e3:>8.1f}{t_ms:>11.1f}"
+                  f"{run['GFLOPS']:>8.1f}{100 * run['GFLOPS'] / (peak * threads):>7.0f}%"
+                  f"{pt * 1e3 / t_ms:>10.2f}{ort_s * 1e3 / t_ms:>7.2f}")
+    load = ts.get("BM_VitB16_Load/iterations:3/manual_time")
+    if load:
+        ms = load["real_time"] if load["time_unit"] == "ms" else load["real_time"] / 1e6
+        print(f"\nViT-B/16 built and loaded from a {load['file_MiB']:.0f} MiB safetensors file on "
+              f"one thread: {ms:.0f} ms, peak resident memory {load['peak_rss_MiB']:.0f} MiB "
+              f"({load['peak_over_file']:.2f} x the file)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bench", default="build/bench/bench_attention",
@@ -117,7 +214,13 @@ def main():
                     help="path of tessera's bench_transformer binary")
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per shape and side")
     ap.add_argument("--lengths", default="256,1024,4096")
+    ap.add_argument("--models", action="store_true", help="compare whole model towers instead")
+    ap.add_argument("--bench-models", default="build/bench/bench_models",
+                    help="path of tessera's bench_models binary")
+    ap.add_argument("--onnx", default="", help="folder with node_modules/onnxruntime-node")
     args = ap.parse_args()
+    if args.models:
+        return compare_models(args)
     torch.set_num_threads(1)
     lengths = [int(x) for x in args.lengths.split(",")]
 

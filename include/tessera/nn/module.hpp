@@ -12,6 +12,9 @@
 #pragma once
 
 #include <algorithm>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <cstring>
 #include <set>
 #include <sstream>
@@ -23,6 +26,20 @@
 #include "tessera/core/error.hpp"
 #include "tessera/io/state_dict.hpp"
 #include "tessera/nn/parameter.hpp"
+
+namespace tessera::detail {
+
+// Hands freed heap memory back to the system. glibc raises its mmap threshold as large blocks
+// are freed, so in a process that has freed big buffers before, a checkpoint's tensors may sit
+// on the heap, where freeing them releases nothing; malloc_trim returns such pages (also from
+// the middle of the heap), which keeps a consuming load near the checkpoint's size.
+inline void return_free_memory() noexcept {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}
+
+}  // namespace tessera::detail
 
 namespace tessera::nn {
 
@@ -109,7 +126,11 @@ class Module {
           if (const io::StoredTensor* st = dict.find(name)) {
             st->copy_to(p.value.data(), fn, "key " + io::detail::quote_name(name) + ": ");
             ++p.version;  // packed copies of the old value are stale now
-            if constexpr (!std::is_const_v<Dict>) dict.erase(name);
+            if constexpr (!std::is_const_v<Dict>) {
+              const bool large = st->bytes.size() >= (std::size_t{1} << 20);
+              dict.erase(name);
+              if (large) detail::return_free_memory();
+            }
           }
         },
         prefix);

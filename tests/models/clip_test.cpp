@@ -131,6 +131,31 @@ TEST(Clip, TheActivationMatters) {
             tessera::Activation::quick_gelu);
 }
 
+// The zero-shot classifier built from the model uses the model's logit scale and text tower: its
+// probabilities for single-template classes equal CLIP's own.
+TEST(Clip, ZeroShotClassifierUsesTheModelsScaleAndTextTower) {
+  const std::string name = "clip_openai_quick_gelu";
+  const io::StateDict io_dict = io::load_safetensors(fixture_path(name + ".io.safetensors"));
+  const auto clip = models::load_clip<double>(
+      io::load_safetensors(fixture_path(name + ".safetensors")), options_from(io_dict));
+  const auto ids = io_dict.get<Index, 2>("input.ids");
+  // Three "class names" whose one prompt each tokenizes to a row of the fixture's ids.
+  const std::vector<std::string> classes = {"0", "1", "2"};
+  const auto classifier = models::zero_shot_classifier(
+      clip, classes, {"{}"}, [&](const std::vector<std::string>& prompts) {
+        Tensor<Index, 2> out(static_cast<Index>(prompts.size()), ids.dim(1));
+        for (std::size_t p = 0; p < prompts.size(); ++p)
+          out[static_cast<Index>(p)].as_vector() = ids[std::stoi(prompts[p])].as_vector();
+        return out;
+      });
+  const auto img = clip.encode_image(io_dict.get<double, 4>("input.images"));
+  const auto prediction = classifier.predict(img, 3);
+  const auto want = io_dict.get<double, 2>("expected.f64.probabilities");
+  for (Index b = 0; b < 2; ++b)
+    for (Index j = 0; j < 3; ++j)
+      EXPECT_NEAR(prediction.probabilities(b, j), want(b, prediction.indices(b, j)), 1e-10);
+}
+
 TEST(Clip, PresetsHaveOpenClipsSizes) {
   const auto& b16 = models::clip_preset("ViT-B-16").options;
   EXPECT_EQ(b16.vision.patch_size, 16);

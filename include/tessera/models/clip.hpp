@@ -31,6 +31,7 @@
 #include <utility>
 #include <vector>
 
+#include "tessera/contrastive/zero_shot_classifier.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/io/safetensors.hpp"
@@ -136,6 +137,22 @@ class CLIP : public nn::Module<CLIP<T>> {
 
   CLIPOptions options_{};
 };
+
+// A zero-shot classifier (CLIP's prompt ensembling, contrastive::ZeroShotClassifier) over
+// `clip`'s text tower and with the model's own logit scale: every template filled with every
+// class name, tokenized by `tokenize` (a std::vector<std::string> of prompts -> ids [P, L], e.g.
+// text::ClipTokenizer::tokenize) and embedded by encode_text. Its predict() takes the model's
+// image features (encode_image).
+template <class T, class Tokenize>
+contrastive::ZeroShotClassifier<T> zero_shot_classifier(const CLIP<T>& clip,
+                                                        std::vector<std::string> class_names,
+                                                        std::vector<std::string> templates,
+                                                        Tokenize&& tokenize) {
+  return contrastive::ZeroShotClassifier<T>(
+      std::move(class_names), std::move(templates),
+      [&](const std::vector<std::string>& prompts) { return clip.encode_text(tokenize(prompts)); },
+      {.logit_scale = static_cast<double>(clip.scale())});
+}
 
 // ---- presets ---------------------------------------------------------------------------------
 

@@ -54,8 +54,13 @@
 #if __has_include(<nlohmann/json.hpp>)
 #include "tessera/io/safetensors.hpp"
 // models/ loads checkpoints from safetensors files, so it needs nlohmann-json too.
+#include "tessera/models/architecture_check.hpp"
 #include "tessera/models/clip.hpp"
+#include "tessera/models/map_head.hpp"
 #include "tessera/models/naming.hpp"
+#include "tessera/models/position_embedding.hpp"
+#include "tessera/models/siglip.hpp"
 #include "tessera/models/text_transformer.hpp"
 #include "tessera/models/vision_transformer.hpp"
+#include "tessera/models/vit.hpp"
 #endif

@@ -1,9 +1,10 @@
 // tessera: models::ArchitectureCheck, what a checkpoint's shapes say about the model that wrote
 // it, compared with the options (a preset) it is about to be loaded into. Every size the shapes
 // give — widths, layers, patch and image size, MLP width, context length, vocabulary, outputs,
-// which optional tensors exist — is compared, as open_clip's build_model_from_openai_state_dict
-// reads them; every disagreement is collected, and raise_if_any() throws one ValueError listing
-// them all with both values and the checkpoint tensor that says so:
+// which optional tensors exist (class token, ln_pre, biases, SigLIP's attention-pooling head) — is
+// compared, as open_clip's build_model_from_openai_state_dict reads them; every disagreement is
+// collected, and raise_if_any() throws one ValueError listing them all with both values and the
+// checkpoint tensor that says so:
 //
 //   vision.patch_size: the preset says 32, the checkpoint's 'visual.conv1.weight'
 //   [768, 3, 16, 16] says 16
@@ -51,16 +52,27 @@ class ArchitectureCheck {
     if (cs[2] != cs[3])
       detail::raise<ValueError>(fn_, "checkpoint tensor '", original(conv), "' has shape ",
                                 detail::shape_string(cs), ", expected square patches");
+    // Positions: the patch grid, and the class token's when the checkpoint has one (the grid
+    // is read from the checkpoint's own layout, so that a preset's wrong class_token is reported
+    // as such and not as a wrong image size).
+    const std::string cls = prefix + "patch_embed.class_embedding";
+    const bool has_cls = dict_.contains(cls);
+    compare_flag(field + "class_token", v.class_token, cls);
     const std::string pos = prefix + "patch_embed.positional_embedding";
     const auto& ps = expect_rank(pos, 2);
+    const Index extra = has_cls ? 1 : 0;
     const Index grid = static_cast<Index>(
-        std::llround(std::sqrt(static_cast<double>(std::max<Index>(ps[0] - 1, 0)))));
-    if (ps[0] < 2 || grid * grid + 1 != ps[0])
+        std::llround(std::sqrt(static_cast<double>(std::max<Index>(ps[0] - extra, 0)))));
+    if (grid < 1 || grid * grid + extra != ps[0])
       detail::raise<ValueError>(fn_, "checkpoint tensor '", original(pos), "' has shape ",
                                 detail::shape_string(ps),
-                                ", expected 1 + a square number of positions (the class token "
-                                "and the patch grid)");
-    compare(field + "image_size", v.image_size, grid * cs[2], pos);
+                                has_cls ? ", expected 1 + a square number of positions (the class "
+                                          "token and the patch grid)"
+                                        : ", expected a square number of positions (the patch "
+                                          "grid; the checkpoint has no class token)");
+    // With drop_partial_patches the image may be up to a patch larger than the grid covers.
+    if (!(v.drop_partial_patches && cs[2] > 0 && v.image_size / cs[2] == grid))
+      compare(field + "image_size", v.image_size, grid * cs[2], pos);
     compare_layers(field + "layers", v.layers, prefix + "encoder.layers.");
     const std::string fc = prefix + "encoder.layers.0.linear1.weight";
     compare(field + "mlp_dim", v.mlp_dim, expect_rank(fc, 2)[0], fc);
@@ -68,6 +80,18 @@ class ArchitectureCheck {
     if (v.output_dim > 0 || dict_.contains(head))
       compare(field + "output_dim", v.output_dim,
               dict_.contains(head) ? expect_rank(head, 2)[0] : 0, head);
+    // The attention-pooling head (SigLIP): present or not, and its sizes.
+    const std::string probe = prefix + "map_head.probe";
+    const bool map = v.pooling == VisionPooling::map;
+    if (map != dict_.contains(probe))
+      problems_.push_back(field + "pooling: the preset says " + (map ? "map" : "class_token") +
+                          ", the checkpoint " + (map ? "has no '" : "has '") + original(probe) +
+                          "' (the attention-pooling head)");
+    if (map && dict_.contains(probe)) {
+      compare(field + "width", v.width, expect_rank(probe, 1)[0], probe);
+      const std::string head_fc = prefix + "map_head.mlp.fc1.weight";
+      compare(field + "mlp_dim", v.mlp_dim, expect_rank(head_fc, 2)[0], head_fc);
+    }
     compare_flag(field + "ln_pre", v.ln_pre, prefix + "patch_embed.ln_pre.weight");
     compare_flag(field + "patch_bias", v.patch_bias, prefix + "patch_embed.conv1.bias");
     compare_flag(field + "head_bias", v.output_dim > 0 && v.head_bias, prefix + "head.bias");

@@ -381,10 +381,62 @@ inline const NamingConvention& hf_clip_naming() {
   return convention;
 }
 
+// Hugging Face's SiglipModel (transformers' modeling_siglip.py; models::SigLIP in
+// models/siglip.hpp): as hf_clip_naming() for the encoders, with a patch conv that has a bias, no
+// class token and no pre-layernorm, the attention-pooling `vision_model.head` (probe [1, 1, width]
+// squeezed to [width], a torch.nn.MultiheadAttention, layernorm, mlp.fc1/fc2), the text tower's
+// `head` Linear with bias, and logit_scale and logit_bias ([1] each). position_ids buffers (not
+// persistent in transformers, but kept by some exports) are dropped.
+inline const NamingConvention& hf_siglip_naming() {
+  static constexpr NameRule rules[] = {
+      {"vision_model.embeddings.patch_embedding.*", "visual.patch_embed.conv1.*"},
+      {"vision_model.embeddings.position_embedding.weight",
+       "visual.patch_embed.positional_embedding"},
+      {"vision_model.embeddings.position_ids", "", NameTransform::drop},
+      {"vision_model.encoder.layers.#.self_attn.{q,k,v}_proj.weight",
+       "visual.encoder.layers.#.self_attn.in_proj_weight", NameTransform::concat},
+      {"vision_model.encoder.layers.#.self_attn.{q,k,v}_proj.bias",
+       "visual.encoder.layers.#.self_attn.in_proj_bias", NameTransform::concat},
+      {"vision_model.encoder.layers.#.self_attn.out_proj.*",
+       "visual.encoder.layers.#.self_attn.out_proj.*"},
+      {"vision_model.encoder.layers.#.layer_norm1.*", "visual.encoder.layers.#.norm1.*"},
+      {"vision_model.encoder.layers.#.mlp.fc1.*", "visual.encoder.layers.#.linear1.*"},
+      {"vision_model.encoder.layers.#.mlp.fc2.*", "visual.encoder.layers.#.linear2.*"},
+      {"vision_model.encoder.layers.#.layer_norm2.*", "visual.encoder.layers.#.norm2.*"},
+      {"vision_model.post_layernorm.*", "visual.ln_post.*"},
+      {"vision_model.head.probe", "visual.map_head.probe", NameTransform::squeeze},
+      {"vision_model.head.attention.*", "visual.map_head.attention.*"},
+      {"vision_model.head.layernorm.*", "visual.map_head.layernorm.*"},
+      {"vision_model.head.mlp.fc1.*", "visual.map_head.mlp.fc1.*"},
+      {"vision_model.head.mlp.fc2.*", "visual.map_head.mlp.fc2.*"},
+      {"text_model.embeddings.token_embedding.weight", "text.embed.token_embedding.weight"},
+      {"text_model.embeddings.position_embedding.weight", "text.embed.positional_embedding"},
+      {"text_model.embeddings.position_ids", "", NameTransform::drop},
+      {"text_model.encoder.layers.#.self_attn.{q,k,v}_proj.weight",
+       "text.encoder.layers.#.self_attn.in_proj_weight", NameTransform::concat},
+      {"text_model.encoder.layers.#.self_attn.{q,k,v}_proj.bias",
+       "text.encoder.layers.#.self_attn.in_proj_bias", NameTransform::concat},
+      {"text_model.encoder.layers.#.self_attn.out_proj.*",
+       "text.encoder.layers.#.self_attn.out_proj.*"},
+      {"text_model.encoder.layers.#.layer_norm1.*", "text.encoder.layers.#.norm1.*"},
+      {"text_model.encoder.layers.#.mlp.fc1.*", "text.encoder.layers.#.linear1.*"},
+      {"text_model.encoder.layers.#.mlp.fc2.*", "text.encoder.layers.#.linear2.*"},
+      {"text_model.encoder.layers.#.layer_norm2.*", "text.encoder.layers.#.norm2.*"},
+      {"text_model.final_layer_norm.*", "text.ln_final.*"},
+      {"text_model.head.*", "text.head.*"},
+      {"logit_scale", "logit_scale"},
+      {"logit_bias", "logit_bias"},
+  };
+  static constexpr NamingConvention convention{
+      "hf_siglip", "Hugging Face SiglipModel: vision_model.head.probe, text_model.head, logit_bias",
+      rules, "models::load_siglip"};
+  return convention;
+}
+
 // Every layout tessera knows, for detection and for hints when a checkpoint is given to the wrong
 // loader.
 inline std::vector<const NamingConvention*> known_namings() {
-  return {&openai_clip_naming(), &hf_clip_naming(), &torchvision_vit_naming()};
+  return {&openai_clip_naming(), &hf_clip_naming(), &torchvision_vit_naming(), &hf_siglip_naming()};
 }
 
 // The convention among `candidates` whose rules name every key of `dict`. Otherwise throws

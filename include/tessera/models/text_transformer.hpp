@@ -10,6 +10,15 @@
 // tower takes the last position. Layer norm is per token, so normalising only the pooled token
 // equals CLIP's ln_final over every token followed by the pooling.
 //
+// The layouts of the checkpoints this loads:
+//   OpenAI CLIP / open_clip  causal, pooled at the largest id, `text_projection` [width, embed]
+//                            (no bias);
+//   Hugging Face CLIP        causal, pooled at the first eos_token_id, `text_projection` Linear;
+//   Hugging Face SigLIP      not causal (causal = false: every token sees every other), pooled at
+//                            the last position (the tokenizer pads to the context length, so the
+//                            last position is an end or padding token), `final_layer_norm`, and
+//                            `head` Linear(width, projection_size) WITH bias (head_bias = true).
+//
 // Parameters (tessera's names; models/naming.hpp maps each checkpoint layout onto them):
 //   embed.token_embedding.weight [vocab_size, width], embed.positional_embedding
 //   [context_length, width], encoder.layers.<i>.* (nn::TransformerEncoderLayer, pre-norm),

@@ -1,0 +1,408 @@
+// tessera: models::SigLIP (Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training"): an
+// image tower and a text tower mapping into one embedding space, like CLIP, scored per pair with
+// a learned scale AND bias and a sigmoid instead of a softmax over the texts:
+//
+//   auto m = tessera::models::load_siglip<float>("siglip-base-patch16-224/model.safetensors");
+//   auto img = m.encode_image(pixels);        // [B, 768], pixels [B, 3, 224, 224] in [-1, 1]
+//   auto txt = m.encode_text(ids);            // [N, 768], ids [N, 64] (padded to 64)
+//   auto p = m.probabilities(img, txt);       // [B, N], each entry in (0, 1) on its own
+//
+// logits = exp(logit_scale) * cos(image, text) + logit_bias, and probabilities = sigmoid(logits):
+// each is the model's probability that that image and that text match, independent of the other
+// texts (transformers' SiglipModel.forward, and its documented `torch.sigmoid(logits_per_image)`).
+// A row does NOT sum to 1; for a zero-shot classifier's choice take the argmax of a row.
+//
+// The checkpoints are Hugging Face's (transformers' SiglipModel, e.g.
+// google/siglip-base-patch16-224, exported with save_pretrained(safe_serialization=True): a folder
+// with model.safetensors and config.json). The towers (models/vision_transformer.hpp,
+// text_transformer.hpp):
+//   image  conv with bias, no class token (grid^2 positions), pre-norm blocks with q/k/v stacked
+//          by the naming table, post_layernorm over every token, then the attention-pooling head
+//          (models/map_head.hpp); its output (width) is the image embedding, no projection;
+//   text   token + position embeddings, blocks without a causal mask, final_layer_norm, the last
+//          position, `head` Linear(width, projection_size) with bias.
+// Loading detects the layout (models/naming.hpp, hf_siglip_naming), reads every size the shapes
+// give and checks it against the preset or config.json, as load_clip does.
+//
+// Parameters: visual.* (VisionTransformer with pooling = map), text.* (TextTransformer),
+// logit_scale [1] (the log of the scale) and logit_bias [1], as transformers stores them.
+#pragma once
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "tessera/core/error.hpp"
+#include "tessera/core/tensor.hpp"
+#include "tessera/io/safetensors.hpp"
+#include "tessera/io/state_dict.hpp"
+#include "tessera/kernels/linear.hpp"
+#include "tessera/kernels/normalize.hpp"
+#include "tessera/models/architecture_check.hpp"
+#include "tessera/models/naming.hpp"
+#include "tessera/models/text_transformer.hpp"
+#include "tessera/models/vision_transformer.hpp"
+#include "tessera/nn/module.hpp"
+#include "tessera/nn/parameter.hpp"
+
+namespace tessera::models {
+
+struct SigLIPOptions {
+  VisionTransformerOptions vision;  // pooling map, output_dim 0: the embedding is `width` wide
+  TextTransformerOptions text;      // output_dim (projection_size) = the vision width
+  // Initial values when not loaded (Zhai et al. 2023, section 3.3: t' = log 10, b = -10).
+  double logit_scale = 2.302585092994046;
+  double logit_bias = -10.0;
+};
+
+template <class T>
+class SigLIP : public nn::Module<SigLIP<T>> {
+ public:
+  VisionTransformer<T> visual;
+  TextTransformer<T> text;
+  nn::Parameter<T, 1> logit_scale;  // [1], log of the logits' scale
+  nn::Parameter<T, 1> logit_bias;   // [1]
+
+  SigLIP() = default;
+  explicit SigLIP(const SigLIPOptions& o)
+      : logit_scale(Shape<1>{1}), logit_bias(Shape<1>{1}), options_(checked(o)) {
+    visual = VisionTransformer<T>(o.vision);
+    text = TextTransformer<T>(o.text);
+    logit_scale.value.data()[0] = static_cast<T>(o.logit_scale);
+    logit_bias.value.data()[0] = static_cast<T>(o.logit_bias);
+  }
+
+  const SigLIPOptions& options() const noexcept { return options_; }
+  // The joint embedding width: the image tower's output (its width without a projection).
+  Index embed_dim() const noexcept { return visual.output_features(); }
+
+  // images: [B, 3, image_size, image_size], normalised pixels -> [B, embed_dim] (not unit length;
+  // transformers' get_image_features).
+  template <TensorLike X>
+  Tensor<T, 2> encode_image(const X& images) const {
+    return visual.forward(images);
+  }
+  // ids: [N, L] token ids, L <= context_length -> [N, embed_dim] (not unit length;
+  // get_text_features). The embedding is read at position L - 1: pad the ids to the context
+  // length as SigLIP was trained (transformers: padding="max_length").
+  template <TensorLike I>
+  Tensor<T, 2> encode_text(const I& ids) const {
+    return text.forward(ids);
+  }
+
+  // exp(logit_scale): the factor on cosine similarities.
+  T scale() const { return std::exp(logit_scale.value.data()[0]); }
+  // logit_bias: added after the scale.
+  T bias() const { return logit_bias.value.data()[0]; }
+
+  // scale() * cos(image i, text j) + bias(): [B, N] from image features [B, E] and text features
+  // [N, E] (normalised here); transformers' logits_per_image.
+  template <TensorLike A, TensorLike B>
+  Tensor<T, 2> logits(const A& image_features, const B& text_features) const {
+    constexpr std::string_view fn = "tessera::models::SigLIP::logits";
+    const auto av = cview(image_features);
+    const auto bv = cview(text_features);
+    const Index e[] = {av.dim(0), embed_dim()};
+    tessera::detail::check_shape_equal(fn, "image_features", av.shape(), e);
+    const Index f[] = {bv.dim(0), embed_dim()};
+    tessera::detail::check_shape_equal(fn, "text_features", bv.shape(), f);
+    const Tensor<T, 2> a = l2_normalize(av), b = l2_normalize(bv);
+    // [B, N] = [B, E] x [N, E]^T
+    Tensor<T, 2> out = linear(a, b);
+    out.as_array() = out.as_array() * scale() + bias();
+    return out;
+  }
+
+  // sigmoid(logits): [B, N], each entry the probability that image i and text j match, on its
+  // own (SigLIP's pairwise sigmoid; NOT a softmax, rows do not sum to 1).
+  template <TensorLike A, TensorLike B>
+  Tensor<T, 2> probabilities(const A& image_features, const B& text_features) const {
+    Tensor<T, 2> l = logits(image_features, text_features);
+    // sigmoid, written so that exp never overflows: 1 / (1 + e^-x) or e^x / (1 + e^x)
+    for (Index i = 0; i < l.size(); ++i) {
+      const T x = l.data()[i];
+      const T z = std::exp(-std::abs(x));
+      l.data()[i] = x >= 0 ? T(1) / (T(1) + z) : z / (T(1) + z);
+    }
+    return l;
+  }
+
+  void check_parameters(std::string_view fn, std::string_view prefix = "") const {
+    visual.check_parameters(fn, detail::ParameterPrefix(prefix, "visual."));
+    text.check_parameters(fn, detail::ParameterPrefix(prefix, "text."));
+    detail::check_parameter(fn, prefix, "logit_scale", logit_scale, {1});
+    detail::check_parameter(fn, prefix, "logit_bias", logit_bias, {1});
+  }
+
+  template <class Self, class F>
+  static void visit(Self& self, F&& f, const std::string& prefix) {
+    VisionTransformer<T>::visit(self.visual, f, prefix + "visual.");
+    TextTransformer<T>::visit(self.text, f, prefix + "text.");
+    f(prefix + "logit_scale", self.logit_scale);
+    f(prefix + "logit_bias", self.logit_bias);
+  }
+
+ private:
+  static const SigLIPOptions& checked(const SigLIPOptions& o) {
+    constexpr std::string_view fn = "tessera::models::SigLIP";
+    const Index image = o.vision.output_dim > 0 ? o.vision.output_dim : o.vision.width;
+    const Index text = o.text.output_dim > 0 ? o.text.output_dim : o.text.width;
+    if (image != text)
+      detail::raise<ValueError>(fn, "the image embedding is ", image,
+                                " wide (vision.output_dim, or vision.width without one) and the "
+                                "text embedding ",
+                                text, " (text.output_dim), expected the same width");
+    return o;
+  }
+
+  SigLIPOptions options_{};
+};
+
+// ---- presets ---------------------------------------------------------------------------------
+
+struct SiglipPreset {
+  std::string_view name;
+  std::string_view description;
+  SigLIPOptions options;
+};
+
+}  // namespace tessera::models
+
+namespace tessera::detail {
+
+// A SigLIP in transformers' layout: image tower without class token or ln_pre, conv with bias,
+// attention pooling, no projection; text tower not causal, pooled at the last position, head
+// with bias; GELU (tanh approximation, "gelu_pytorch_tanh") and LayerNorm eps 1e-6 throughout
+// (SiglipTextConfig / SiglipVisionConfig defaults).
+inline models::SigLIPOptions hf_style_siglip(Index image, Index patch, Index width, Index layers,
+                                             Index heads, Index mlp, Index vocab, Index context,
+                                             Index text_width, Index text_layers, Index text_heads,
+                                             Index text_mlp) {
+  models::SigLIPOptions o;
+  o.vision = {.image_size = image,
+              .patch_size = patch,
+              .width = width,
+              .layers = layers,
+              .heads = heads,
+              .mlp_dim = mlp,
+              .activation = Activation::gelu_tanh,
+              .layer_norm_eps = 1e-6,
+              .patch_bias = true,
+              .ln_pre = false,
+              .class_token = false,
+              .pooling = models::VisionPooling::map,
+              .drop_partial_patches = true,
+              .output_dim = 0};
+  o.text = {.vocab_size = vocab,
+            .context_length = context,
+            .width = text_width,
+            .layers = text_layers,
+            .heads = text_heads,
+            .mlp_dim = text_mlp,
+            .activation = Activation::gelu_tanh,
+            .layer_norm_eps = 1e-6,
+            .causal = false,
+            .pooling = models::TextPooling::last,
+            .output_dim = width,
+            .head_bias = true};
+  return o;
+}
+
+}  // namespace tessera::detail
+
+namespace tessera::models {
+
+// The named SigLIP architectures (Hugging Face's model names without "google/").
+// siglip-base-patch16-224: transformers' SiglipVisionConfig and SiglipTextConfig defaults, which
+// its documentation gives as that checkpoint's architecture: vision 224 x 224 images, patch 16,
+// width 768, 12 layers, 12 heads, MLP 3072; text vocabulary 32000, context 64, width 768, 12
+// layers, 12 heads, MLP 3072.
+inline std::span<const SiglipPreset> siglip_presets() {
+  static const SiglipPreset presets[] = {
+      {"siglip-base-patch16-224", "SigLIP B/16 at 224 x 224 (google/siglip-base-patch16-224)",
+       detail::hf_style_siglip(224, 16, 768, 12, 12, 3072, 32000, 64, 768, 12, 12, 3072)},
+  };
+  return presets;
+}
+
+// The preset named `name`; throws ValueError listing the known names.
+inline const SiglipPreset& siglip_preset(std::string_view name) {
+  for (const SiglipPreset& p : siglip_presets())
+    if (p.name == name) return p;
+  std::vector<std::string_view> names;
+  for (const SiglipPreset& p : siglip_presets()) names.push_back(p.name);
+  detail::raise<ValueError>("tessera::models::siglip_preset", "no SigLIP preset named '", name,
+                            "'; the presets are ", detail::capped_list(names));
+}
+
+// The SigLIPOptions a Hugging Face SiglipModel's config.json describes (transformers'
+// SiglipConfig, SiglipTextConfig and SiglipVisionConfig, with their defaults — the
+// siglip-base-patch16-224 architecture — for absent fields): vision_config hidden_size,
+// intermediate_size, num_hidden_layers, num_attention_heads, num_channels, image_size,
+// patch_size, hidden_act, layer_norm_eps, vision_use_head (must be true: the image embedding is
+// the head's output); text_config vocab_size, hidden_size, intermediate_size, num_hidden_layers,
+// num_attention_heads, max_position_embeddings, hidden_act, layer_norm_eps, projection_size
+// (default hidden_size). Throws ValueError naming the field for a value of the wrong type, an
+// activation tessera lacks, a model_type other than "siglip", or vision_use_head false.
+inline SigLIPOptions siglip_options_from_hf_config(const nlohmann::json& config) {
+  constexpr std::string_view fn = "tessera::models::siglip_options_from_hf_config";
+  auto get = [&](const nlohmann::json& j, const char* section, const char* key, auto fallback) {
+    using V = decltype(fallback);
+    if (!j.is_object() || !j.contains(key)) return fallback;
+    const auto& v = j.at(key);
+    if constexpr (std::is_same_v<V, std::string>) {
+      if (v.is_string()) return v.get<std::string>();
+    } else if constexpr (std::is_same_v<V, bool>) {
+      if (v.is_boolean()) return v.get<bool>();
+    } else if constexpr (std::is_floating_point_v<V>) {
+      if (v.is_number()) return v.get<V>();
+    } else {
+      if (v.is_number_integer()) return v.get<V>();
+    }
+    detail::raise<ValueError>(fn, "field '", section, key, "' is ", v.dump(), ", expected a ",
+                              std::is_same_v<V, std::string> ? "string"
+                              : std::is_same_v<V, bool>      ? "boolean"
+                                                             : "number");
+  };
+  auto activation = [&](const std::string& name, const char* field) {
+    if (name == "gelu_pytorch_tanh" || name == "gelu_new") return Activation::gelu_tanh;
+    if (name == "gelu") return Activation::gelu;
+    if (name == "quick_gelu") return Activation::quick_gelu;
+    detail::raise<ValueError>(fn, "field '", field, "' is \"", name,
+                              "\", expected gelu_pytorch_tanh, gelu_new, gelu or quick_gelu");
+  };
+  if (!config.is_object())
+    detail::raise<ValueError>(fn, "the config is ", config.type_name(), ", expected an object");
+  const std::string model_type = get(config, "", "model_type", std::string("siglip"));
+  if (model_type != "siglip")
+    detail::raise<ValueError>(fn, "field 'model_type' is \"", model_type,
+                              "\", expected \"siglip\" (a SiglipModel's config.json)");
+  const nlohmann::json empty = nlohmann::json::object();
+  const auto& v = config.contains("vision_config") ? config.at("vision_config") : empty;
+  const auto& t = config.contains("text_config") ? config.at("text_config") : empty;
+  if (!get(v, "vision_config.", "vision_use_head", true))
+    detail::raise<ValueError>(fn,
+                              "field 'vision_config.vision_use_head' is false, expected true: a "
+                              "SiglipModel's image embedding is its attention-pooling head's "
+                              "output");
+  SigLIPOptions o;
+  o.vision = {.image_size = get(v, "vision_config.", "image_size", Index{224}),
+              .patch_size = get(v, "vision_config.", "patch_size", Index{16}),
+              .in_channels = get(v, "vision_config.", "num_channels", Index{3}),
+              .width = get(v, "vision_config.", "hidden_size", Index{768}),
+              .layers = get(v, "vision_config.", "num_hidden_layers", Index{12}),
+              .heads = get(v, "vision_config.", "num_attention_heads", Index{12}),
+              .mlp_dim = get(v, "vision_config.", "intermediate_size", Index{3072}),
+              .activation = activation(
+                  get(v, "vision_config.", "hidden_act", std::string("gelu_pytorch_tanh")),
+                  "vision_config.hidden_act"),
+              .layer_norm_eps = get(v, "vision_config.", "layer_norm_eps", 1e-6),
+              .patch_bias = true,
+              .ln_pre = false,
+              .class_token = false,
+              .pooling = VisionPooling::map,
+              .drop_partial_patches = true,  // transformers' Conv2d floors: 384 / 14 -> 27 patches
+              .output_dim = 0};
+  const Index text_width = get(t, "text_config.", "hidden_size", Index{768});
+  o.text = {.vocab_size = get(t, "text_config.", "vocab_size", Index{32000}),
+            .context_length = get(t, "text_config.", "max_position_embeddings", Index{64}),
+            .width = text_width,
+            .layers = get(t, "text_config.", "num_hidden_layers", Index{12}),
+            .heads = get(t, "text_config.", "num_attention_heads", Index{12}),
+            .mlp_dim = get(t, "text_config.", "intermediate_size", Index{3072}),
+            .activation =
+                activation(get(t, "text_config.", "hidden_act", std::string("gelu_pytorch_tanh")),
+                           "text_config.hidden_act"),
+            .layer_norm_eps = get(t, "text_config.", "layer_norm_eps", 1e-6),
+            .causal = false,
+            .pooling = TextPooling::last,
+            .output_dim = get(t, "text_config.", "projection_size", text_width),
+            .head_bias = true};
+  return o;
+}
+
+// siglip_options_from_hf_config of a config.json file; IoError naming the path when it cannot be
+// read or parsed.
+inline SigLIPOptions read_hf_siglip_config(const std::filesystem::path& path) {
+  constexpr std::string_view fn = "tessera::models::read_hf_siglip_config";
+  std::ifstream in(path);
+  if (!in) detail::raise<IoError>(fn, "cannot open '", path.string(), "'");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    detail::raise<IoError>(fn, "'", path.string(), "' is not valid JSON: ", e.what());
+  }
+  if (!j.is_object()) detail::raise<IoError>(fn, "'", path.string(), "' is not a JSON object");
+  return siglip_options_from_hf_config(j);
+}
+
+// A SigLIP from a checkpoint's tensors in Hugging Face's SiglipModel layout, with the
+// architecture of `config` (checked against the checkpoint's shapes; `preset` names it in
+// messages). Tensors are moved into tessera's names (q/k/v stacked into one matrix, the probe
+// squeezed), the model is built without drawing random weights and each tensor is released as
+// soon as it is copied. Throws ValueError when the keys are not in that layout (listing at most
+// 20 of those without a rule, and naming the loader of another known layout they fit, e.g.
+// models::load_clip) or the config contradicts the shapes, ShapeError when a tensor has a shape
+// the architecture does not take.
+template <class T>
+SigLIP<T> load_siglip(io::StateDict dict, const SigLIPOptions& config,
+                      std::string_view preset = "(custom options)") {
+  constexpr std::string_view fn = "tessera::models::load_siglip";
+  const NamingConvention* candidates[] = {&hf_siglip_naming()};
+  const auto others = known_namings();
+  const NamingConvention& naming = detect_naming(fn, dict, candidates, others);
+  std::map<std::string, std::string, std::less<>> origin;
+  io::StateDict named = rename_state_dict(fn, std::move(dict), naming, &origin);
+  ArchitectureCheck check(fn, named, origin, naming);
+  check.vision("visual.", "vision.", config.vision);
+  check.text("text.", "text.", config.text);
+  check.raise_if_any(preset);
+  SigLIP<T> model = [&] {
+    nn::SkipInit skip;
+    return SigLIP<T>(config);
+  }();
+  model.load_state_dict(std::move(named));
+  return model;
+}
+
+// The same with the architecture of the preset named `preset` (siglip_presets()).
+template <class T>
+SigLIP<T> load_siglip(io::StateDict dict, std::string_view preset) {
+  return load_siglip<T>(std::move(dict), siglip_preset(preset).options, preset);
+}
+
+// The same from a safetensors file (io::load_safetensors; its errors are IoErrors).
+template <class T>
+SigLIP<T> load_siglip(const std::filesystem::path& path, std::string_view preset) {
+  return load_siglip<T>(io::load_safetensors(path), preset);
+}
+
+// A Hugging Face checkpoint: the weights file and the config.json beside it (a model folder as
+// save_pretrained writes it). The architecture comes from the config and is checked against the
+// shapes; ValueError when there is no config.json there.
+template <class T>
+SigLIP<T> load_siglip(const std::filesystem::path& path) {
+  const auto config_path = path.parent_path() / "config.json";
+  if (!std::filesystem::exists(config_path)) {
+    std::vector<std::string_view> names;
+    for (const auto& p : siglip_presets()) names.push_back(p.name);
+    detail::raise<ValueError>("tessera::models::load_siglip",
+                              "no preset given and no config.json beside '", path.string(),
+                              "'; pass a preset (", detail::capped_list(names),
+                              ") or put the checkpoint's config.json there");
+  }
+  return load_siglip<T>(io::load_safetensors(path), read_hf_siglip_config(config_path),
+                        config_path.string());
+}
+
+}  // namespace tessera::models

@@ -7,9 +7,11 @@
 #include <sndfile.h>
 
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tessera/io/safetensors.hpp"
@@ -119,7 +121,7 @@ TYPED_TEST(AudioFileTest, ResamplesOnReadAndReportsTheDifferenceFromTorchaudio) 
   using T = TypeParam;
   const auto a = audio::read_audio<T>(fixture_path("speech_44k_stereo.flac"), 16000);
   EXPECT_EQ(a.sample_rate, 16000);
-  ASSERT_EQ(a.waveform.shape(), (Shape<2>{2, 23289}));  // round(64190 * 16000 / 44100)
+  ASSERT_EQ(a.waveform.shape(), (Shape<2>{2, 23289}));  // ceil(64190 * 16000 / 44100)
   const auto ta = expected().get<T, 2>("resample.44k_to_16k");
   ASSERT_EQ(ta.dim(1), a.frames());
   double diff_sq = 0, ref_sq = 0, max_diff = 0, peak = 0;
@@ -249,6 +251,64 @@ TYPED_TEST(AudioFileTest, TruncatedFilesAreIoErrors) {
               static_cast<std::size_t>(fs::file_size(dir / "x.aiff")) - 100);
   TESSERA_EXPECT_THROW_MSG(audio::read_audio<T>(dir / "cut.aiff"), IoError, "cut.aiff",
                            "truncated");
+}
+
+// The 16-bit mono PCM WAV a streaming writer produces when it cannot seek back to fill in the
+// sizes (ffmpeg writing to a pipe): RIFF and data sizes are `riff_size` and `data_size`
+// placeholders, the samples run to the end of the file.
+void write_streamed_wav(const fs::path& path, std::uint32_t riff_size, std::uint32_t data_size,
+                        const std::vector<short>& samples) {
+  std::string b;
+  auto u32 = [&](std::uint32_t x) {
+    for (int i = 0; i < 4; ++i) b += static_cast<char>((x >> (8 * i)) & 0xFF);
+  };
+  auto u16 = [&](std::uint16_t x) {
+    for (int i = 0; i < 2; ++i) b += static_cast<char>((x >> (8 * i)) & 0xFF);
+  };
+  b += "RIFF";
+  u32(riff_size);
+  b += "WAVEfmt ";
+  u32(16);     // fmt chunk size
+  u16(1);      // PCM
+  u16(1);      // channels
+  u32(16000);  // sample rate
+  u32(32000);  // bytes per second
+  u16(2);      // block align
+  u16(16);     // bits per sample
+  b += "data";
+  u32(data_size);
+  for (short s : samples) u16(static_cast<std::uint16_t>(s));
+  std::ofstream(path, std::ios::binary).write(b.data(), static_cast<std::streamsize>(b.size()));
+}
+
+TYPED_TEST(AudioFileTest, StreamingPlaceholderSizesMeanUpToTheEndOfTheFile) {
+  using T = TypeParam;
+  tessera::test::TempDir dir;
+  std::vector<short> samples(1000);
+  for (std::size_t i = 0; i < samples.size(); ++i)
+    samples[i] = static_cast<short>(static_cast<int>(i) * 37 - 16000);
+  const std::uint32_t riff_true = 36 + 2 * 1000, data_true = 2 * 1000;
+  for (const auto& [riff, data] :
+       {std::pair{0xFFFFFFFFu, 0xFFFFFFFFu}, std::pair{riff_true, 0xFFFFFFFFu},
+        std::pair{0xFFFFFFFFu, data_true}, std::pair{0u, data_true}}) {
+    SCOPED_TRACE(testing::Message() << "RIFF size " << riff << ", data size " << data);
+    write_streamed_wav(dir / "piped.wav", riff, data, samples);
+    const auto a = audio::read_audio<T>(dir / "piped.wav");
+    ASSERT_EQ(a.waveform.shape(), (Shape<2>{1, 1000}));
+    EXPECT_EQ(a.sample_rate, 16000);
+    for (Index i = 0; i < 1000; ++i)
+      ASSERT_EQ(a.waveform(0, i), static_cast<T>(samples[static_cast<std::size_t>(i)]) / T(32768))
+          << i;
+  }
+  // The placeholder with no sample after the header: nothing to read, not a truncation.
+  write_streamed_wav(dir / "no_samples.wav", 0xFFFFFFFFu, 0xFFFFFFFFu, {});
+  TESSERA_EXPECT_THROW_MSG(audio::read_audio<T>(dir / "no_samples.wav"), ValueError,
+                           "tessera::audio::read_audio", "no_samples.wav", "zero frames");
+  // A true size is still checked: 2000 bytes declared, 1000 present.
+  write_streamed_wav(dir / "short.wav", riff_true, data_true,
+                     std::vector<short>(samples.begin(), samples.begin() + 500));
+  TESSERA_EXPECT_THROW_MSG(audio::read_audio<T>(dir / "short.wav"), IoError, "short.wav",
+                           "truncated", "declares 2000 bytes");
 }
 
 TYPED_TEST(AudioFileTest, ZeroFramesIsAValueError) {

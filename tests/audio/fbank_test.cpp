@@ -313,6 +313,13 @@ TEST(KaldiMelBanks, RejectsBadArguments) {
                            "tessera::audio::kaldi_mel_banks", "'window_length_padded' is 511");
   TESSERA_EXPECT_THROW_MSG(audio::kaldi_mel_banks<float>(2, 512, 16000, 20, 0), ValueError,
                            "tessera::audio::kaldi_mel_banks", "'num_mel_bins' is 2");
+  // An empty band: low_freq == high_freq (directly, or through the offset from Nyquist) would
+  // give all-zero triangles; rejected, as Kaldi's MelBanks does (low_freq < high_freq).
+  TESSERA_EXPECT_THROW_MSG(audio::kaldi_mel_banks<float>(23, 512, 16000, 4000, 4000), ValueError,
+                           "tessera::audio::kaldi_mel_banks", "'low_freq' and 'high_freq' are 4000",
+                           "and 4000", "0 <= low_freq < high_freq");
+  TESSERA_EXPECT_THROW_MSG(audio::kaldi_mel_banks<float>(23, 512, 16000, 4000, -4000), ValueError,
+                           "tessera::audio::kaldi_mel_banks", "(4000 Hz)");
   TESSERA_EXPECT_THROW_MSG(audio::kaldi_window<float>("povey", 1), ValueError,
                            "tessera::audio::kaldi_window", "'window_length' is 1");
 }

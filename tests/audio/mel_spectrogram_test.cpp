@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <complex>
+#include <limits>
 #include <string>
 
 #include "tessera/audio/amplitude_to_db.hpp"
@@ -207,6 +208,37 @@ TYPED_TEST(MelSpectrogramTest, AmplitudeToDbFollowsItsFormula) {
   EXPECT_NEAR(m(2), -30, 1e-4);  // clamped at max - 50
 }
 
+// torchaudio.functional.amplitude_to_DB (0.13) with top_db takes torch.amax over each block,
+// which propagates NaN, then torch.max(x_db, floor): a NaN anywhere makes the whole block NaN,
+// wherever it sits. Without top_db only the NaN's own position is NaN. (torchaudio gives
+// [[nan, nan, nan]] for both [[nan, 1e-12, 1]] and [[1e-12, nan, 1]] with top_db = 80, and
+// [[nan, -100, 0]] / [[-100, nan, 0]] without.)
+TYPED_TEST(MelSpectrogramTest, AmplitudeToDbPropagatesNanOverTheTopDbBlock) {
+  using T = TypeParam;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  for (Index at = 0; at < 3; ++at) {
+    SCOPED_TRACE(testing::Message() << "NaN at " << at);
+    Tensor<T, 2> x{{T(1e-12), T(1e-12), T(1)}};
+    x(0, at) = nan;
+    const auto clamped = audio::amplitude_to_db(x, {.top_db = 80.0});
+    for (Index i = 0; i < 3; ++i) EXPECT_TRUE(std::isnan(clamped(0, i))) << i;
+    const auto plain = audio::amplitude_to_db(x);
+    for (Index i = 0; i < 3; ++i) {
+      if (i == at)
+        EXPECT_TRUE(std::isnan(plain(0, i)));
+      else
+        EXPECT_NEAR(plain(0, i), i == 2 ? 0.0 : -100.0, 1e-4) << i;
+    }
+  }
+  // Rank >= 3: blocks are the last three dimensions; a NaN spoils only its own block.
+  Tensor<T, 4> y(Shape<4>{2, 1, 2, 2});
+  for (Index i = 0; i < y.size(); ++i) y.data()[i] = T(1);
+  y(1, 0, 1, 0) = nan;
+  const auto db = audio::amplitude_to_db(y, {.top_db = 80.0});
+  for (Index i = 0; i < 4; ++i) EXPECT_EQ(db.data()[i], T(0)) << i;
+  for (Index i = 4; i < 8; ++i) EXPECT_TRUE(std::isnan(db.data()[i])) << i;
+}
+
 TYPED_TEST(MelSpectrogramTest, FilterbankAndWindowMatchTheirDefinitions) {
   using T = TypeParam;
   const audio::MelSpectrogram<T> mel({.n_fft = 512, .win_length = 400});
@@ -274,6 +306,14 @@ TYPED_TEST(MelSpectrogramTest, RejectsBadOptions) {
   TESSERA_EXPECT_THROW_MSG(M(O{.hop_length = 0}), ValueError, fn, "'hop_length' is 0");
   TESSERA_EXPECT_THROW_MSG(M(O{.f_min = 9000.0}), ValueError, fn, "'f_min' and 'f_max'", "9000",
                            "8000");
+  // f_min == f_max: every triangle would be empty (0/0 slopes) and the log-mel a constant.
+  TESSERA_EXPECT_THROW_MSG(M(O{.f_min = 8000.0}), ValueError, fn, "'f_min' and 'f_max' are 8000",
+                           "and 8000", "0 <= f_min < f_max");
+  TESSERA_EXPECT_THROW_MSG(M(O{.f_min = 300.0, .f_max = 300.0}), ValueError, fn,
+                           "'f_min' and 'f_max' are 300 and 300");
+  TESSERA_EXPECT_THROW_MSG(audio::melscale_fbanks<T>(257, 100.0, 100.0, 10, 16000), ValueError,
+                           "tessera::audio::melscale_fbanks", "'f_min' and 'f_max' are 100",
+                           "and 100", "0 <= f_min < f_max");
   TESSERA_EXPECT_THROW_MSG(M(O{.pad = -1}), ValueError, fn, "'pad' is -1");
   TESSERA_EXPECT_THROW_MSG(M(O{.n_mels = 0}), ValueError, fn, "'n_mels' is 0");
   TESSERA_EXPECT_THROW_MSG(M(O{.window_fn = "kaiser"}), ValueError, fn, "'window_fn'", "'kaiser'");

@@ -75,7 +75,11 @@ TYPED_TEST(ResampleTest, RemovesToneAboveTheNewNyquist) {
   EXPECT_LT(peak, 1e-3);
 }
 
-TYPED_TEST(ResampleTest, LengthIsRoundedFramesTimesRatio) {
+// The output length is torchaudio.functional.resample's, ceil(frames * new / orig): every
+// expected value below is what torchaudio 0.13 returned for a waveform of that many frames
+// (1000 frames 16 -> 44.1 kHz: 2756.25 -> 2757, where rounding would give 2756; 7 frames: 19.3 ->
+// 20).
+TYPED_TEST(ResampleTest, LengthIsTorchaudiosCeilOfFramesTimesRatio) {
   using T = TypeParam;
   struct Case {
     Index frames;
@@ -83,9 +87,10 @@ TYPED_TEST(ResampleTest, LengthIsRoundedFramesTimesRatio) {
     Index expected;
   };
   for (const Case c :
-       {Case{16000, 16000, 44100, 44100}, Case{1000, 16000, 44100, 2756}, Case{7, 16000, 44100, 19},
+       {Case{16000, 16000, 44100, 44100}, Case{1000, 16000, 44100, 2757}, Case{7, 16000, 44100, 20},
         Case{16000, 44100, 16000, 5805}, Case{48000, 44100, 16000, 17415}, Case{7, 44100, 16000, 3},
-        Case{3, 16000, 8000, 2}, Case{64190, 44100, 16000, 23289}, Case{1, 16000, 8000, 1}}) {
+        Case{3, 16000, 8000, 2}, Case{64190, 44100, 16000, 23289}, Case{1, 16000, 8000, 1},
+        Case{2, 16000, 8000, 1}, Case{5, 48000, 16000, 2}}) {
     Tensor<T, 2> x(Shape<2>{1, c.frames});
     x.setRandom(1);
     EXPECT_EQ(audio::resample(x, c.from, c.to).dim(1), c.expected)

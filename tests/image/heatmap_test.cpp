@@ -237,6 +237,25 @@ TEST(MakeGrid, TitlesAreWrittenAboveTheirTiles) {
   expect_png_round_trip(dir, g, "grid.png");
 }
 
+// A title too long for kMaxPictureSide is cut with ".." (as the tiles' titles are) instead of
+// making make_grid throw "the picture would be ...".
+TEST(MakeGrid, LongTitleIsCutToThePictureLimit) {
+  const std::vector<Image> tiles = {random_photo(20, 30, 1), random_photo(20, 30, 2)};
+  const std::string long_title(5000, 'W');  // ~60000 pixels at font scale 2
+  const auto g = image::make_grid(tiles, {}, {.nrow = 2, .padding = 8, .title = long_title});
+  EXPECT_LE(g.dim(1), image::kMaxPictureSide);
+  const std::string cut =
+      image::impl::fit_text(long_title, image::kMaxPictureSide, image::kMaxPictureSide - 16, 2);
+  ASSERT_EQ(cut.substr(cut.size() - 2), "..");
+  EXPECT_EQ(g.dim(1), image::impl::text_width(cut, 2) + 16);
+  // Exactly the picture a caller gets by cutting the title itself.
+  EXPECT_TRUE(tessera::test::same_bits(
+      g, image::make_grid(tiles, {}, {.nrow = 2, .padding = 8, .title = cut})));
+  // A title that fits is not touched.
+  const auto short_one = image::make_grid(tiles, {}, {.nrow = 2, .padding = 8, .title = "Heads"});
+  EXPECT_EQ(short_one.dim(1), 2 * 38 + 8);
+}
+
 TEST(MakeGrid, Errors) {
   const std::vector<Image> none;
   TESSERA_EXPECT_THROW_MSG(image::make_grid(none, {}), tessera::ValueError,
@@ -379,6 +398,29 @@ TYPED_TEST(Heatmap, LongColumnLabelsAreRotatedAndCut) {
   // non-ASCII bytes draw as '?', never out of the font's table
   const std::vector<std::string> utf8 = {"caf\xc3\xa9", "\x01\x7f"};
   EXPECT_NO_THROW(image::heatmap(m, rows, utf8, {.cell_size = 24}));
+}
+
+// Titles and x_labels too long for kMaxPictureSide end in ".." as the labels do, rather than
+// making heatmap throw "the picture would be ...".
+TYPED_TEST(Heatmap, LongTitleAndAxisNameAreCutToThePictureLimit) {
+  using T = TypeParam;
+  const Tensor<T, 2> m{{0, 1, 2}, {3, 4, 5}};
+  const std::string long_text(5000, 'W');
+  const auto t = image::heatmap(m, {}, {}, {.title = long_text, .cell_size = 32});
+  EXPECT_LE(t.dim(1), image::kMaxPictureSide);
+  const std::string cut =
+      image::impl::fit_text(long_text, image::kMaxPictureSide, image::kMaxPictureSide - 16, 2);
+  ASSERT_EQ(cut.substr(cut.size() - 2), "..");
+  EXPECT_TRUE(
+      tessera::test::same_bits(t, image::heatmap(m, {}, {}, {.title = cut, .cell_size = 32})));
+  EXPECT_GT(ink_in(t, 0, 8, t.dim(1), 8 + 18), 1000);  // the title is drawn
+  const auto x = image::heatmap(m, {}, {}, {.x_label = long_text, .cell_size = 32});
+  EXPECT_LE(x.dim(1), image::kMaxPictureSide);
+  EXPECT_GT(x.dim(1), image::kMaxPictureSide - 100);  // as wide as the cut name needs
+  // Cutting leaves titles that fit alone.
+  const auto plain = image::heatmap(m, {}, {}, {.title = "Attention", .cell_size = 32});
+  const auto direct = image::heatmap(m, {}, {}, {.cell_size = 32});
+  EXPECT_EQ(plain.dim(1), direct.dim(1));
 }
 
 TEST(Text, FitTextCutsToCharactersAndPixels) {

@@ -146,14 +146,25 @@ TEST(ClipClean, UnescapesTwiceCollapsesWhitespaceLowersAndComposes) {
   EXPECT_EQ(clip_basic_clean("  Tom &amp;amp;  JERRY\n"), "Tom &  JERRY");
   EXPECT_EQ(clip_whitespace_clean(" a \t\n b "), "a b");
   // Python's \s: ideographic space, NBSP, line separator, U+001C, NEL; not U+200B.
+  // ftfy.fix_text runs first: U+3000 becomes ' ' (fix_character_width), U+2028 '\n'
+  // (fix_line_breaks), U+001C is removed (remove_control_chars) and NEL U+0085 becomes U+2026 '…'
+  // (fix_c1_controls, Windows-1252's 0x85), so only U+3000, NBSP and U+2028 end as spaces.
   EXPECT_EQ(clip_clean("\xE3\x80\x80"
                        "a\xC2\xA0"
                        "b\xE2\x80\xA8"
                        "c\x1C\xC2\x85"
                        "d\xE2\x80\x8B"
                        "e"),
-            "a b c d\xE2\x80\x8B"
+            "a b c\xE2\x80\xA6"
+            "d\xE2\x80\x8B"
             "e");
+  // Python's \s on what ftfy leaves: NBSP, tab, LF, FF, U+2000-U+200A are whitespace.
+  EXPECT_EQ(clip_whitespace_clean("a\xC2\xA0"
+                                  "b\x0C"
+                                  "c\xE2\x80\x83"
+                                  "d\x1C"
+                                  "e"),
+            "a b c d e");
   // NFC (ftfy's default normalisation): e + U+0301 becomes é.
   EXPECT_EQ(clip_clean("Cafe\xCC\x81"), "caf\xC3\xA9");
   EXPECT_EQ(nfc("e\xCC\x81"), "\xC3\xA9");
@@ -330,6 +341,48 @@ TEST(ClipTokenizer, TokenizePadsAndTruncatesWithEndTokenLast) {
   EXPECT_EQ(tok.tokenize(none).dim(0), 0);
   const std::vector<std::string> vec = {"dog", "cat"};
   EXPECT_EQ(tok.tokenize(vec, 8)(1, 2), 512 + 0);
+}
+
+// The captions where treating ftfy.fix_text as NFC alone gave other ids than open_clip: each must
+// encode as its ftfy-fixed spelling does (runs everywhere, on the tiny merge list).
+TEST(ClipTokenizer, FtfyFixesApplyBeforeSplitting) {
+  const auto tok = tiny();
+  const std::pair<const char*, const char*> cases[] = {
+      {"it\xE2\x80\x99s", "it's"},  // uncurl_quotes
+      {"\xE2\x80\x9C"
+       "dog\xE2\x80\x9D",
+       "\"dog\""},                                  // uncurl_quotes
+      {"\xEF\xAC\x81sh", "fish"},                   // fix_latin_ligatures
+      {"\xEF\xBC\xA1\xEF\xBC\xA2", "ab"},           // fix_character_width
+      {"e&#769;", "\xC3\xA9"},                      // unescape_html, then NFC
+      {"&amp;amp;amp;", "&"},                       // unescaped until stable
+      {"hello\x1B[1;31m dog\x1B[0m", "hello dog"},  // remove_terminal_escapes
+      {"\xEF\xBB\xBFhello\x07", "hello"},           // remove_control_chars
+      {"<b>&amp;amp;</b>", "<b>&</b>"},  // HTML: ftfy keeps it, html.unescape twice gives '&'
+  };
+  for (const auto& [text, fixed] : cases) {
+    EXPECT_EQ(tok.encode(text), tok.encode(fixed)) << text;
+  }
+}
+
+// decode stops at the end token: a tokenize() row (padded with id 0, the token "!") decodes to
+// its text, not "hello dog !!!!!!".
+TEST(ClipTokenizer, DecodeOfATokenizeRowStopsAtTheEndToken) {
+  const auto tok = tiny();
+  const auto rows = tok.tokenize({"hello dog", ""}, 12);
+  ASSERT_EQ(rows(0, 4), 0);  // padding
+  EXPECT_EQ(tok.bpe().symbol(0), "!");
+  Ids row0, row1;
+  for (Index t = 0; t < 12; ++t) {
+    row0.push_back(rows(0, t));
+    row1.push_back(rows(1, t));
+  }
+  EXPECT_EQ(tok.decode(row0), "hello dog ");
+  EXPECT_EQ(tok.decode(row1), "");
+  // Anything after the first end token is not read, not even an id outside the vocabulary.
+  EXPECT_EQ(tok.decode(Ids{512 + 8, tok.eot_token_id(), 512 + 6, -5}), "dog ");
+  // Without an end token everything decodes, id 0 included.
+  EXPECT_EQ(tok.decode(Ids{512 + 8, 0}), "dog !");
 }
 
 TEST(ClipTokenizer, DecodeRoundTrip) {
@@ -587,8 +640,9 @@ TEST(ClipTokenizerSharedData, MatchesOpenClipOnEveryCaption) {
   EXPECT_EQ(tok.decode(tok.encode("A photo of a DOG.")), "a photo of a dog . ");
 }
 
-// Captions that stress the clean-up (tests/fixtures/text/clip_extra_cases.jsonl: Python's
-// html.unescape, NFC, str.lower and `regex` with the real merge list; see make_text_fixtures.py).
+// Captions that stress the clean-up (tests/fixtures/text/clip_extra_cases.jsonl: the script's
+// re-statement of ftfy.fix_text, Python's html.unescape, str.lower and `regex` with the real merge
+// list; see make_text_fixtures.py).
 TEST(ClipTokenizerSharedData, MatchesPythonOnCleanUpStressCaptions) {
   TESSERA_SKIP_WITHOUT_SHARED_DATA();
   const auto cases = read_cases(std::filesystem::path(TESSERA_TEST_DATA_DIR) / "fixtures" / "text" /
@@ -600,6 +654,29 @@ TEST(ClipTokenizerSharedData, MatchesPythonOnCleanUpStressCaptions) {
   EXPECT_EQ(matched, static_cast<int>(cases.size()));
   std::cout << "[ extra    ] " << matched << " of " << cases.size()
             << " clean-up stress captions match the Python reference\n";
+}
+
+// Captions whose ids depend on ftfy.fix_text's fixes, with the ids open_clip gives (its
+// SimpleTokenizer with ftfy 6 installed) on the real merge list.
+TEST(ClipTokenizerSharedData, MatchesOpenClipWhereFtfyChangesTheText) {
+  TESSERA_SKIP_WITHOUT_SHARED_DATA();
+  const auto tok =
+      ClipTokenizer::from_file(tessera::test::shared_data_dir() / "bpe_simple_vocab_16e6.txt.gz");
+  const std::pair<const char*, Ids> cases[] = {
+      {"it\xE2\x80\x99s", {585, 568}},
+      {"\xE2\x80\x9C"
+       "dog\xE2\x80\x9D",
+       {257, 1929, 257}},
+      {"\xEF\xAC\x81sh", {2759}},
+      {"\xEF\xBC\xA1\xEF\xBC\xA2", {3937}},
+      {"e&#769;", {4166}},
+      {"&amp;amp;amp;", {261}},
+  };
+  for (const auto& [text, ids] : cases) {
+    EXPECT_EQ(tok.encode(text), ids) << text;
+    const auto row = tok.tokenize(text);  // [1, 77]
+    EXPECT_EQ(tok.decode(Ids(row.data(), row.data() + row.size())), tok.decode(ids)) << text;
+  }
 }
 
 TEST(ClipTokenizerSharedData, UncompressedAndHuggingFaceLayoutsMatch) {

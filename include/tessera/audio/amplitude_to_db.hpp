@@ -26,6 +26,9 @@ struct AmplitudeToDBOptions {
 // "magnitude"; with top_db, x_db = max(x_db, max(x_db) - top_db), the maximum taken over the
 // whole tensor for rank <= 2 and over each [..., channel, freq, time] block of the last three
 // dimensions for rank >= 3 (as torchaudio, which packs the channels together). Same shape as x.
+// NaN: without top_db a NaN input gives NaN there only (std::max(NaN, amin) is NaN, as
+// torch.clamp); with top_db a NaN makes the whole block NaN, as torch.amax propagates it and
+// torch.max(x_db, NaN) is NaN.
 // Raises ValueError for an unknown stype, a negative or non-finite top_db, or amin <= 0 or
 // ref_value <= 0.
 template <TensorLike X>
@@ -57,7 +60,16 @@ Tensor<std::remove_const_t<scalar_t<X>>, rank_v<X>> amplitude_to_db(
     if constexpr (R >= 3) block = x.shape()[R - 3] * x.shape()[R - 2] * x.shape()[R - 1];
     if (block > 0) {
       for (Index b0 = 0; b0 < n; b0 += block) {
-        const T floor = *std::max_element(y + b0, y + b0 + block) - static_cast<T>(*options.top_db);
+        // torch.amax propagates NaN: a NaN anywhere in the block makes its maximum, hence its
+        // floor and (through torch.max(x_db, floor)) every value of the block, NaN.
+        T peak = y[b0];
+        for (Index i = b0; i < b0 + block && !std::isnan(peak); ++i)
+          peak = std::isnan(y[i]) ? y[i] : std::max(peak, y[i]);
+        if (std::isnan(peak)) {
+          std::fill(y + b0, y + b0 + block, peak);
+          continue;
+        }
+        const T floor = peak - static_cast<T>(*options.top_db);
         for (Index i = b0; i < b0 + block; ++i) y[i] = std::max(y[i], floor);
       }
     }

@@ -120,6 +120,10 @@ inline std::optional<std::uint64_t> truncated_sample_bytes(SNDFILE* f, const SF_
   if (!it) return std::nullopt;
   SF_CHUNK_INFO got{};
   if (sf_get_chunk_size(it, &got) != SF_ERR_NO_ERROR) return std::nullopt;
+  // A writer that cannot seek back (ffmpeg to a pipe: libavformat's ff_start_tag) leaves the
+  // RIFF and data sizes at their placeholder 0xFFFFFFFF. libsndfile then reads the samples up to
+  // the end of the file, so the size is unknown rather than a promise the file breaks.
+  if (got.datalen == 0xFFFFFFFFu) return std::nullopt;
   const std::uint64_t frame_bytes =
       static_cast<std::uint64_t>(bytes) * static_cast<std::uint64_t>(info.channels);
   const std::uint64_t declared = got.datalen >= header ? got.datalen - header : 0;
@@ -190,7 +194,10 @@ inline AudioInfo audio_info(const std::filesystem::path& path) {
 // Raises IoError when the file is missing, unreadable, not in a format libsndfile reads,
 // truncated (a WAV or AIFF shorter than its header declares; any file whose decoding stops
 // early) or declares no channel or rate, each naming the path and libsndfile's text
-// (sf_strerror); ValueError when it holds zero frames.
+// (sf_strerror); ValueError when it holds zero frames. A sample-chunk size of 0xFFFFFFFF (the
+// placeholder a streaming writer such as ffmpeg on a pipe leaves) means "up to the end of the
+// file", as libsndfile reads it. A data size of 0 is read by libsndfile as an empty chunk, so such
+// a file is reported as holding zero frames.
 template <class T>
 AudioData<T> read_audio(const std::filesystem::path& path) {
   return impl::read_audio_impl<T>("tessera::audio::read_audio", path);

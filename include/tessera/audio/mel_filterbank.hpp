@@ -198,7 +198,7 @@ inline void check_kaldi_mel_options(std::string_view fn, Index num_bins, double 
 // frequency bins (0 .. sample_rate // 2 Hz) to n_mels mel bins between f_min and f_max, on the
 // "htk" or "slaney" mel scale, optionally area-normalised (norm "slaney"). Shape [n_freqs,
 // n_mels], so spectrum [.., n_freqs] times it gives [.., n_mels]. Raises ValueError for n_freqs
-// < 2, n_mels < 1, sample_rate <= 0, f_min < 0, f_min > f_max, a norm other than "slaney" or an
+// < 2, n_mels < 1, sample_rate <= 0, f_min < 0, f_min >= f_max, a norm other than "slaney" or an
 // unknown mel_scale.
 template <class T>
 Tensor<T, 2> melscale_fbanks(Index n_freqs, double f_min, double f_max, Index n_mels,
@@ -212,9 +212,10 @@ Tensor<T, 2> melscale_fbanks(Index n_freqs, double f_min, double f_max, Index n_
   if (sample_rate <= 0)
     detail::raise<ValueError>(fn, "argument 'sample_rate' is ", sample_rate,
                               ", expected a value > 0");
-  if (!(f_min >= 0.0 && f_min <= f_max && std::isfinite(f_max)))
-    detail::raise<ValueError>(fn, "arguments 'f_min' and 'f_max' are ", f_min, " and ", f_max,
-                              ", expected finite 0 <= f_min <= f_max");
+  if (!(f_min >= 0.0 && f_min < f_max && std::isfinite(f_max)))
+    detail::raise<ValueError>(
+        fn, "arguments 'f_min' and 'f_max' are ", f_min, " and ", f_max,
+        ", expected finite 0 <= f_min < f_max (f_min == f_max leaves every triangle empty)");
   if (norm && *norm != "slaney")
     detail::raise<ValueError>(fn, "argument 'norm' is '", *norm, "', expected no norm or 'slaney'");
   impl::check_mel_scale(fn, mel_scale);

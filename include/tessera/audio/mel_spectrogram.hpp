@@ -65,7 +65,7 @@ class MelSpectrogram {
 
  public:
   // Raises ValueError for sample_rate <= 0, n_fft < 1, win_length outside [1, n_fft],
-  // hop_length < 1, pad < 0, n_mels < 1, f_min < 0 or f_min > f_max, a power that is not finite
+  // hop_length < 1, pad < 0, n_mels < 1, f_min < 0 or f_min >= f_max, a power that is not finite
   // and > 0, an unknown window_fn, pad_mode, norm or mel_scale, and onesided = false (torchaudio
   // cannot apply MelScale to a two-sided spectrum either). `caller` names the function in
   // messages.
@@ -92,9 +92,10 @@ class MelSpectrogram {
     if (o.n_mels < 1)
       detail::raise<ValueError>(fn, "argument 'n_mels' is ", o.n_mels, ", expected a value >= 1");
     f_max_ = o.f_max.value_or(static_cast<double>(o.sample_rate / 2));
-    if (!(o.f_min >= 0.0 && o.f_min <= f_max_ && std::isfinite(f_max_)))
-      detail::raise<ValueError>(fn, "arguments 'f_min' and 'f_max' are ", o.f_min, " and ", f_max_,
-                                ", expected finite 0 <= f_min <= f_max");
+    if (!(o.f_min >= 0.0 && o.f_min < f_max_ && std::isfinite(f_max_)))
+      detail::raise<ValueError>(
+          fn, "arguments 'f_min' and 'f_max' are ", o.f_min, " and ", f_max_,
+          ", expected finite 0 <= f_min < f_max (f_min == f_max leaves every triangle empty)");
     if (!(o.power > 0.0) || !std::isfinite(o.power))
       detail::raise<ValueError>(fn, "argument 'power' is ", o.power,
                                 ", expected a finite value > 0 (a complex spectrogram is not "

@@ -1,7 +1,7 @@
 // tessera: sample-rate conversion (libsamplerate's best sinc converter) and mixing down to mono.
 //
 //   auto y = tessera::audio::resample(x, 44100, 16000);  // [channels, frames] ->
-//                                                        // [channels, round(frames * 16/44.1)]
+//                                                        // [channels, ceil(frames * 16/44.1)]
 //   auto m = tessera::audio::downmix_to_mono(y);         // [channels, frames] -> [1, frames]
 //
 // libsamplerate (Erik de Castro Lopo, https://libsndfile.github.io/libsamplerate/) with
@@ -33,15 +33,18 @@ inline void check_rate(std::string_view fn, std::string_view arg, long long rate
                               " Hz, expected a rate in [1, 2^31 - 1]");
 }
 
-// round(frames * new_freq / orig_freq), halves up, in exact integer arithmetic.
+// ceil(frames * new_freq / orig_freq), the length torchaudio.functional.resample (0.13,
+// _apply_sinc_resample_kernel: `int(math.ceil(new_freq * length / orig_freq))` after dividing
+// both rates by their gcd, which leaves the quotient unchanged) gives, in exact integer
+// arithmetic (torchaudio's float division could round differently only past 2^53).
 inline Index resampled_length(std::string_view fn, Index frames, long long orig_freq,
                               long long new_freq) {
   long long num = 0;
-  if (__builtin_mul_overflow(static_cast<long long>(frames), 2 * new_freq, &num) ||
-      __builtin_add_overflow(num, orig_freq, &num))
+  if (__builtin_mul_overflow(static_cast<long long>(frames), new_freq, &num) ||
+      __builtin_add_overflow(num, orig_freq - 1, &num))
     detail::raise<ShapeError>(fn, "resampling ", frames, " frames from ", orig_freq, " Hz to ",
                               new_freq, " Hz gives more frames than an index can hold");
-  return static_cast<Index>(num / (2 * orig_freq));
+  return static_cast<Index>(num / orig_freq);
 }
 
 template <class T>
@@ -64,7 +67,7 @@ Tensor<T, 2> resample_impl(std::string_view fn, TensorMap<const T, 2> x, long lo
   if (channels == 0 || out_frames == 0) return out;
 
   // libsamplerate works on interleaved float frames. A few zero frames after the signal let it
-  // produce round(frames * ratio) frames (with end_of_input alone it stops near the floor); the
+  // produce ceil(frames * ratio) frames (with end_of_input alone it stops near the floor); the
   // signal is taken to be zero after its end either way.
   const Index extra = static_cast<Index>(std::ceil(1.0 / ratio)) + 2;
   const Index in_frames = frames + extra;
@@ -110,10 +113,11 @@ Tensor<T, 2> resample_impl(std::string_view fn, TensorMap<const T, 2> x, long lo
 }  // namespace impl
 
 // Resamples every channel of waveform [channels, frames] from orig_freq to new_freq Hz with
-// libsamplerate's SRC_SINC_BEST_QUALITY converter; result [channels, round(frames * new_freq /
-// orig_freq)] (halves rounded up; torchaudio.functional.resample gives ceil of the same). The
-// converter works in float32 whatever T is. Equal rates return a copy. Raises ValueError for a
-// rate <= 0, a ratio outside libsamplerate's [1/256, 256] or more than 1024 channels.
+// libsamplerate's SRC_SINC_BEST_QUALITY converter; result [channels, ceil(frames * new_freq /
+// orig_freq)], the length torchaudio.functional.resample gives (so the two line up frame for
+// frame). The converter works in float32 whatever T is. Equal rates return a copy. Raises
+// ValueError for a rate <= 0, a ratio outside libsamplerate's [1/256, 256] or more than 1024
+// channels.
 template <TensorLike X>
 requires(rank_v<X> == 2) Tensor < std::remove_const_t<scalar_t<X>>,
 2 > resample(const X& waveform, long long orig_freq, long long new_freq) {

@@ -297,7 +297,8 @@ Tensor<std::uint8_t, 3> overlay(const P& photo_in, const A& attention,
 
 // Lays `images` (each [H, W, 3] uint8, all the same shape) out in a grid of `options.nrow` per
 // row, `options.padding` pixels apart on white, each under its title from `titles` (cut with
-// ".." to the tile's width), and `options.title` above everything. `titles` may be empty (no
+// ".." to the tile's width), and `options.title` above everything (cut with ".." when it would
+// make the picture wider than kMaxPictureSide). `titles` may be empty (no
 // titles). Returns [height, width, 3] uint8.
 // Throws ValueError for no images, a negative nrow, a padding outside [0, kMaxPictureSide] or a
 // font_scale outside [1, 16];
@@ -339,15 +340,17 @@ inline Tensor<std::uint8_t, 3> make_grid(std::span<const Tensor<std::uint8_t, 3>
                          : static_cast<Index>(std::ceil(std::sqrt(static_cast<double>(n))));
   const Index rows = (n + nrow - 1) / nrow;
   const Index label_h = titles.empty() ? 0 : th + 2 * sc;  // a title line and a small gap
-  const Index title_h = options.title.empty() ? 0 : th + pad;
-  const Index width =
-      std::max(nrow * (tile_w + pad) + pad, impl::text_width(options.title, sc) + 2 * pad);
+  // The title widens the picture as far as it needs, up to kMaxPictureSide; a longer one ends in
+  // ".." (as the tiles' titles do) rather than making the picture too large.
+  const std::string title =
+      impl::fit_text(options.title, kMaxPictureSide, kMaxPictureSide - 2 * pad, sc);
+  const Index title_h = title.empty() ? 0 : th + pad;
+  const Index width = std::max(nrow * (tile_w + pad) + pad, impl::text_width(title, sc) + 2 * pad);
   const Index height = pad + title_h + rows * (label_h + tile_h + pad);
   impl::check_picture_size(fn, height, width, "the tiles, their titles and padding");
   auto img = impl::canvas(height, width);
-  if (!options.title.empty())
-    impl::draw_text(img, (width - impl::text_width(options.title, sc)) / 2, pad, options.title,
-                    impl::kInk, sc);
+  if (!title.empty())
+    impl::draw_text(img, (width - impl::text_width(title, sc)) / 2, pad, title, impl::kInk, sc);
   const Index x_start = (width - (nrow * (tile_w + pad) + pad)) / 2 + pad;
   for (Index i = 0; i < n; ++i) {
     const Index x = x_start + (i % nrow) * (tile_w + pad);
@@ -462,23 +465,28 @@ Tensor<std::uint8_t, 3> heatmap(const M& matrix, std::span<const std::string> ro
   const Index bar_x = grid_x + grid_w + 2 * pad;
   const Index content_w =
       bar_x + bar_w + gap + std::max(values_w, impl::text_width("NaN", sc)) + pad;
-  const Index title_w = impl::text_width(options.title, sc) + 2 * pad;
-  const Index x_name_w = impl::text_width(options.x_label, sc);
+  // The title and x_label widen the picture as far as they need, up to kMaxPictureSide: longer
+  // ones end in ".." as the labels do, rather than making the picture too large.
+  const std::string title =
+      impl::fit_text(options.title, kMaxPictureSide, kMaxPictureSide - 2 * pad, sc);
+  const std::string x_name =
+      impl::fit_text(options.x_label, kMaxPictureSide, kMaxPictureSide - grid_x - pad, sc);
+  const Index title_w = impl::text_width(title, sc) + 2 * pad;
+  const Index x_name_w = impl::text_width(x_name, sc);
   const Index width = std::max({content_w, title_w, grid_x + x_name_w + pad});
   // Vertical layout: [pad][title][pad][x_label][gap][column labels][gap][grid or bar][pad]
-  const Index title_h = options.title.empty() ? 0 : th + pad;
-  const Index x_name_h = options.x_label.empty() ? 0 : th + gap;
+  const Index title_h = title.empty() ? 0 : th + pad;
+  const Index x_name_h = x_name.empty() ? 0 : th + gap;
   const Index grid_y = pad + title_h + x_name_h + cols_h + gap;
   const Index height = grid_y + std::max(grid_h, bar_h + nan_h) + pad;
   impl::check_picture_size(fn, height, width, "the cells, labels, title and colour bar");
 
   auto img = impl::canvas(height, width);
-  if (!options.title.empty())
-    impl::draw_text(img, (width - impl::text_width(options.title, sc)) / 2, pad, options.title,
-                    impl::kInk, sc);
-  if (!options.x_label.empty())
+  if (!title.empty())
+    impl::draw_text(img, (width - impl::text_width(title, sc)) / 2, pad, title, impl::kInk, sc);
+  if (!x_name.empty())
     impl::draw_text(img, grid_x + std::max<Index>((grid_w - x_name_w) / 2, 0), pad + title_h,
-                    options.x_label, impl::kInk, sc);
+                    x_name, impl::kInk, sc);
   if (!y_name.empty())
     impl::draw_text(img, pad, grid_y + (grid_h + impl::text_width(y_name, sc)) / 2, y_name,
                     impl::kInk, sc, /*vertical=*/true);

@@ -1,19 +1,24 @@
 // tessera::text::ClipTokenizer: CLIP's byte-level BPE tokenizer, as open_clip's SimpleTokenizer
 // (src/open_clip/tokenizer.py) and OpenAI CLIP's clip/simple_tokenizer.py behave:
 //
-//   clean-up          clip_clean (text_cleaning.hpp): NFC for ftfy, html.unescape twice,
+//   clean-up          clip_clean (text_cleaning.hpp): ftfy.fix_text (fix_text.hpp, without
+//                     mojibake repair), html.unescape twice,
 //                     whitespace collapsed and stripped, Python's str.lower
 //   pre-tokenization  ClipPreTokenizer: CLIP's regular expression through PCRE2
 //   BPE               BytePairEncoder (bpe.hpp): bytes_to_unicode symbols, "</w>", merge ranks
 //   special tokens    start and end of text around the ids, zero padding (tokenize)
 //
 //   auto tok = tessera::text::ClipTokenizer::from_file("bpe_simple_vocab_16e6.txt.gz");
-//   std::vector<std::int64_t> ids = tok.encode("a photo of a cat");   // {320, 1125, 539, 320,
-//   2368} tessera::Tensor<tessera::Index, 2> batch = tok.tokenize({"a cat", "a dog"});   // [2, 77]
-//   std::string text = tok.decode(ids);                                 // "a photo of a cat "
+//   // {320, 1125, 539, 320, 2368}
+//   std::vector<std::int64_t> ids = tok.encode("a photo of a cat");
+//   // [2, 77]: start token, ids, end token, zeros
+//   tessera::Tensor<tessera::Index, 2> batch = tok.tokenize({"a cat", "a dog"});
+//   std::string text = tok.decode(ids);   // "a photo of a cat "
 #pragma once
 
-#define PCRE2_CODE_UNIT_WIDTH 8
+#ifndef PCRE2_CODE_UNIT_WIDTH
+#define PCRE2_CODE_UNIT_WIDTH 8  // UTF-8 patterns and subjects
+#endif
 #include <pcre2.h>
 #include <zlib.h>
 
@@ -420,11 +425,16 @@ class ClipTokenizer {
         1, [&](std::size_t) { return text; }, context_length);
   }
 
-  // Text from ids: special tokens (start, end) are dropped, the other symbols concatenated,
-  // "</w>" becomes a space, and the symbols' bytes are decoded as UTF-8 with U+FFFD for invalid
-  // sequences (SimpleTokenizer.decode, which keeps special tokens; Hugging Face's decode with
-  // skip_special_tokens drops them as here). Throws ValueError naming the position of an id
-  // outside the vocabulary.
+  // Text from ids: decoding stops at the first end-of-text token, start-of-text tokens are
+  // dropped, the other symbols concatenated, "</w>" becomes a space, and the symbols' bytes are
+  // decoded as UTF-8 with U+FFFD for invalid sequences. So a row of tokenize() decodes to its
+  // text: its zero padding after the end token is not read (id 0 is the real token "!", so
+  // reading it would append "!!!..."). open_clip's SimpleTokenizer.decode keeps everything,
+  // special tokens and padding included ("<start_of_text>a cat <end_of_text>!!!!..."); its
+  // callers (e.g. open_clip's CoCa generation) cut at the end token first, which is what is done
+  // here; Hugging Face's decode with skip_special_tokens drops the special tokens likewise. Ids
+  // without an end token (encode()'s output) decode whole. Throws ValueError naming the position
+  // of an id outside the vocabulary before the end token (ids after it are not read).
   std::string decode(std::span<const Id> ids) const {
     std::string symbols;
     for (std::size_t i = 0; i < ids.size(); ++i) {
@@ -432,7 +442,8 @@ class ClipTokenizer {
       if (id < 0 || id >= bpe_.vocab_size() || bpe_.symbol(id).empty())
         detail::raise<ValueError>("tessera::text::ClipTokenizer::decode", "argument 'ids'[", i,
                                   "] is ", id, ", expected an id in [0, ", bpe_.vocab_size(), ")");
-      if (id == sot_ || id == eot_) continue;
+      if (id == eot_) break;
+      if (id == sot_) continue;
       symbols += bpe_.symbol(id);
     }
     // bytes_from_symbols keeps "</w>"'s ASCII characters (they are their own byte symbols).

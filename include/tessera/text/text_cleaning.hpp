@@ -2,6 +2,7 @@
 // as open_clip's tokenizer.py writes it (basic_clean, whitespace_clean, canonicalize_text).
 //
 //   clip_clean("  Tom &amp;amp;  JERRY\n")   == "tom & jerry"     // CLIP (SimpleTokenizer)
+//   clip_clean("it\u2019s \uFB01ne")          == "it's fine"       // ftfy.fix_text's fixes
 //   canonicalize_text("A dog_walker, runs!")  == "a dog walker runs" // SigLIP (open_clip)
 //
 // Every function takes UTF-8 and throws ValueError naming the byte offset of the first invalid
@@ -12,6 +13,7 @@
 #include <string_view>
 
 #include "tessera/core/error.hpp"
+#include "tessera/text/fix_text.hpp"
 #include "tessera/text/html_unescape.hpp"
 #include "tessera/text/unicode.hpp"
 
@@ -51,9 +53,9 @@ inline std::string strip(std::string_view s) {
 }
 
 inline std::string basic_clean_checked(std::string_view text) {
-  // ftfy.fix_text: NFC is the normalisation it applies by default; its other repairs (mojibake,
-  // escapes, ...) are not implemented: the identity, as in the reference ids of the test data.
-  std::string s = nfc(text);
+  // ftfy.fix_text (fix_text.hpp: every default step but mojibake repair), then html.unescape
+  // twice, as open_clip's basic_clean.
+  std::string s = fix_text_checked(text);
   s = html_unescape(html_unescape(s));
   return s;
 }
@@ -61,9 +63,11 @@ inline std::string basic_clean_checked(std::string_view text) {
 }  // namespace impl
 
 // CLIP's basic_clean (OpenAI CLIP simple_tokenizer.py and open_clip tokenizer.py):
-// ftfy.fix_text, then html.unescape twice, then strip. Here ftfy.fix_text is NFC normalisation
-// only (ftfy's default `normalization='NFC'`; its mojibake and escape repairs are treated as the
-// identity); html.unescape supports the subset described at html_unescape().
+// ftfy.fix_text, then html.unescape twice, then strip. ftfy.fix_text is fix_text() (ftfy 6.3.1's
+// default steps — HTML unescaping when the text has no '<', C1 controls, Latin ligatures,
+// full-width forms, curly quotes, line breaks, terminal escapes, control characters, NFC —
+// without its mojibake repair, see fix_text.hpp); html.unescape supports the subset described at
+// html_unescape().
 inline std::string clip_basic_clean(std::string_view text) {
   check_utf8(text, "tessera::text::clip_basic_clean");
   return impl::strip(impl::basic_clean_checked(text));

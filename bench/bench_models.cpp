@@ -50,8 +50,7 @@ const models::VisionTransformer<float>& tower(const models::VisionTransformerOpt
   auto it = towers.find(o.patch_size * 100000 + o.output_dim);
   if (it == towers.end()) {
     models::VisionTransformer<float> v(o);
-    v.encoder.prepack();
-    if (o.output_dim > 0) v.head.prepack();
+    v.prepack();
     it = towers.emplace(o.patch_size * 100000 + o.output_dim, std::move(v)).first;
   }
   return it->second;

@@ -67,6 +67,27 @@ TYPED_TEST(VitTest, TorchvisionsVisionTransformerLoadsUnchangedAndMatches) {
   EXPECT_LE(err, (is_float ? 1e-5 : 1e-11) * scale) << "max error " << err << ", scale " << scale;
 }
 
+// Packed weights give the reference's logits too; a load after packing drops the packed copies.
+TEST(Vit, PrepackedMatchesTheReference) {
+  const io::StateDict io_dict =
+      io::load_safetensors(fixture_path("torchvision_vit_small.io.safetensors"));
+  auto vit = models::load_vit<float>(
+      io::load_safetensors(fixture_path("torchvision_vit_small.safetensors")),
+      small_options(io_dict), "small");
+  const auto images = io_dict.get<float, 4>("input.images");
+  const auto plain = vit.forward(images);
+  vit.prepack();
+  EXPECT_TRUE(vit.head.is_prepacked());
+  const auto packed = vit.forward(images);
+  const auto want = io_dict.get<float, 2>("expected.f32.logits");
+  for (Index i = 0; i < want.size(); ++i) {
+    EXPECT_NEAR(packed.data()[i], want.data()[i], 1e-5);
+    EXPECT_NEAR(packed.data()[i], plain.data()[i], 1e-5);
+  }
+  vit.load_state_dict(vit.state_dict());
+  EXPECT_FALSE(vit.head.is_prepacked());
+}
+
 // torchvision's vit_b_16 state dict (152 tensors, 86.6M parameters), every key and shape from
 // torchvision 0.14's own listing, zero-valued: loads into the "vit_b_16" preset as it is.
 io::StateDict vit_b_16_state_dict() {

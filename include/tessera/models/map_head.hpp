@@ -88,6 +88,14 @@ class MAPHead : public nn::Module<MAPHead<T>> {
     return fc2.forward(hidden, Activation::identity, TensorMap<const T, 2>(x.data(), {B, W}));
   }
 
+  // Packs the attention's and the MLP's weights for inference (nn::Linear::prepack).
+  void prepack() {
+    check_parameters("tessera::models::MAPHead::prepack");
+    attention.prepack();
+    fc1.prepack();
+    fc2.prepack();
+  }
+
   void check_parameters(std::string_view fn, std::string_view prefix = "") const {
     detail::check_parameter(fn, prefix, "probe", probe, {options_.width});
     attention.check_parameters(fn, detail::ParameterPrefix(prefix, "attention."));

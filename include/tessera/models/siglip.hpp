@@ -136,6 +136,12 @@ class SigLIP : public nn::Module<SigLIP<T>> {
     return l;
   }
 
+  // Packs both towers' weights for inference (see VisionTransformer::prepack).
+  void prepack() {
+    visual.prepack();
+    text.prepack();
+  }
+
   void check_parameters(std::string_view fn, std::string_view prefix = "") const {
     visual.check_parameters(fn, detail::ParameterPrefix(prefix, "visual."));
     text.check_parameters(fn, detail::ParameterPrefix(prefix, "text."));

@@ -128,6 +128,13 @@ class TextTransformer : public nn::Module<TextTransformer<T>> {
     return head.forward(pooled);
   }
 
+  // Packs the weights of every product for inference (nn::Linear::prepack).
+  void prepack() {
+    check_parameters("tessera::models::TextTransformer::prepack");
+    encoder.prepack();
+    if (options_.output_dim > 0) head.prepack();
+  }
+
   void check_parameters(std::string_view fn, std::string_view prefix = "") const {
     embed.check_parameters(fn, detail::ParameterPrefix(prefix, "embed."));
     encoder.check_parameters(fn, detail::ParameterPrefix(prefix, "encoder."));

@@ -163,6 +163,15 @@ class VisionTransformer : public nn::Module<VisionTransformer<T>> {
     return head.forward(pooled);
   }
 
+  // Packs the weights of every product for inference (nn::Linear::prepack); the packed copies
+  // hold as much memory again as the products' weights, and are dropped when a load changes them.
+  void prepack() {
+    check_parameters("tessera::models::VisionTransformer::prepack");
+    encoder.prepack();
+    if (options_.pooling == VisionPooling::map) map_head.prepack();
+    if (options_.output_dim > 0) head.prepack();
+  }
+
   // Throws ShapeError, naming `fn` and the parameter by its state-dict name, unless every
   // parameter has the shape the options give.
   void check_parameters(std::string_view fn, std::string_view prefix = "") const {

@@ -156,6 +156,45 @@ TEST(Clip, ZeroShotClassifierUsesTheModelsScaleAndTextTower) {
       EXPECT_NEAR(prediction.probabilities(b, j), want(b, prediction.indices(b, j)), 1e-10);
 }
 
+// What a hand port gets wrong and the options cannot express: the blocks are always pre-norm
+// (there is no norm_first to set), and the presets' text towers are causal with CLIP's eps.
+template <class O>
+constexpr bool has_norm_first = requires(O o) {
+  o.norm_first;
+};
+static_assert(!has_norm_first<models::VisionTransformerOptions>);
+static_assert(!has_norm_first<models::TextTransformerOptions>);
+static_assert(has_norm_first<tessera::nn::TransformerLayerOptions>);  // the check can fire
+
+// OpenAI stores text_projection as [width, embed]: a square one (ViT-L/14: 768 x 768) has the
+// right shape either way, so only the naming table's transpose keeps it right.
+TEST(Clip, ASquareTextProjectionIsTransposed) {
+  io::StateDict sd;
+  Tensor<float, 2> p(3, 3);
+  for (Index i = 0; i < 9; ++i) p.data()[i] = static_cast<float>(i);
+  sd.insert("text_projection", p);
+  const io::StateDict named =
+      models::rename_state_dict("test", std::move(sd), models::openai_clip_naming());
+  const auto w = named.get<float, 2>("text.head.weight");
+  for (Index r = 0; r < 3; ++r)
+    for (Index c = 0; c < 3; ++c) EXPECT_EQ(w(r, c), p(c, r));
+}
+
+// The model as a DualEncoder (what the CLIP loss trains) gives the same probabilities.
+TEST(Clip, AsADualEncoderItGivesTheSameProbabilities) {
+  const std::string name = "clip_openai_gelu";
+  const io::StateDict io_dict = io::load_safetensors(fixture_path(name + ".io.safetensors"));
+  const auto clip = models::load_clip<double>(
+      io::load_safetensors(fixture_path(name + ".safetensors")), options_from(io_dict));
+  const auto dual = models::dual_encoder(clip);
+  EXPECT_EQ(dual.vision_model.output_features(), 64);  // the tower without its projection
+  Tensor<double, 2> logits = dual.logits(dual.encode_image(io_dict.get<double, 4>("input.images")),
+                                         dual.encode_text(io_dict.get<Index, 2>("input.ids")));
+  tessera::softmax_into(logits, logits);
+  const auto want = io_dict.get<double, 2>("expected.f64.probabilities");
+  for (Index i = 0; i < want.size(); ++i) EXPECT_NEAR(logits.data()[i], want.data()[i], 1e-10);
+}
+
 TEST(Clip, PresetsHaveOpenClipsSizes) {
   const auto& b16 = models::clip_preset("ViT-B-16").options;
   EXPECT_EQ(b16.vision.patch_size, 16);

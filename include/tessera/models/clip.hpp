@@ -31,6 +31,7 @@
 #include <utility>
 #include <vector>
 
+#include "tessera/contrastive/dual_encoder.hpp"
 #include "tessera/contrastive/zero_shot_classifier.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
@@ -158,6 +159,35 @@ contrastive::ZeroShotClassifier<T> zero_shot_classifier(const CLIP<T>& clip,
       std::move(class_names), std::move(templates),
       [&](const std::vector<std::string>& prompts) { return clip.encode_text(tokenize(prompts)); },
       {.logit_scale = static_cast<double>(clip.scale())});
+}
+
+// `clip` as a contrastive::DualEncoder, the form the CLIP loss trains: the towers without their
+// projections (image and text features [B, width]), the projections as its ProjectionHeads
+// (L2-normalising) and the model's logit scale as its temperature, all with the checkpoint's
+// values; its logits equal clip.logits while the scale is at most max_logit_scale (100, where
+// CLIP clamps it).
+template <class T>
+contrastive::DualEncoder<T, VisionTransformer<T>, TextTransformer<T>> dual_encoder(
+    const CLIP<T>& clip) {
+  CLIPOptions o = clip.options();
+  const Index embed = o.vision.output_dim;
+  o.vision.output_dim = o.text.output_dim = 0;
+  io::StateDict visual = clip.visual.state_dict(), text = clip.text.state_dict();
+  visual.erase("head.weight");
+  text.erase("head.weight");
+  auto [vision_tower, text_tower] = [&] {
+    nn::SkipInit skip;
+    return std::pair(VisionTransformer<T>(o.vision), TextTransformer<T>(o.text));
+  }();
+  vision_tower.load_state_dict(std::move(visual));
+  text_tower.load_state_dict(std::move(text));
+  contrastive::DualEncoder<T, VisionTransformer<T>, TextTransformer<T>> dual(
+      std::move(vision_tower), std::move(text_tower),
+      {.image_width = o.vision.width, .text_width = o.text.width, .embed_dim = embed});
+  dual.visual_projection.proj.weight.value = clip.visual.head.weight.value;
+  dual.text_projection.proj.weight.value = clip.text.head.weight.value;
+  dual.temperature.logit_scale.value = clip.logit_scale.value;
+  return dual;
 }
 
 // ---- presets ---------------------------------------------------------------------------------

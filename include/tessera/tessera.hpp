@@ -56,6 +56,7 @@
 // models/ loads checkpoints from safetensors files, so it needs nlohmann-json too.
 #include "tessera/models/architecture_check.hpp"
 #include "tessera/models/clip.hpp"
+#include "tessera/models/loading.hpp"
 #include "tessera/models/map_head.hpp"
 #include "tessera/models/naming.hpp"
 #include "tessera/models/position_embedding.hpp"

@@ -41,6 +41,7 @@
 #include "tessera/kernels/normalize.hpp"
 #include "tessera/kernels/softmax.hpp"
 #include "tessera/models/architecture_check.hpp"
+#include "tessera/models/loading.hpp"
 #include "tessera/models/naming.hpp"
 #include "tessera/models/text_transformer.hpp"
 #include "tessera/models/vision_transformer.hpp"
@@ -278,31 +279,15 @@ namespace tessera::models {
 // as OpenAI does; any other at the first occurrence of that id, as transformers does). Throws
 // ValueError naming the field for a value of the wrong type or an activation tessera lacks.
 inline CLIPOptions clip_options_from_hf_config(const nlohmann::json& config) {
-  constexpr std::string_view fn = "tessera::models::clip_options_from_hf_config";
+  const HfConfigReader cfg("tessera::models::clip_options_from_hf_config");
   auto get = [&](const nlohmann::json& j, const char* section, const char* key, auto fallback) {
-    using V = decltype(fallback);
-    if (!j.is_object() || !j.contains(key)) return fallback;
-    const auto& v = j.at(key);
-    if constexpr (std::is_same_v<V, std::string>) {
-      if (v.is_string()) return v.get<std::string>();
-    } else if constexpr (std::is_floating_point_v<V>) {
-      if (v.is_number()) return v.get<V>();
-    } else {
-      if (v.is_number_integer()) return v.get<V>();
-    }
-    detail::raise<ValueError>(fn, "field '", section, key, "' is ", v.dump(), ", expected a ",
-                              std::is_same_v<V, std::string> ? "string" : "number");
+    return cfg.get(j, section, key, fallback);
   };
   auto activation = [&](const std::string& name, const char* field) {
-    if (name == "quick_gelu") return Activation::quick_gelu;
-    if (name == "gelu") return Activation::gelu;
-    if (name == "gelu_new" || name == "gelu_pytorch_tanh") return Activation::gelu_tanh;
-    detail::raise<ValueError>(fn, "field '", field, "' is \"", name,
-                              "\", expected quick_gelu, gelu, gelu_new or gelu_pytorch_tanh");
+    return cfg.activation(name, field);
   };
-  const nlohmann::json empty = nlohmann::json::object();
-  const auto& v = config.contains("vision_config") ? config.at("vision_config") : empty;
-  const auto& t = config.contains("text_config") ? config.at("text_config") : empty;
+  const auto& v = HfConfigReader::section(config, "vision_config");
+  const auto& t = HfConfigReader::section(config, "text_config");
   const Index projection = get(config, "", "projection_dim", Index{512});
   CLIPOptions o;
   o.vision = {
@@ -341,17 +326,8 @@ inline CLIPOptions clip_options_from_hf_config(const nlohmann::json& config) {
 // clip_options_from_hf_config of a config.json file; IoError naming the path when it cannot be
 // read or parsed.
 inline CLIPOptions read_hf_clip_config(const std::filesystem::path& path) {
-  constexpr std::string_view fn = "tessera::models::read_hf_clip_config";
-  std::ifstream in(path);
-  if (!in) detail::raise<IoError>(fn, "cannot open '", path.string(), "'");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    detail::raise<IoError>(fn, "'", path.string(), "' is not valid JSON: ", e.what());
-  }
-  if (!j.is_object()) detail::raise<IoError>(fn, "'", path.string(), "' is not a JSON object");
-  return clip_options_from_hf_config(j);
+  return clip_options_from_hf_config(
+      read_json_object("tessera::models::read_hf_clip_config", path));
 }
 
 // A CLIP from a checkpoint's tensors in the OpenAI/open_clip or the Hugging Face layout
@@ -365,24 +341,12 @@ inline CLIPOptions read_hf_clip_config(const std::filesystem::path& path) {
 template <class T>
 CLIP<T> load_clip(io::StateDict dict, const CLIPOptions& config,
                   std::string_view preset = "(custom options)") {
-  constexpr std::string_view fn = "tessera::models::load_clip";
   const NamingConvention* candidates[] = {&openai_clip_naming(), &hf_clip_naming()};
-  const auto others = known_namings();
-  const NamingConvention& naming = detect_naming(fn, dict, candidates, others);
-  std::map<std::string, std::string, std::less<>> origin;
-  io::StateDict named = rename_state_dict(fn, std::move(dict), naming, &origin);
-  ArchitectureCheck check(fn, named, origin, naming);
-  check.vision("visual.", "vision.", config.vision);
-  check.text("text.", "text.", config.text);
-  check.raise_if_any(preset);
-  // Built without drawing random weights, then every parameter written from the checkpoint
-  // (strict), each tensor released as soon as it is copied.
-  CLIP<T> model = [&] {
-    nn::SkipInit skip;
-    return CLIP<T>(config);
-  }();
-  model.load_state_dict(std::move(named));
-  return model;
+  return load_checked<CLIP<T>>("tessera::models::load_clip", std::move(dict), candidates, config,
+                               preset, [&](ArchitectureCheck& check) {
+                                 check.vision("visual.", "vision.", config.vision);
+                                 check.text("text.", "text.", config.text);
+                               });
 }
 
 // The same with the architecture of the preset named `preset` (clip_presets()).
@@ -402,19 +366,8 @@ CLIP<T> load_clip(const std::filesystem::path& path, std::string_view preset) {
 // and is checked against the shapes.
 template <class T>
 CLIP<T> load_clip(const std::filesystem::path& path) {
-  const auto config_path = path.parent_path() / "config.json";
-  if (!std::filesystem::exists(config_path))
-    detail::raise<ValueError>("tessera::models::load_clip",
-                              "no preset given and no config.json "
-                              "beside '",
-                              path.string(), "'; pass a preset (", detail::capped_list([] {
-                                std::vector<std::string_view> n;
-                                for (const auto& p : clip_presets()) n.push_back(p.name);
-                                return n;
-                              }()),
-                              ") or put the checkpoint's config.json there");
-  return load_clip<T>(io::load_safetensors(path), read_hf_clip_config(config_path),
-                      config_path.string());
+  const auto config = config_beside("tessera::models::load_clip", path, clip_presets());
+  return load_clip<T>(io::load_safetensors(path), read_hf_clip_config(config), config.string());
 }
 
 }  // namespace tessera::models

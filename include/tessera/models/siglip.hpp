@@ -48,6 +48,7 @@
 #include "tessera/kernels/linear.hpp"
 #include "tessera/kernels/normalize.hpp"
 #include "tessera/models/architecture_check.hpp"
+#include "tessera/models/loading.hpp"
 #include "tessera/models/naming.hpp"
 #include "tessera/models/text_transformer.hpp"
 #include "tessera/models/vision_transformer.hpp"
@@ -261,30 +262,12 @@ inline const SiglipPreset& siglip_preset(std::string_view name) {
 // activation tessera lacks, a model_type other than "siglip", or vision_use_head false.
 inline SigLIPOptions siglip_options_from_hf_config(const nlohmann::json& config) {
   constexpr std::string_view fn = "tessera::models::siglip_options_from_hf_config";
+  const HfConfigReader cfg(fn);
   auto get = [&](const nlohmann::json& j, const char* section, const char* key, auto fallback) {
-    using V = decltype(fallback);
-    if (!j.is_object() || !j.contains(key)) return fallback;
-    const auto& v = j.at(key);
-    if constexpr (std::is_same_v<V, std::string>) {
-      if (v.is_string()) return v.get<std::string>();
-    } else if constexpr (std::is_same_v<V, bool>) {
-      if (v.is_boolean()) return v.get<bool>();
-    } else if constexpr (std::is_floating_point_v<V>) {
-      if (v.is_number()) return v.get<V>();
-    } else {
-      if (v.is_number_integer()) return v.get<V>();
-    }
-    detail::raise<ValueError>(fn, "field '", section, key, "' is ", v.dump(), ", expected a ",
-                              std::is_same_v<V, std::string> ? "string"
-                              : std::is_same_v<V, bool>      ? "boolean"
-                                                             : "number");
+    return cfg.get(j, section, key, fallback);
   };
   auto activation = [&](const std::string& name, const char* field) {
-    if (name == "gelu_pytorch_tanh" || name == "gelu_new") return Activation::gelu_tanh;
-    if (name == "gelu") return Activation::gelu;
-    if (name == "quick_gelu") return Activation::quick_gelu;
-    detail::raise<ValueError>(fn, "field '", field, "' is \"", name,
-                              "\", expected gelu_pytorch_tanh, gelu_new, gelu or quick_gelu");
+    return cfg.activation(name, field);
   };
   if (!config.is_object())
     detail::raise<ValueError>(fn, "the config is ", config.type_name(), ", expected an object");
@@ -292,9 +275,8 @@ inline SigLIPOptions siglip_options_from_hf_config(const nlohmann::json& config)
   if (model_type != "siglip")
     detail::raise<ValueError>(fn, "field 'model_type' is \"", model_type,
                               "\", expected \"siglip\" (a SiglipModel's config.json)");
-  const nlohmann::json empty = nlohmann::json::object();
-  const auto& v = config.contains("vision_config") ? config.at("vision_config") : empty;
-  const auto& t = config.contains("text_config") ? config.at("text_config") : empty;
+  const auto& v = HfConfigReader::section(config, "vision_config");
+  const auto& t = HfConfigReader::section(config, "text_config");
   if (!get(v, "vision_config.", "vision_use_head", true))
     detail::raise<ValueError>(fn,
                               "field 'vision_config.vision_use_head' is false, expected true: a "
@@ -339,17 +321,8 @@ inline SigLIPOptions siglip_options_from_hf_config(const nlohmann::json& config)
 // siglip_options_from_hf_config of a config.json file; IoError naming the path when it cannot be
 // read or parsed.
 inline SigLIPOptions read_hf_siglip_config(const std::filesystem::path& path) {
-  constexpr std::string_view fn = "tessera::models::read_hf_siglip_config";
-  std::ifstream in(path);
-  if (!in) detail::raise<IoError>(fn, "cannot open '", path.string(), "'");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    detail::raise<IoError>(fn, "'", path.string(), "' is not valid JSON: ", e.what());
-  }
-  if (!j.is_object()) detail::raise<IoError>(fn, "'", path.string(), "' is not a JSON object");
-  return siglip_options_from_hf_config(j);
+  return siglip_options_from_hf_config(
+      read_json_object("tessera::models::read_hf_siglip_config", path));
 }
 
 // A SigLIP from a checkpoint's tensors in Hugging Face's SiglipModel layout, with the
@@ -363,22 +336,12 @@ inline SigLIPOptions read_hf_siglip_config(const std::filesystem::path& path) {
 template <class T>
 SigLIP<T> load_siglip(io::StateDict dict, const SigLIPOptions& config,
                       std::string_view preset = "(custom options)") {
-  constexpr std::string_view fn = "tessera::models::load_siglip";
   const NamingConvention* candidates[] = {&hf_siglip_naming()};
-  const auto others = known_namings();
-  const NamingConvention& naming = detect_naming(fn, dict, candidates, others);
-  std::map<std::string, std::string, std::less<>> origin;
-  io::StateDict named = rename_state_dict(fn, std::move(dict), naming, &origin);
-  ArchitectureCheck check(fn, named, origin, naming);
-  check.vision("visual.", "vision.", config.vision);
-  check.text("text.", "text.", config.text);
-  check.raise_if_any(preset);
-  SigLIP<T> model = [&] {
-    nn::SkipInit skip;
-    return SigLIP<T>(config);
-  }();
-  model.load_state_dict(std::move(named));
-  return model;
+  return load_checked<SigLIP<T>>("tessera::models::load_siglip", std::move(dict), candidates,
+                                 config, preset, [&](ArchitectureCheck& check) {
+                                   check.vision("visual.", "vision.", config.vision);
+                                   check.text("text.", "text.", config.text);
+                                 });
 }
 
 // The same with the architecture of the preset named `preset` (siglip_presets()).
@@ -398,17 +361,8 @@ SigLIP<T> load_siglip(const std::filesystem::path& path, std::string_view preset
 // shapes; ValueError when there is no config.json there.
 template <class T>
 SigLIP<T> load_siglip(const std::filesystem::path& path) {
-  const auto config_path = path.parent_path() / "config.json";
-  if (!std::filesystem::exists(config_path)) {
-    std::vector<std::string_view> names;
-    for (const auto& p : siglip_presets()) names.push_back(p.name);
-    detail::raise<ValueError>("tessera::models::load_siglip",
-                              "no preset given and no config.json beside '", path.string(),
-                              "'; pass a preset (", detail::capped_list(names),
-                              ") or put the checkpoint's config.json there");
-  }
-  return load_siglip<T>(io::load_safetensors(path), read_hf_siglip_config(config_path),
-                        config_path.string());
+  const auto config = config_beside("tessera::models::load_siglip", path, siglip_presets());
+  return load_siglip<T>(io::load_safetensors(path), read_hf_siglip_config(config), config.string());
 }
 
 }  // namespace tessera::models

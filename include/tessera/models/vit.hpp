@@ -27,6 +27,7 @@
 #include "tessera/io/safetensors.hpp"
 #include "tessera/io/state_dict.hpp"
 #include "tessera/models/architecture_check.hpp"
+#include "tessera/models/loading.hpp"
 #include "tessera/models/naming.hpp"
 #include "tessera/models/vision_transformer.hpp"
 #include "tessera/nn/parameter.hpp"
@@ -85,21 +86,10 @@ inline const VitPreset& vit_preset(std::string_view name) {
 template <class T>
 VisionTransformer<T> load_vit(io::StateDict dict, const VisionTransformerOptions& options,
                               std::string_view preset = "(custom options)") {
-  constexpr std::string_view fn = "tessera::models::load_vit";
   const NamingConvention* candidates[] = {&torchvision_vit_naming()};
-  const auto others = known_namings();
-  const NamingConvention& naming = detect_naming(fn, dict, candidates, others);
-  std::map<std::string, std::string, std::less<>> origin;
-  io::StateDict named = rename_state_dict(fn, std::move(dict), naming, &origin);
-  ArchitectureCheck check(fn, named, origin, naming);
-  check.vision("", "", options);
-  check.raise_if_any(preset);
-  VisionTransformer<T> model = [&] {
-    nn::SkipInit skip;
-    return VisionTransformer<T>(options);
-  }();
-  model.load_state_dict(std::move(named));
-  return model;
+  return load_checked<VisionTransformer<T>>(
+      "tessera::models::load_vit", std::move(dict), candidates, options, preset,
+      [&](ArchitectureCheck& check) { check.vision("", "", options); });
 }
 
 template <class T>

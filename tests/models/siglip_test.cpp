@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "models/models_test_util.hpp"
 #include "tessera/io/safetensors.hpp"
 #include "tessera/models/clip.hpp"
 #include "tessera/models/vit.hpp"
@@ -27,24 +28,11 @@ using tessera::Tensor;
 namespace models = tessera::models;
 namespace io = tessera::io;
 
-std::string fixture_path(const std::string& name) {
-  return std::string(TESSERA_TEST_DATA_DIR) + "/fixtures/models/" + name;
-}
+std::string fixture_path(const std::string& name) { return tessera::test::model_fixture(name); }
 
 const std::string kWeights = "siglip_hf/model.safetensors";
 
-// max |got - want| <= tol * max(1, max |want|).
-template <class T, int R>
-void expect_near_scaled(const Tensor<T, R>& got, const Tensor<T, R>& want, double tol,
-                        const std::string& what) {
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  double scale = 1, err = 0;
-  for (Index i = 0; i < want.size(); ++i)
-    scale = std::max(scale, std::fabs(double(want.data()[i])));
-  for (Index i = 0; i < want.size(); ++i)
-    err = std::max(err, std::fabs(double(got.data()[i]) - double(want.data()[i])));
-  EXPECT_LE(err, tol * scale) << what << ": max error " << err << ", scale " << scale;
-}
+using tessera::test::expect_near_scaled;
 
 models::SigLIPOptions fixture_options() {
   return models::read_hf_siglip_config(fixture_path("siglip_hf/config.json"));

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "models/models_test_util.hpp"
 #include "tessera/io/safetensors.hpp"
 #include "test_util.hpp"
 
@@ -22,9 +23,7 @@ using tessera::Tensor;
 namespace models = tessera::models;
 namespace io = tessera::io;
 
-std::string fixture_path(const std::string& name) {
-  return std::string(TESSERA_TEST_DATA_DIR) + "/fixtures/models/" + name;
-}
+std::string fixture_path(const std::string& name) { return tessera::test::model_fixture(name); }
 
 models::VisionTransformerOptions small_options(const io::StateDict& io_dict) {
   const auto v = nlohmann::json::parse(io_dict.metadata.at("options"));

@@ -3,7 +3,7 @@
 //                        12 layers of width 768), one thread and all threads;
 //   BM_ClipB32_Image     CLIP ViT-B/32's image embedding of one image (50 tokens);
 //   BM_VitB16_Load       building ViT-B/16 and loading it from a safetensors file in
-//                        torchvision's names (written once to the temp folder), in a child
+//                        torchvision's names (written once to the temp folder), in a fresh
 //                        process: seconds, and peak resident memory against the file's size;
 //   BM_PeakFMA           the core's single-thread FMA peak, in the same run, so GFLOPS read as a
 //                        fraction of it (bench/compare_pytorch.py --models prints the table with
@@ -11,7 +11,6 @@
 // FLOPs count every multiply-add of the products as 2: the patch projection, per layer the q/k/v
 // and output projections (8 N E^2), the scores and the weighted sum (4 N^2 E) and the MLP
 // (4 N E M), and the head; the norms, softmax and GELU are not counted.
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -21,6 +20,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "bench_common.hpp"
@@ -107,32 +107,57 @@ std::filesystem::path vit_b_16_file() {
   return path;
 }
 
-// Builds and loads the model in a child process; returns {seconds, peak resident bytes}.
+// In the child: builds and loads the model, writes "seconds peak_resident_bytes" to stdout.
+int load_child(const char* path) {
+  tessera::set_num_threads(1);
+  const auto start = std::chrono::steady_clock::now();
+  const auto vit = models::load_vit<float>(path, "vit_b_16");
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  benchmark::DoNotOptimize(vit.head.weight.value.data());
+  // Peak resident memory of this process image: VmHWM (getrusage's ru_maxrss would also count
+  // the parent's pages this process held between fork and exec).
+  double peak_kib = -1;
+  if (std::FILE* f = std::fopen("/proc/self/status", "r")) {
+    char line[256];
+    while (std::fgets(line, sizeof line, f))
+      if (std::sscanf(line, "VmHWM: %lf kB", &peak_kib) == 1) break;
+    std::fclose(f);
+  }
+  std::printf("%.9f %.0f\n", s, 1024.0 * peak_kib);
+  return peak_kib > 0 ? 0 : 1;
+}
+
+// Builds and loads the model in a fresh process (this binary run again with --load-child, so
+// nothing of this process's memory counts, as /usr/bin/time -v would measure it); returns
+// {seconds, peak resident bytes}, or {-1, -1} when the child fails.
 std::pair<double, double> load_in_child(const std::filesystem::path& path) {
   int fds[2];
   if (pipe(fds) != 0) return {-1, -1};
+  const std::string arg = "--load-child=" + path.string();
   const pid_t pid = fork();
   if (pid == 0) {
+    dup2(fds[1], STDOUT_FILENO);
     close(fds[0]);
-    tessera::set_num_threads(1);
-    const auto start = std::chrono::steady_clock::now();
-    const auto vit = models::load_vit<float>(path, "vit_b_16");
-    const double s =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    benchmark::DoNotOptimize(vit.head.weight.value.data());
-    rusage ru{};
-    getrusage(RUSAGE_SELF, &ru);
-    const double result[2] = {s, 1024.0 * static_cast<double>(ru.ru_maxrss)};
-    [[maybe_unused]] const auto n = write(fds[1], result, sizeof result);
-    _exit(0);
+    close(fds[1]);
+    execl("/proc/self/exe", "bench_models", arg.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
   }
   close(fds[1]);
-  double result[2] = {-1, -1};
-  [[maybe_unused]] const auto n = read(fds[0], result, sizeof result);
+  char buf[128] = {};
+  std::size_t got = 0;
+  while (got + 1 < sizeof buf) {
+    const auto n = read(fds[0], buf + got, sizeof buf - 1 - got);
+    if (n <= 0) break;
+    got += static_cast<std::size_t>(n);
+  }
   close(fds[0]);
   int status = 0;
   waitpid(pid, &status, 0);
-  return {result[0], result[1]};
+  double seconds = -1, rss = -1;
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 ||
+      std::sscanf(buf, "%lf %lf", &seconds, &rss) != 2)
+    return {-1, -1};
+  return {seconds, rss};
 }
 
 void BM_VitB16_Load(benchmark::State& state) {
@@ -172,4 +197,12 @@ BENCHMARK(BM_ClipB32_Image)
     ->UseRealTime();
 BENCHMARK(BM_VitB16_Load)->Iterations(3)->UseManualTime()->Unit(benchmark::kMillisecond);
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  if (argc == 2 && std::string_view(argv[1]).starts_with("--load-child="))
+    return load_child(argv[1] + std::string_view("--load-child=").size());
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -155,6 +155,22 @@ def model_towers():
             "BM_ClipB32_Image": ("CLIP ViT-B/32 image tower, 1 image", clip)}
 
 
+def torch_tower_seconds(bench, threads, min_time):
+    """PyTorch's median time for a tower in a fresh interpreter with `threads` threads for its
+    own kernels and for OpenBLAS (which otherwise starts a thread per core whatever
+    torch.set_num_threads says), and passive OpenMP waiting so that the two pools do not spin
+    against each other."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               OMP_WAIT_POLICY="PASSIVE")
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+            f"import compare_pytorch as c, torch; torch.set_num_threads({threads}); "
+            f"m = c.model_towers()[{bench!r}][1]; x = torch.rand(1, 3, 224, 224)\n"
+            f"with torch.no_grad(): print(c.median_seconds(lambda: m(x), {min_time}))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                         text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
 def onnx_seconds(model, name, threads, onnx_dir, min_time):
     path = os.path.join("/tmp", f"tessera_compare_{name}.onnx")
     if not os.path.exists(path):
@@ -188,10 +204,7 @@ def compare_models(args):
             run = ts.get(f"{bench}/{threads}/process_time/real_time")
             if run is None:
                 continue
-            torch.set_num_threads(threads)
-            x = torch.rand(1, 3, 224, 224)
-            with torch.no_grad():
-                pt = median_seconds(lambda: model(x), args.min_time)
+            pt = torch_tower_seconds(bench, threads, args.min_time)
             ort_s = (onnx_seconds(model, bench, threads, args.onnx, args.min_time)
                      if args.onnx else float("nan"))
             t_ms = run["real_time"] if run["time_unit"] == "ms" else run["real_time"] / 1e6

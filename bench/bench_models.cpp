@@ -67,9 +67,6 @@ void run_image(benchmark::State& state, const models::VisionTransformerOptions& 
   }
   tessera_bench::set_gflops(state, vit_flops(o));
   state.counters["threads"] = threads;
-  state.counters["ms"] =
-      benchmark::Counter(1e3 * static_cast<double>(state.iterations()),
-                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
   tessera_bench::single_thread();
 }
 

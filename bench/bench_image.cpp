@@ -21,6 +21,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
 #include <tessera/image/decode.hpp>
 #include <tessera/image/resize.hpp>
@@ -72,6 +74,12 @@ const std::vector<std::uint8_t>& jpeg_12mp() {
     if (!stbi_write_jpg_to_func(sink, &out, static_cast<int>(kWidth), static_cast<int>(kHeight), 3,
                                 img.data(), /*quality=*/90))
       throw std::runtime_error("bench_image: stbi_write_jpg_to_func failed");
+    // bench/compare_inputs.py times PIL on these very bytes.
+    if (const char* path = std::getenv("TESSERA_BENCH_JPEG_OUT"))
+      if (std::FILE* f = std::fopen(path, "wb")) {
+        std::fwrite(out.data(), 1, out.size(), f);
+        std::fclose(f);
+      }
     return out;
   }();
   return bytes;

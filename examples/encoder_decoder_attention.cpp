@@ -7,16 +7,17 @@
 // head. The cross-attention map then shows the alignment a trained translation model learns:
 // here an anti-diagonal, with the repeated word split between its two occurrences.
 //
-// Prints the weights as a table and writes them as cross_attention.pgm (a greyscale heatmap any
-// image viewer opens).
+// Prints the weights as a table and writes them as cross_attention.png (a labelled heatmap with a
+// colour scale).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <string>
 #include <vector>
 
+#include <tessera/image/heatmap.hpp>
+#include <tessera/image/write.hpp>
 #include <tessera/tessera.hpp>
 
 using tessera::Index;
@@ -43,17 +44,6 @@ Tensor<float, 3> embed(const nn::Embedding<float>& emb,
   auto x = emb.forward(ids);
   x.as_array() *= std::sqrt(static_cast<float>(kDModel));  // as in Vaswani et al. 2017
   return pos.forward(x, start);
-}
-
-void write_pgm(const char* path, const Tensor<float, 2>& w, int cell) {
-  const Index rows = w.dim(0), cols = w.dim(1);
-  std::ofstream f(path, std::ios::binary);
-  f << "P5\n" << cols * cell << " " << rows * cell << "\n255\n";
-  for (Index r = 0; r < rows * cell; ++r)
-    for (Index c = 0; c < cols * cell; ++c) {
-      const float v = std::clamp(w(r / cell, c / cell), 0.0f, 1.0f);
-      f.put(static_cast<char>(255 - static_cast<int>(std::lround(v * 255))));  // dark = high
-    }
 }
 
 }  // namespace
@@ -133,7 +123,17 @@ int main() {
   std::printf("The repeated word 'the' splits its attention between its two occurrences.\n");
   std::printf("Cached step-by-step decoding vs. full causal forward: max |difference| = %.2g\n",
               diff);
-  write_pgm("cross_attention.pgm", attention, 24);
-  std::printf("Wrote cross_attention.pgm (%td x %td cells, dark = more attention).\n", Lt, Ls);
+  // The same weights as a picture: decoding steps down, source words across, a colour scale.
+  std::vector<std::string> rows;
+  for (Index t = 0; t < Lt; ++t) rows.push_back(std::to_string(t) + " " + target[t]);
+  tessera::image::write_png("cross_attention.png",
+                            tessera::image::heatmap(attention, rows, source,
+                                                    {.title = "cross-attention, mean of 4 heads",
+                                                     .x_label = "source word",
+                                                     .y_label = "decoding step",
+                                                     .vmin = 0.0,
+                                                     .vmax = 1.0}));
+  std::printf("Wrote cross_attention.png (%td steps x %td source words, with a colour scale).\n",
+              Lt, Ls);
   return diff < 1e-4f ? 0 : 1;
 }

@@ -80,12 +80,15 @@ R ref_activate(Activation act, R x) {
       return x / (R(1) + std::exp(-x));
     case Activation::tanh:
       return std::tanh(x);
+    case Activation::quick_gelu:
+      return x / (R(1) + std::exp(R(-1.702) * x));
   }
   return x;
 }
 
 constexpr Activation kActivations[] = {Activation::identity,  Activation::relu, Activation::gelu,
-                                       Activation::gelu_tanh, Activation::silu, Activation::tanh};
+                                       Activation::gelu_tanh, Activation::silu, Activation::tanh,
+                                       Activation::quick_gelu};
 
 // Where op(b) comes from: b itself, a PackedMatrix built from b with the constructor, or one built
 // with PackedMatrix::from_weight from b's [n, k] values (trans_b only).

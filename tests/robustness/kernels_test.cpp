@@ -202,7 +202,8 @@ TYPED_TEST(KernelsRobustness, NaNMakesTheNormRowNaN) {
 TYPED_TEST(KernelsRobustness, EveryActivationOfNaNIsNaN) {
   using T = TypeParam;
   for (Activation act : {Activation::identity, Activation::relu, Activation::gelu,
-                         Activation::gelu_tanh, Activation::silu, Activation::tanh})
+                         Activation::gelu_tanh, Activation::silu, Activation::tanh,
+                         Activation::quick_gelu})
     for (Index n : kLengths) {
       Tensor<T, 1> x(n);
       x.setConstant(kNaN<T>);

@@ -183,6 +183,41 @@ TEST(Clip, AsADualEncoderItGivesTheSameProbabilities) {
   for (Index i = 0; i < want.size(); ++i) EXPECT_NEAR(logits.data()[i], want.data()[i], 1e-10);
 }
 
+// CLIPVisionModelWithProjection / CLIPVisionModel folders: vision_model.* (and the projection)
+// with a CLIPVisionConfig at the top level of config.json.
+TEST(Clip, HuggingFaceVisionModelAlone) {
+  tessera::test::TempDir dir;
+  const io::StateDict full = io::load_safetensors(fixture_path("clip_hf/model.safetensors"));
+  io::StateDict vision;
+  for (const auto& [key, t] : full)
+    if (key.rfind("vision_model.", 0) == 0 || key == "visual_projection.weight")
+      vision.insert(key, t);
+  io::save_safetensors(dir / "model.safetensors", vision);
+  std::ifstream in(fixture_path("clip_hf/config.json"));
+  const auto clip_config = nlohmann::json::parse(in);
+  nlohmann::json vision_config = clip_config.at("vision_config");
+  vision_config["projection_dim"] = clip_config.at("projection_dim");
+  vision_config["model_type"] = "clip_vision_model";
+  std::ofstream(dir / "config.json") << vision_config.dump();
+
+  const io::StateDict io_dict = io::load_safetensors(fixture_path("clip_hf.io.safetensors"));
+  const auto tower = models::load_clip_vision<double>(dir / "model.safetensors");
+  expect_near_scaled(tower.forward(io_dict.get<double, 4>("input.images")),
+                     io_dict.get<double, 2>("expected.f64.image_features"), 1e-11,
+                     "image_features");
+  // Without the projection: the normalised class token, hidden_size wide.
+  ASSERT_TRUE(vision.erase("visual_projection.weight"));
+  io::save_safetensors(dir / "model.safetensors", vision);
+  const auto bare = models::load_clip_vision<float>(dir / "model.safetensors");
+  EXPECT_EQ(bare.output_features(), 64);
+  // A whole CLIPModel given to it: the text tower's keys are not its layout.
+  TESSERA_EXPECT_THROW_MSG(
+      models::load_clip_vision<float>(
+          io::load_safetensors(fixture_path("clip_hf/model.safetensors")), bare.options()),
+      tessera::ValueError, "tessera::models::load_clip_vision", "text_model.",
+      "load it with models::load_clip");
+}
+
 TEST(Clip, PresetsHaveOpenClipsSizes) {
   const auto& b16 = models::clip_preset("ViT-B-16").options;
   EXPECT_EQ(b16.vision.patch_size, 16);

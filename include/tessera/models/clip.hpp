@@ -370,4 +370,37 @@ CLIP<T> load_clip(const std::filesystem::path& path) {
   return load_clip<T>(io::load_safetensors(path), read_hf_clip_config(config), config.string());
 }
 
+// An image tower on its own, from Hugging Face's CLIPVisionModel or CLIPVisionModelWithProjection
+// (vision_model.*, and visual_projection with a projection), with the architecture of `options`
+// (checked against the shapes as load_clip does).
+template <class T>
+VisionTransformer<T> load_clip_vision(io::StateDict dict, const VisionTransformerOptions& options,
+                                      std::string_view preset = "(custom options)") {
+  const NamingConvention* candidates[] = {&hf_clip_vision_naming()};
+  return load_checked<VisionTransformer<T>>(
+      "tessera::models::load_clip_vision", std::move(dict), candidates, options, preset,
+      [&](ArchitectureCheck& check) { check.vision("", "", options); });
+}
+
+// The same from a model folder's weights and the config.json beside them: a CLIPVisionConfig
+// (fields at the top level, as CLIPVisionModel saves it) or a CLIPConfig (its vision_config).
+// The tower ends in visual_projection (projection_dim outputs) when the checkpoint has it, else
+// in the normalised class token (hidden_size outputs).
+template <class T>
+VisionTransformer<T> load_clip_vision(const std::filesystem::path& path) {
+  constexpr std::string_view fn = "tessera::models::load_clip_vision";
+  const auto config_path = config_beside(fn, path, clip_presets());
+  nlohmann::json config = read_json_object(fn, config_path);
+  if (!config.contains("vision_config")) {
+    nlohmann::json wrapped = nlohmann::json::object();
+    wrapped["vision_config"] = config;
+    if (config.contains("projection_dim")) wrapped["projection_dim"] = config["projection_dim"];
+    config = std::move(wrapped);
+  }
+  VisionTransformerOptions options = clip_options_from_hf_config(config).vision;
+  io::StateDict dict = io::load_safetensors(path);
+  if (!dict.contains("visual_projection.weight")) options.output_dim = 0;
+  return load_clip_vision<T>(std::move(dict), options, config_path.string());
+}
+
 }  // namespace tessera::models

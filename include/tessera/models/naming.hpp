@@ -433,10 +433,41 @@ inline const NamingConvention& hf_siglip_naming() {
   return convention;
 }
 
+// Hugging Face's CLIPVisionModel and CLIPVisionModelWithProjection on their own: vision_model.*
+// as in hf_clip_naming(), onto a VisionTransformer's names, and the optional visual_projection as
+// its head.
+inline const NamingConvention& hf_clip_vision_naming() {
+  static constexpr NameRule rules[] = {
+      {"vision_model.embeddings.patch_embedding.*", "patch_embed.conv1.*"},
+      {"vision_model.embeddings.class_embedding", "patch_embed.class_embedding"},
+      {"vision_model.embeddings.position_embedding.weight", "patch_embed.positional_embedding"},
+      {"vision_model.embeddings.position_ids", "", NameTransform::drop},
+      {"vision_model.pre_layrnorm.*", "patch_embed.ln_pre.*"},
+      {"vision_model.encoder.layers.#.self_attn.{q,k,v}_proj.weight",
+       "encoder.layers.#.self_attn.in_proj_weight", NameTransform::concat},
+      {"vision_model.encoder.layers.#.self_attn.{q,k,v}_proj.bias",
+       "encoder.layers.#.self_attn.in_proj_bias", NameTransform::concat},
+      {"vision_model.encoder.layers.#.self_attn.out_proj.*",
+       "encoder.layers.#.self_attn.out_proj.*"},
+      {"vision_model.encoder.layers.#.layer_norm1.*", "encoder.layers.#.norm1.*"},
+      {"vision_model.encoder.layers.#.mlp.fc1.*", "encoder.layers.#.linear1.*"},
+      {"vision_model.encoder.layers.#.mlp.fc2.*", "encoder.layers.#.linear2.*"},
+      {"vision_model.encoder.layers.#.layer_norm2.*", "encoder.layers.#.norm2.*"},
+      {"vision_model.post_layernorm.*", "ln_post.*"},
+      {"visual_projection.weight", "head.weight"},
+  };
+  static constexpr NamingConvention convention{
+      "hf_clip_vision",
+      "Hugging Face CLIPVisionModel(WithProjection): vision_model.*, no text_model", rules,
+      "models::load_clip_vision"};
+  return convention;
+}
+
 // Every layout tessera knows, for detection and for hints when a checkpoint is given to the wrong
 // loader.
 inline std::vector<const NamingConvention*> known_namings() {
-  return {&openai_clip_naming(), &hf_clip_naming(), &torchvision_vit_naming(), &hf_siglip_naming()};
+  return {&openai_clip_naming(), &hf_clip_naming(), &hf_clip_vision_naming(),
+          &torchvision_vit_naming(), &hf_siglip_naming()};
 }
 
 // The convention among `candidates` whose rules name every key of `dict`. Otherwise throws

@@ -125,6 +125,55 @@ void activate(Activation act, const T* x, T* out, Index n) {
   }
 }
 
+// dx = dy * act'(x) over n contiguous elements (x: the activation's input); dx may alias dy.
+// The derivatives are PyTorch's backward formulas (torch/csrc/autograd/FunctionsManual.cpp,
+// aten GeluBackward): relu' is 0 at x = 0 and where x is NaN the gradient is dy, as
+// threshold_backward gives (the forward's output is NaN there, so the loss is NaN already).
+template <class T>
+void activate_backward(Activation act, const T* x, const T* dy, T* dx, Index n) {
+  using Arr = Eigen::Array<T, Eigen::Dynamic, 1>;
+  Eigen::Map<const Arr> a(x, n), g(dy, n);
+  Eigen::Map<Arr> out(dx, n);
+  switch (act) {
+    case Activation::identity:
+      if (dx != dy) out = g;
+      break;
+    case Activation::relu:
+      out = (a <= T(0)).select(T(0), g);
+      break;
+    case Activation::gelu: {
+      // d/dx x Phi(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+      const T inv_sqrt2 = T(0.70710678118654752440), inv_sqrt_2pi = T(0.39894228040143267794);
+      out = g * (T(0.5) * (T(1) + (a * inv_sqrt2).erf()) +
+                 a * inv_sqrt_2pi * (T(-0.5) * a.square()).exp());
+      break;
+    }
+    case Activation::gelu_tanh: {
+      // u = sqrt(2/pi) (x + 0.044715 x^3); d/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) u'
+      const T k = T(0.79788456080286535588), c = T(0.044715);
+      const Arr t = (k * (a + c * a.cube())).tanh();
+      out = g * (T(0.5) * (T(1) + t) +
+                 T(0.5) * a * (T(1) - t.square()) * k * (T(1) + T(3) * c * a.square()));
+      break;
+    }
+    case Activation::silu: {
+      const Arr s = a.logistic();
+      out = g * s * (T(1) + a * (T(1) - s));
+      break;
+    }
+    case Activation::tanh: {
+      const Arr t = a.tanh();
+      out = g * (T(1) - t.square());
+      break;
+    }
+    case Activation::quick_gelu: {
+      const Arr s = (a * T(1.702)).logistic();
+      out = g * (s + T(1.702) * a * s * (T(1) - s));
+      break;
+    }
+  }
+}
+
 }  // namespace detail
 
 // out = act(x), element-wise; out has x's shape and may be x.
@@ -159,6 +208,47 @@ Tensor<scalar_t<X>, rank_v<X>> activate(Activation act, const X& x) {
   Tensor<scalar_t<X>, rank_v<X>> out(x.shape(), uninitialized);
   activate_into(act, x, out);
   return out;
+}
+
+// The activation's backward: dx = dy * act'(x), element-wise, with x the activation's INPUT (its
+// pre-activation), dy the gradient of the loss with respect to act(x); x, dy and dx of one
+// shape. dx may be dy itself (not x). Throws ShapeError (dy or dx of another shape) and
+// ValueError (an invalid act, or dx partially overlapping dy or overlapping x), naming
+// tessera::activation_backward.
+template <TensorLike X, TensorLike G, class Y>
+void activation_backward_into(Activation act, const X& x, const G& dy, Y&& dx) {
+  static_assert(
+      std::is_same_v<scalar_t<X>, scalar_t<G>> && std::is_same_v<scalar_t<X>, scalar_t<Y>>,
+      "activation_backward: x, dy and dx scalar types differ");
+  static_assert(std::is_floating_point_v<scalar_t<X>>, "activations need a floating-point tensor");
+  using T = scalar_t<X>;
+  constexpr std::string_view fn = "tessera::activation_backward";
+  detail::check_activation(fn, "act", act);
+  const auto xv = cview(x);
+  const auto gv = cview(dy);
+  auto ov = mview(dx);
+  detail::check_shape_equal(fn, "dy", gv.shape(), xv.shape());
+  detail::check_shape_equal(fn, "dx", ov.shape(), xv.shape());
+  const auto bytes = static_cast<std::size_t>(xv.size()) * sizeof(T);
+  if (detail::ranges_partially_overlap(gv.data(), bytes, ov.data(), bytes))
+    detail::raise<ValueError>(fn, "argument 'dx' partially overlaps argument 'dy'");
+  if (ov.size() > 0 && detail::ranges_overlap(xv.data(), bytes, ov.data(), bytes))
+    detail::raise<ValueError>(fn, "argument 'dx' overlaps argument 'x', which is read after it");
+  constexpr Index kBlock = 64;
+  const Index n = xv.size();
+  parallel_for((n + kBlock - 1) / kBlock, detail::kElementwiseGrain / kBlock,
+               [&](Index b, Index e) {
+                 const Index begin = b * kBlock, end = std::min(n, e * kBlock);
+                 detail::activate_backward(act, xv.data() + begin, gv.data() + begin,
+                                           ov.data() + begin, end - begin);
+               });
+}
+
+template <TensorLike X, TensorLike G>
+Tensor<scalar_t<X>, rank_v<X>> activation_backward(Activation act, const X& x, const G& dy) {
+  Tensor<scalar_t<X>, rank_v<X>> dx(x.shape(), uninitialized);
+  activation_backward_into(act, x, dy, dx);
+  return dx;
 }
 
 #define TESSERA_DEFINE_ACTIVATION(name, act)                 \

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <limits>
 #include <optional>
+#include <vector>
 
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
@@ -154,7 +155,115 @@ void rms_norm_row(const T* x, T* y, Index n, T eps, const T* w, bool may_rescale
     ya = xa * scale;
 }
 
+// The backward of layer_norm_row for one row: dx from dy, and dy * xhat, dy added into gw, gb
+// (each optional). With xhat = (x - mean) rstd and g = dy * w (dy without a weight):
+//   dx = rstd (g - mean(g) - xhat mean(g xhat))
+// (Ba et al. 2016; PyTorch's layer_norm_backward in aten/src/ATen/native/cpu/layer_norm_kernel.cpp
+// computes the same). The statistics are recomputed from x as the forward computes them; a row
+// the forward rescaled (its sum of squares overflowed) is rescaled here too:
+// d/dx layer_norm(x; eps) = s * (d/dy layer_norm)(s x; s^2 eps). `tmp` holds n values.
+template <class T>
+void layer_norm_backward_row(const T* x, const T* dy, T* dx, Index n, T eps, const T* w, T* gw,
+                             T* gb, T* tmp) {
+  using Arr = Eigen::Array<T, Eigen::Dynamic, 1>;
+  T s = 1;
+  const T* xr = x;
+  {
+    Eigen::Map<const Arr> xa(x, n);
+    const T shift = x[0];
+    const T mean_d = (xa - shift).sum() / T(n);
+    const T var = ((xa - shift) - mean_d).square().sum() / T(n);
+    if (!std::isfinite(var)) {
+      const T f = rescale_factor(x, n);
+      if (f != 0) {
+        s = f;
+        scale_into(x, tmp, n, s);
+        xr = tmp;
+        eps = eps * s * s;
+      }
+    }
+  }
+  Eigen::Map<const Arr> xa(xr, n), g0(dy, n);
+  const T shift = xr[0];
+  const T mean_d = (xa - shift).sum() / T(n);
+  const T var = ((xa - shift) - mean_d).square().sum() / T(n);
+  const T rstd = T(1) / std::sqrt(var + eps);
+  Eigen::Map<Arr> xhat(tmp, n);
+  xhat = ((xa - shift) - mean_d) * rstd;  // tmp may hold the rescaled x, read just above
+  if (gw) Eigen::Map<Arr>(gw, n) += g0 * xhat;
+  if (gb) Eigen::Map<Arr>(gb, n) += g0;
+  Eigen::Map<Arr> out(dx, n);
+  if (w)
+    out = g0 * Eigen::Map<const Arr>(w, n);
+  else
+    out = g0;
+  const T a = out.sum() / T(n);
+  const T b = (out * xhat).sum() / T(n);
+  out = (out - a - xhat * b) * (rstd * s);
+}
+
+// Rows per block of a norm's backward: blocks are cut from the row count alone, so the weight
+// and bias gradients (summed per block, then over blocks in order) are the same for every
+// thread count.
+inline Index norm_backward_block(Index rows) { return std::max<Index>(64, (rows + 511) / 512); }
+
 }  // namespace detail
+
+// The backward of layer_norm over the last dimension (Ba et al. 2016): given the forward's input
+// x [..., n] and options, and dy (x's shape), writes dx (x's shape; may be dy itself, not x) and,
+// when given, ADDS the gradients of the weight and bias into grad_weight [n] and grad_bias [n].
+// The statistics are recomputed from x (nothing is saved by the forward). Throws ShapeError and
+// ValueError as layer_norm does, naming tessera::layer_norm_backward.
+template <TensorLike X, TensorLike G, class Y>
+void layer_norm_backward_into(const X& x, const G& dy, Y&& dx,
+                              const LayerNormOptions<scalar_t<X>>& opts = {},
+                              std::optional<TensorMap<scalar_t<X>, 1>> grad_weight = {},
+                              std::optional<TensorMap<scalar_t<X>, 1>> grad_bias = {}) {
+  using T = scalar_t<X>;
+  static_assert(std::is_same_v<T, scalar_t<G>> && std::is_same_v<T, scalar_t<Y>>,
+                "layer_norm_backward: x, dy and dx scalar types differ");
+  constexpr std::string_view fn = "tessera::layer_norm_backward";
+  const auto xv = cview(x);
+  const auto gv = cview(dy);
+  auto dv = mview(dx);
+  detail::check_shape_equal(fn, "dy", gv.shape(), xv.shape());
+  detail::check_shape_equal(fn, "dx", dv.shape(), xv.shape());
+  const Index n = xv.shape()[rank_v<X> - 1];
+  const Index rows = n > 0 ? xv.size() / n : 0;
+  detail::check_norm_params<T>(fn, n, opts.weight, opts.bias, opts.eps);
+  const Index expected[] = {n};
+  if (grad_weight) detail::check_shape_equal(fn, "grad_weight", grad_weight->shape(), expected);
+  if (grad_bias) detail::check_shape_equal(fn, "grad_bias", grad_bias->shape(), expected);
+  const auto bytes = static_cast<std::size_t>(xv.size()) * sizeof(T);
+  if (detail::ranges_partially_overlap(gv.data(), bytes, dv.data(), bytes))
+    detail::raise<ValueError>(fn, "argument 'dx' partially overlaps argument 'dy'");
+  if (dv.size() > 0 && detail::ranges_overlap(xv.data(), bytes, dv.data(), bytes))
+    detail::raise<ValueError>(fn, "argument 'dx' overlaps argument 'x', which is read after it");
+  if (n == 0 || rows == 0) return;
+  const T* w = opts.weight ? opts.weight->data() : nullptr;
+  const T eps = static_cast<T>(opts.eps);
+  const Index block = detail::norm_backward_block(rows);
+  const Index blocks = (rows + block - 1) / block;
+  const bool want_w = grad_weight.has_value(), want_b = grad_bias.has_value();
+  // Per-block partial sums of the weight and bias gradients: [blocks, n] each.
+  std::vector<T> part_w(want_w ? blocks * n : 0, T(0)), part_b(want_b ? blocks * n : 0, T(0));
+  parallel_for(blocks, 1, [&](Index b0, Index b1) {
+    std::vector<T> tmp(n);
+    for (Index blk = b0; blk < b1; ++blk) {
+      T* gw = want_w ? part_w.data() + blk * n : nullptr;
+      T* gb = want_b ? part_b.data() + blk * n : nullptr;
+      for (Index r = blk * block; r < std::min(rows, (blk + 1) * block); ++r)
+        detail::layer_norm_backward_row(xv.data() + r * n, gv.data() + r * n, dv.data() + r * n, n,
+                                        eps, w, gw, gb, tmp.data());
+    }
+  });
+  using Vec = Eigen::Array<T, Eigen::Dynamic, 1>;
+  for (Index blk = 0; blk < blocks; ++blk) {
+    if (want_w)
+      Eigen::Map<Vec>(grad_weight->data(), n) += Eigen::Map<const Vec>(&part_w[blk * n], n);
+    if (want_b) Eigen::Map<Vec>(grad_bias->data(), n) += Eigen::Map<const Vec>(&part_b[blk * n], n);
+  }
+}
 
 // Layer norm over the last dimension into `out` (same shape as x; may be x itself).
 template <TensorLike X, class Y>

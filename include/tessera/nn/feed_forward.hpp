@@ -16,6 +16,7 @@
 #include "tessera/kernels/activation.hpp"
 #include "tessera/nn/linear.hpp"
 #include "tessera/nn/module.hpp"
+#include "tessera/nn/training.hpp"
 
 namespace tessera::nn {
 
@@ -75,6 +76,32 @@ class FeedForward : public Module<FeedForward<T>> {
     const auto outv = mview(out);
     detail::check_shape_equal(fn, "out", outv.shape(), x.shape());
     run(fn, x, outv, residual);
+  }
+
+  // What backward needs: the two Linear layers' contexts (x and the activation's input; the
+  // hidden activations).
+  struct Context {
+    typename Linear<T>::Context linear1, linear2;
+  };
+
+  // The training forward: linear2(act(linear1(x))) and the context for backward.
+  template <TensorLike X>
+  Trained<Tensor<T, rank_v<X>>, Context> forward_train(const X& x) const {
+    constexpr std::string_view fn = "tessera::nn::FeedForward::forward_train";
+    check_input(fn, x);
+    auto h = linear1.forward_train(x, options_.activation);
+    auto y = linear2.forward_train(h.output);
+    return {std::move(y.output), Context{std::move(h.context), std::move(y.context)}};
+  }
+
+  // Given forward_train's context and dL/dy (the output's shape): adds the gradients of both
+  // layers' weights and biases and returns dL/dx.
+  template <TensorLike G>
+  Tensor<T, rank_v<G>> backward(const Context& ctx, const G& grad_output) {
+    constexpr std::string_view fn = "tessera::nn::FeedForward::backward";
+    check_parameters(fn);
+    linear2.check_backward(fn, ctx.linear2, cview(grad_output).shape(), "linear2.");
+    return linear1.backward(ctx.linear1, linear2.backward(ctx.linear2, grad_output));
   }
 
   // Throws ShapeError, naming `fn` and the parameter as `prefix` + its state-dict name, unless

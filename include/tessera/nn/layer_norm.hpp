@@ -1,7 +1,9 @@
 // tessera: nn::LayerNorm over the last dimension, as torch.nn.LayerNorm(normalized_shape=[n]).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <optional>
 #include <string_view>
 #include <utility>
 
@@ -9,6 +11,7 @@
 #include "tessera/core/tensor.hpp"
 #include "tessera/kernels/norm.hpp"
 #include "tessera/nn/module.hpp"
+#include "tessera/nn/training.hpp"
 
 namespace tessera::nn {
 
@@ -59,6 +62,47 @@ class LayerNorm : public Module<LayerNorm<T>> {
     check_input(fn, x);
     detail::check_shape_equal(fn, "out", mview(out).shape(), x.shape());
     run(x, std::forward<Y>(out));
+  }
+
+  // What backward needs: the input (the statistics are recomputed from it).
+  template <int R>
+  struct Context {
+    Tensor<T, R> input;
+  };
+
+  // The training forward: forward's output and the context for backward.
+  template <TensorLike X>
+  Trained<Tensor<T, rank_v<X>>, Context<rank_v<X>>> forward_train(const X& x) const {
+    constexpr std::string_view fn = "tessera::nn::LayerNorm::forward_train";
+    check_input(fn, x);
+    Trained<Tensor<T, rank_v<X>>, Context<rank_v<X>>> r;
+    r.context.input = Tensor<T, rank_v<X>>(x.shape(), uninitialized);
+    std::copy_n(cview(x).data(), cview(x).size(), r.context.input.data());
+    r.output = Tensor<T, rank_v<X>>(x.shape(), uninitialized);
+    run(x, r.output);
+    return r;
+  }
+
+  // Given forward_train's context and dL/dy (x's shape): adds dL/dweight and dL/dbias to the
+  // parameters' gradients and returns dL/dx (layer_norm_backward in kernels/norm.hpp). Throws
+  // ShapeError when grad_output's shape is not x's.
+  template <int R, TensorLike G>
+  Tensor<T, R> backward(const Context<R>& ctx, const G& grad_output) {
+    static_assert(std::is_same_v<scalar_t<G>, T> && rank_v<G> == R,
+                  "nn::LayerNorm::backward: the gradient must have the input's type and rank");
+    constexpr std::string_view fn = "tessera::nn::LayerNorm::backward";
+    check_parameters(fn);
+    detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(), ctx.input.shape());
+    if (ctx.input.shape()[R - 1] != options_.normalized_shape)
+      detail::raise<ValueError>(fn,
+                                "argument 'ctx' does not come from this module's forward_train");
+    Tensor<T, R> dx(ctx.input.shape(), uninitialized);
+    tessera::LayerNormOptions<T> lo{.eps = options_.eps};
+    std::optional<TensorMap<T, 1>> gw, gb;
+    if (has_weight()) lo.weight = cview(weight.value), gw = mview(detail::grad_of(weight));
+    if (has_bias()) lo.bias = cview(bias.value), gb = mview(detail::grad_of(bias));
+    layer_norm_backward_into(ctx.input, grad_output, dx, lo, gw, gb);
+    return dx;
   }
 
   // Throws ShapeError, naming `fn` and the parameter as `prefix` + its name, unless weight and

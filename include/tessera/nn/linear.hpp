@@ -14,11 +14,13 @@
 #include <optional>
 #include <span>
 #include <string_view>
+#include <vector>
 
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/kernels/linear.hpp"
 #include "tessera/nn/module.hpp"
+#include "tessera/nn/training.hpp"
 
 namespace tessera::detail {
 
@@ -98,6 +100,94 @@ class Linear : public Module<Linear<T>> {
     expected[rank_v<X> - 1] = options_.out_features;
     detail::check_shape_equal(fn, "out", mview(out).shape(), expected);
     run(fn, x, std::forward<Y>(out), act, residual);
+  }
+
+  // What backward needs from forward_train: the input flattened to [rows, in_features], its
+  // leading dimensions, and with an activation the activation's input z = x W^T + b.
+  struct Context {
+    Tensor<T, 2> input;           // [rows, in_features]
+    std::vector<Index> shape;     // x's shape
+    Tensor<T, 2> pre_activation;  // [rows, out_features]; empty for the identity
+    Activation activation = Activation::identity;
+  };
+
+  // The training forward: act(x W^T + b) as forward computes it (the activation applied after the
+  // product, not inside its tiles, so the last bit may differ), and the context for backward.
+  template <TensorLike X>
+  Trained<Tensor<T, rank_v<X>>, Context> forward_train(
+      const X& x, Activation act = Activation::identity) const {
+    static_assert(std::is_same_v<scalar_t<X>, T>,
+                  "nn::Linear: input scalar type differs from the module's");
+    constexpr std::string_view fn = "tessera::nn::Linear::forward_train";
+    check_input(fn, x);
+    detail::check_activation_enum(fn, "argument 'act'", act);
+    const auto xv = cview(x);
+    Trained<Tensor<T, rank_v<X>>, Context> r;
+    r.context.shape.assign(xv.shape().begin(), xv.shape().end());
+    const Index rows = detail::checked_shape_size(
+        std::span<const Index>(xv.shape().data(), rank_v<X> - 1), fn, "argument 'x'");
+    r.context.input = Tensor<T, 2>(Shape<2>{rows, options_.in_features}, uninitialized);
+    std::copy_n(xv.data(), xv.size(), r.context.input.data());
+    r.context.activation = act;
+    Shape<rank_v<X>> s = xv.shape();
+    s[rank_v<X> - 1] = options_.out_features;
+    r.output = Tensor<T, rank_v<X>>(s, uninitialized);
+    if (act == Activation::identity) {
+      run(fn, x, r.output, act, std::nullopt);
+    } else {
+      r.context.pre_activation = Tensor<T, 2>(Shape<2>{rows, options_.out_features}, uninitialized);
+      run(fn, r.context.input, r.context.pre_activation, Activation::identity, std::nullopt);
+      activate_into(act, r.context.pre_activation,
+                    r.output.template reshape<2>({rows, options_.out_features}));
+    }
+    return r;
+  }
+
+  // Given forward_train's context and dL/dy (the output's shape): adds dL/dW = dz^T x and
+  // dL/db = sum over rows of dz to weight.grad and bias.grad (dz = dL/dy * act'(z)), and returns
+  // dL/dx = dz W in x's shape. Throws ShapeError when grad_output's shape is not the output's,
+  // or a parameter's shape changed since the forward.
+  template <TensorLike G>
+  Tensor<T, rank_v<G>> backward(const Context& ctx, const G& grad_output) {
+    static_assert(std::is_same_v<scalar_t<G>, T>,
+                  "nn::Linear::backward: gradient scalar type differs from the module's");
+    constexpr std::string_view fn = "tessera::nn::Linear::backward";
+    const auto gv = cview(grad_output);
+    check_backward(fn, ctx, gv.shape());
+    const Index rows = ctx.input.dim(0);
+    const auto g2 = TensorMap<const T, 2>(gv.data(), {rows, options_.out_features});
+    Tensor<T, 2> dz_buf;
+    TensorMap<const T, 2> dz = g2;
+    if (ctx.activation != Activation::identity) {
+      dz_buf = activation_backward(ctx.activation, ctx.pre_activation, g2);
+      dz = cview(dz_buf);
+    }
+    // dW [out, in] += dz^T [out, rows] x [rows, in]
+    matmul_into(dz, ctx.input, detail::grad_of(weight), {.transpose_a = true, .accumulate = true});
+    if (options_.bias) {
+      auto db = detail::grad_of(bias).as_vector();
+      for (Index r = 0; r < rows; ++r) db += dz.as_matrix().row(r).transpose();
+    }
+    Shape<rank_v<G>> s = gv.shape();
+    s[rank_v<G> - 1] = options_.in_features;
+    Tensor<T, rank_v<G>> dx(s, uninitialized);
+    // dx [rows, in] = dz [rows, out] x W [out, in]
+    matmul_into(dz, weight.value, dx.template reshape<2>({rows, options_.in_features}));
+    return dx;
+  }
+
+  // The checks of backward, under the name of the entry point `fn` the user called: the
+  // parameters' shapes, a context from a forward_train of this module's sizes, and a
+  // grad_output of the output's shape (ShapeError, ValueError).
+  void check_backward(std::string_view fn, const Context& ctx, std::span<const Index> grad_shape,
+                      std::string_view prefix = "") const {
+    check_parameters(fn, prefix);
+    std::vector<Index> expected = ctx.shape;
+    if (expected.empty() || ctx.input.dim(1) != options_.in_features)
+      detail::raise<ValueError>(fn,
+                                "argument 'ctx' does not come from this module's forward_train");
+    expected.back() = options_.out_features;
+    detail::check_shape_equal(fn, "grad_output", grad_shape, expected);
   }
 
   // Throws ShapeError, naming `fn` and the parameter as `prefix` + its name, unless weight is

@@ -1,0 +1,40 @@
+// tessera: what a training forward returns — the output and an explicit saved context.
+//
+// Every differentiable module offers, beside its const forward,
+//
+//   auto [y, ctx] = module.forward_train(x);   // const and thread-safe, as forward
+//   auto dx = module.backward(ctx, dy);        // dL/dx returned; dL/dparam ADDED to param.grad
+//
+// There is no tape: the context is a plain value that owns what backward needs (the inputs,
+// saved statistics), so a forward may be kept, moved, or dropped, and several forwards of one
+// module may be in flight at once. backward adds into Parameter::grad (allocating a zero gradient
+// first where there is none), so a module used twice in one graph accumulates both uses, as
+// PyTorch's autograd does; zero the gradients (Module::zero_grad) before each step. backward never
+// changes the context: it may be called more than once.
+#pragma once
+
+#include "tessera/core/error.hpp"
+#include "tessera/core/tensor.hpp"
+#include "tessera/nn/parameter.hpp"
+
+namespace tessera::nn {
+
+// The result of forward_train: the output, as forward returns it, and the context backward takes.
+template <class Output, class Context>
+struct Trained {
+  Output output;
+  Context context;
+};
+
+}  // namespace tessera::nn
+
+namespace tessera::detail {
+
+// The parameter's gradient, allocated and zeroed first if it has none (or one of another shape).
+template <class T, int R>
+Tensor<T, R>& grad_of(nn::Parameter<T, R>& p) {
+  if (!p.has_grad()) p.zero_grad();
+  return p.grad;
+}
+
+}  // namespace tessera::detail

@@ -27,9 +27,10 @@ struct Fixture {
   nlohmann::json options;
   nlohmann::json forward;
 
-  explicit Fixture(const std::string& name) {
-    dict = io::load_safetensors(std::string(TESSERA_TEST_DATA_DIR) + "/fixtures/nn/" + name +
-                                ".safetensors");
+  // tests/fixtures/<folder>/<name>.safetensors
+  explicit Fixture(const std::string& name, const std::string& folder = "nn") {
+    dict = io::load_safetensors(std::string(TESSERA_TEST_DATA_DIR) + "/fixtures/" + folder + "/" +
+                                name + ".safetensors");
     options = nlohmann::json::parse(meta("options", "{}"));
     forward = nlohmann::json::parse(meta("forward", "{}"));
   }
@@ -93,12 +94,13 @@ void expect_tensor_near(const A& actual, const B& expected, typename A::Scalar t
                                 << ": " << a[worst_i] << " vs " << e[worst_i];
 }
 
-// Every fixture whose file name starts with `prefix` (e.g. "mha_"), sorted; at least one must
-// exist.
-inline std::vector<std::string> fixtures_with_prefix(const std::string& prefix) {
+// Every fixture in tests/fixtures/<folder> whose file name starts with `prefix` (e.g. "mha_"),
+// sorted.
+inline std::vector<std::string> fixtures_with_prefix(const std::string& prefix,
+                                                     const std::string& folder = "nn") {
   std::vector<std::string> names;
   const std::filesystem::path dir =
-      std::filesystem::path(TESSERA_TEST_DATA_DIR) / "fixtures" / "nn";
+      std::filesystem::path(TESSERA_TEST_DATA_DIR) / "fixtures" / folder;
   if (std::filesystem::exists(dir))
     for (const auto& entry : std::filesystem::directory_iterator(dir)) {
       const std::string stem = entry.path().stem().string();

@@ -15,11 +15,14 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstddef>
 #include <initializer_list>
 #include <limits>
+#include <memory>
 #include <span>
 #include <string_view>
 #include <type_traits>
+#include <vector>
 
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
@@ -116,11 +119,38 @@ class Mask {
     for (std::size_t i = 0; i < R; ++i) shape_[i] = s[i];
   }
 
+  friend class SavedMask;
+
   MaskKind kind_;
   DType dtype_;
   const void* data_;
   std::array<Index, kMaxRank> shape_{};
   int rank_ = 0;
+};
+
+// An owning copy of a Mask's elements, for what outlives the caller's mask tensor: a training
+// forward keeps one in its context, so that backward applies the same mask after the tensor the
+// Mask viewed is gone. Copies share the elements (immutable).
+class SavedMask {
+ public:
+  SavedMask() = default;
+  explicit SavedMask(const Mask& m) : mask_(m) {
+    const std::size_t elem = m.dtype() == Mask::DType::boolean ? sizeof(bool)
+                             : m.dtype() == Mask::DType::f32   ? sizeof(float)
+                                                               : sizeof(double);
+    const auto n = static_cast<std::size_t>(
+        detail::checked_shape_size(m.shape(), "tessera::SavedMask", "the mask"));
+    const auto* first = static_cast<const std::byte*>(m.data());
+    auto bytes = std::make_shared<std::vector<std::byte>>(first, first + n * elem);
+    mask_.data_ = bytes->data();
+    bytes_ = std::move(bytes);
+  }
+  // A view of the saved elements, valid while this object (or a copy of it) lives.
+  const Mask& mask() const noexcept { return mask_; }
+
+ private:
+  Mask mask_{MaskKind::allowed, nullptr, Mask::DType::boolean};
+  std::shared_ptr<const std::vector<std::byte>> bytes_;
 };
 
 namespace detail {

@@ -10,19 +10,29 @@
 // [gy * pf, (gy + 1) * pf) and frames [gx * pt, (gx + 1) * pt), as Conv2d's output flattened.
 // Sizes the patch does not divide drop the remainder, as Conv2d.
 //
+// Training: forward_train(spectrogram) keeps the unfolded patches (im2col, [batch * tokens,
+// pf * pt]) and, with pre_norm, ln_pre's context; backward returns the spectrogram's gradient (the
+// patch gradients folded back, the transpose of the unfolding; dropped remainder bins and frames
+// get zero) and adds conv1's, class_embedding's, positional_embedding's and ln_pre's gradients.
+//
 // State dict keys: PatchEmbedding's (conv1.weight [embed_dim, 1, pf, pt], conv1.bias,
 // class_embedding, positional_embedding, ln_pre.*), under the same prefix.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
+#include "tessera/kernels/linear.hpp"
+#include "tessera/nn/layer_norm.hpp"
 #include "tessera/nn/module.hpp"
 #include "tessera/nn/patch_embedding.hpp"
+#include "tessera/nn/training.hpp"
 
 namespace tessera::nn {
 
@@ -77,15 +87,47 @@ class AudioPatchEmbedding : public Module<AudioPatchEmbedding<T>> {
     constexpr std::string_view fn = "tessera::nn::AudioPatchEmbedding::forward";
     const auto xv = cview(spectrogram);
     const Index B = xv.dim(0);
-    const Index expected[] = {B, options_.mel_bins, options_.frames};
-    if (!std::equal(xv.shape().begin(), xv.shape().end(), expected))
-      detail::raise<ShapeError>(fn, "argument 'spectrogram' has shape ",
-                                detail::shape_string(xv.shape()), ", expected ",
-                                detail::shape_string(expected), " ([batch, mel_bins, frames])");
+    check_spectrogram(fn, xv.shape());
     // images: [B, 1, mel_bins, frames], a view; the parameters are checked (and named) under
     // this module's name
     return patch.embed(fn, "spectrogram",
                        xv.template reshape<4>({B, 1, options_.mel_bins, options_.frames}));
+  }
+
+  // What backward needs from forward_train: PatchEmbedding's context (the unfolded patches, a
+  // class token's row zero, and ln_pre's).
+  using Context = typename PatchEmbedding<T>::Context;
+
+  // The training forward: forward's output (the same operations, bit for bit) and the context.
+  // Errors as forward's, naming "tessera::nn::AudioPatchEmbedding::forward_train".
+  template <TensorLike X>
+  requires(rank_v<X> == 3) Trained<Tensor<T, 3>, Context> forward_train(const X& spectrogram)
+  const {
+    static_assert(std::is_same_v<scalar_t<X>, T>,
+                  "nn::AudioPatchEmbedding: input scalar type differs from the module's");
+    constexpr std::string_view fn = "tessera::nn::AudioPatchEmbedding::forward_train";
+    const auto xv = cview(spectrogram);
+    const Index B = xv.dim(0);
+    check_spectrogram(fn, xv.shape());
+    return patch.embed_train(fn, "spectrogram",
+                             xv.template reshape<4>({B, 1, options_.mel_bins, options_.frames}));
+  }
+
+  // Given forward_train's context and dL/dy [batch, num_tokens, embed_dim]: adds the gradients of
+  // conv1.weight, conv1.bias, class_embedding, positional_embedding and ln_pre, and returns
+  // dL/dspectrogram [batch, mel_bins, frames] (bins and frames beyond the patch grid get 0).
+  // Throws ShapeError when grad_output's shape is not the output's or a parameter's shape
+  // changed, ValueError for a context of another module.
+  template <TensorLike G>
+  Tensor<T, 3> backward(const Context& ctx, const G& grad_output) {
+    static_assert(rank_v<G> == 3 && std::is_same_v<scalar_t<G>, T>,
+                  "nn::AudioPatchEmbedding::backward takes a [batch, num_tokens, embed_dim] "
+                  "gradient of the module's scalar type");
+    Tensor<T, 4> d =
+        patch.embed_backward("tessera::nn::AudioPatchEmbedding::backward", ctx, grad_output);
+    Tensor<T, 3> dx(Shape<3>{d.dim(0), options_.mel_bins, options_.frames}, uninitialized);
+    std::copy_n(d.data(), d.size(), dx.data());
+    return dx;
   }
 
   // Throws ShapeError, naming `fn` and the parameter as `prefix` + its state-dict name, unless
@@ -100,6 +142,14 @@ class AudioPatchEmbedding : public Module<AudioPatchEmbedding<T>> {
   }
 
  private:
+  void check_spectrogram(std::string_view fn, std::span<const Index> shape) const {
+    const Index expected[] = {shape[0], options_.mel_bins, options_.frames};
+    if (!std::equal(shape.begin(), shape.end(), expected))
+      detail::raise<ShapeError>(fn, "argument 'spectrogram' has shape ",
+                                detail::shape_string(shape), ", expected ",
+                                detail::shape_string(expected), " ([batch, mel_bins, frames])");
+  }
+
   AudioPatchEmbeddingOptions options_{};
 };
 

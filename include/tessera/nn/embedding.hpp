@@ -4,9 +4,10 @@
 //
 // ids of any rank R (integers: std::int64_t, Index, int...) give a tensor of rank R + 1. The
 // weight is initialised N(0, 1), as PyTorch does; the row `padding_idx`, when given, starts at
-// zero (PyTorch also keeps its gradient zero; tessera's modules are inference-first, so it only
-// matters for the initial value here). A negative padding_idx counts from the end, as in PyTorch,
-// and options().padding_idx holds the resolved, non-negative row.
+// zero and, as in PyTorch, backward gives it no gradient. A negative padding_idx counts from the
+// end, as in PyTorch, and options().padding_idx holds the resolved, non-negative row. There is no
+// max_norm option (PyTorch's renormalises the rows looked up in place during the forward and does
+// not differentiate through that), so backward is the plain scatter-add.
 //
 // State dict key: "weight".
 #pragma once
@@ -19,11 +20,13 @@
 #include <string_view>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/core/threading.hpp"
 #include "tessera/nn/module.hpp"
+#include "tessera/nn/training.hpp"
 
 namespace tessera::nn {
 
@@ -72,6 +75,60 @@ class Embedding : public Module<Embedding<T>> {
   template <TensorLike I>
   Tensor<T, rank_v<I> + 1> forward(const I& ids) const {
     return lookup("tessera::nn::Embedding::forward", ids);
+  }
+
+  // What backward needs from forward_train: the ids (checked, as Index) and their shape.
+  struct Context {
+    std::vector<Index> ids;    // flattened, row-major
+    std::vector<Index> shape;  // the shape of ids
+  };
+
+  // The training forward: forward's output (bit for bit) and the context for backward. Errors as
+  // forward's, naming "tessera::nn::Embedding::forward_train".
+  template <TensorLike I>
+  Trained<Tensor<T, rank_v<I> + 1>, Context> forward_train(const I& ids) const {
+    Trained<Tensor<T, rank_v<I> + 1>, Context> r;
+    r.output = lookup("tessera::nn::Embedding::forward_train", ids);  // checks every id
+    const auto iv = cview(ids);
+    r.context.shape.assign(iv.shape().begin(), iv.shape().end());
+    r.context.ids.resize(static_cast<std::size_t>(iv.size()));
+    std::transform(iv.data(), iv.data() + iv.size(), r.context.ids.begin(),
+                   [](auto id) { return static_cast<Index>(id); });
+    return r;
+  }
+
+  // Given forward_train's context and dL/dout ([ids..., embedding_dim]): adds dL/dweight, the
+  // scatter-add weight.grad[ids[n], :] += grad_output[n, :] (torch.nn.Embedding's backward with
+  // sparse=False, scale_grad_by_freq=False), to weight.grad. The row padding_idx gets nothing.
+  // Rows are added in the order of the ids, by one thread, so the result is deterministic. Token
+  // ids have no gradient: nothing is returned. Throws ShapeError when grad_output's shape is not
+  // the output's or the weight's shape changed, ValueError for a context of another module (an
+  // id out of range for this one).
+  template <TensorLike G>
+  void backward(const Context& ctx, const G& grad_output) {
+    static_assert(std::is_same_v<scalar_t<G>, T>,
+                  "nn::Embedding::backward: gradient scalar type differs from the module's");
+    constexpr std::string_view fn = "tessera::nn::Embedding::backward";
+    check_parameters(fn);
+    const Index N = options_.num_embeddings, D = options_.embedding_dim;
+    Index n = 1;
+    for (Index d : ctx.shape) n *= d;
+    if (n != static_cast<Index>(ctx.ids.size()) ||
+        std::any_of(ctx.ids.begin(), ctx.ids.end(), [&](Index id) { return id < 0 || id >= N; }))
+      detail::raise<ValueError>(fn,
+                                "argument 'ctx' does not come from this module's forward_train");
+    const auto gv = cview(grad_output);
+    std::vector<Index> expected = ctx.shape;
+    expected.push_back(D);
+    detail::check_shape_equal(fn, "grad_output", gv.shape(), expected);
+    T* gw = detail::grad_of(weight).data();
+    const T* g = gv.data();
+    const Index pad = options_.padding_idx ? *options_.padding_idx : Index{-1};
+    for (Index i = 0; i < n; ++i) {
+      const Index id = ctx.ids[static_cast<std::size_t>(i)];
+      if (id == pad) continue;
+      VectorMap<T>(gw + id * D, D) += VectorMap<const T>(g + i * D, D);
+    }
   }
 
   // Throws ShapeError, naming `fn` and the parameter as `prefix` + "weight", unless weight is

@@ -32,10 +32,12 @@
 #include "tessera/core/scratch.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/kernels/attention.hpp"
+#include "tessera/kernels/attention_backward.hpp"
 #include "tessera/kernels/linear.hpp"
 #include "tessera/nn/linear.hpp"
 #include "tessera/nn/module.hpp"
 #include "tessera/nn/parameter.hpp"
+#include "tessera/nn/training.hpp"
 
 namespace tessera::nn {
 
@@ -90,6 +92,15 @@ struct KVCache {
   Tensor<T, 3> v;
   Index length = 0;  // keys held
   void clear() noexcept { length = 0; }
+};
+
+// The gradients backward returns, one per input. When query, key and value were one tensor
+// (self-attention), that tensor's gradient is the sum of the three.
+template <class T>
+struct MultiheadAttentionGrads {
+  Tensor<T, 3> query;  // [batch, Lq, embed_dim]
+  Tensor<T, 3> key;    // [batch, Lk, kdim]
+  Tensor<T, 3> value;  // [batch, Lk, vdim]
 };
 
 template <class T>
@@ -176,6 +187,36 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
       const Qx& query, const Kx& key, const Vx& value, TensorMap<T, 3> out,
       const MultiheadAttentionForwardOptions& fo = {},
       std::optional<TensorMap<const T, 2>> residual = {}) const;
+
+  // What backward needs from forward_train: the inputs, the projected queries, keys and values
+  // (with the bias_kv and zero-attention keys appended), each row's logsumexp of the attention,
+  // the out projection's context (it holds the attention output), and copies of the masks.
+  struct Context {
+    Tensor<T, 3> query, key, value;  // the inputs
+    Tensor<T, 3> q, k, v;            // [B, Lq, E], [B, Lk', E], [B, Lk', E]; Lk' = Lk + extra keys
+    Tensor<T, 3> lse;                // [B, num_heads, Lq]
+    typename Linear<T>::Context out_proj;
+    std::optional<SavedMask> attn_mask, key_padding_mask;
+    bool is_causal = false;
+    bool self_attention = false;  // query, key and value were one tensor: only `query` is kept
+  };
+
+  // The training forward: the output of forward (need_weights is refused: ValueError) and the
+  // context for backward. Every option of forward is supported: packed or separate projections,
+  // kdim/vdim, bias off, add_bias_kv, add_zero_attn, attn_mask, key_padding_mask, is_causal.
+  // The attention runs on the fused kernel, which saves each row's logsumexp for backward.
+  template <TensorLike Qx, TensorLike Kx, TensorLike Vx>
+  Trained<Tensor<T, 3>, Context> forward_train(
+      const Qx& query, const Kx& key, const Vx& value,
+      const MultiheadAttentionForwardOptions& fo = {}) const;
+
+  // Given forward_train's context and dL/dy [B, Lq, E]: adds the gradients of every parameter
+  // (in_proj or q/k/v_proj weights, in_proj_bias, bias_k, bias_v, out_proj) and returns dL/dquery,
+  // dL/dkey and dL/dvalue. The attention's backward recomputes each tile of probabilities from
+  // the saved logsumexp (FlashAttention-2, Dao 2023) and never forms the Lq x Lk matrix; a query
+  // row whose every key is masked gets zero gradients. No gradient flows into the masks.
+  template <TensorLike G>
+  MultiheadAttentionGrads<T> backward(const Context& ctx, const G& grad_output);
 
   // Packs the projection weights for inference (nn::Linear::prepack), in the slices forward
   // multiplies by: for self-attention (query, key and value the same tensor) the whole
@@ -347,6 +388,58 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
   void check_out(std::string_view fn, const TensorMap<T, 3>& out, Index B, Index Lq) const {
     const Index expected[] = {B, Lq, options_.embed_dim};
     detail::check_shape_equal(fn, "out", out.shape(), expected);
+  }
+
+  // The masks, checked and resolved against the scores [B, H, Lq, Lk].
+  void resolve_masks(std::string_view fn, const std::optional<Mask>& attn_mask,
+                     const std::optional<Mask>& key_padding_mask, Index B, Index Lq, Index Lk,
+                     std::optional<detail::MaskRows>& attn_rows,
+                     std::optional<detail::MaskRows>& pad_rows) const {
+    const Index H = options_.num_heads;
+    const Index target[] = {B, H, Lq, Lk};
+    if (attn_mask) {
+      const auto s = attn_mask->shape();
+      const bool two_d = s.size() == 2 && s[0] == Lq && s[1] == Lk;
+      const bool three_d = s.size() == 3 && s[0] == B * H && s[1] == Lq && s[2] == Lk;
+      if (!two_d && !three_d)
+        detail::raise<ShapeError>(fn, "argument 'attn_mask' has shape ", detail::shape_string(s),
+                                  ", expected [", Lq, ", ", Lk, "] or [", B * H, ", ", Lq, ", ", Lk,
+                                  "] ([Lq, Lk] or [batch * num_heads, Lq, Lk])");
+      attn_rows.emplace(three_d ? attn_mask->with_shape({B, H, Lq, Lk}, fn) : *attn_mask, target,
+                        fn, "attn_mask");
+    }
+    if (key_padding_mask) {
+      const auto s = key_padding_mask->shape();
+      if (s.size() != 2 || s[0] != B || s[1] != Lk)
+        detail::raise<ShapeError>(fn, "argument 'key_padding_mask' has shape ",
+                                  detail::shape_string(s), ", expected [", B, ", ", Lk,
+                                  "] ([batch, Lk])");
+      pad_rows.emplace(key_padding_mask->with_shape({B, 1, 1, Lk}, fn), target, fn,
+                       "key_padding_mask");
+    }
+  }
+
+  // The attention problem of a training forward or backward over a context's q, k, v (every
+  // tensor contiguous, heads in column blocks), writing or reading the attention output `attn`.
+  detail::AttentionProblem<T> train_problem(const Context& c, const T* attn,
+                                            const std::optional<detail::MaskRows>& attn_rows,
+                                            const std::optional<detail::MaskRows>& pad_rows,
+                                            Index Lk) const {
+    const Index E = options_.embed_dim, hd = head_dim();
+    const Index B = c.q.dim(0), Lq = c.q.dim(1), Lk2 = c.k.dim(1);
+    detail::AttentionProblem<T> p;
+    p.batch = B, p.heads = options_.num_heads, p.lq = Lq, p.lk = Lk2, p.d = hd, p.dv = hd;
+    p.q = {c.q.data(), Lq * E, hd, E};
+    p.k = {c.k.data(), Lk2 * E, hd, E};
+    p.v = {c.v.data(), Lk2 * E, hd, E};
+    p.out = {const_cast<T*>(attn), Lq * E, hd, E};
+    p.scale = hd > 0 ? static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd))) : T(1);
+    p.causal = c.is_causal;
+    p.masks[0] = attn_rows ? &*attn_rows : nullptr;
+    p.masks[1] = pad_rows ? &*pad_rows : nullptr;
+    p.mask_lk = Lk;
+    p.lse = const_cast<T*>(c.lse.data());
+    return p;
   }
 
   // Masks, attention over already projected q/k/v (read through strides), output projection into
@@ -550,29 +643,8 @@ MultiheadAttentionWeights<T> MultiheadAttention<T>::attend_projected(
     const MultiheadAttentionForwardOptions& fo, std::optional<TensorMap<const T, 2>> residual,
     TensorMap<T, 3> out) const {
   const Index E = options_.embed_dim, H = options_.num_heads, hd = head_dim();
-  // ---- masks, resolved against the scores [B, H, Lq, Lk] ----
-  const Index target[] = {B, H, Lq, Lk};
   std::optional<detail::MaskRows> attn_rows, pad_rows;
-  if (fo.attn_mask) {
-    const auto s = fo.attn_mask->shape();
-    const bool two_d = s.size() == 2 && s[0] == Lq && s[1] == Lk;
-    const bool three_d = s.size() == 3 && s[0] == B * H && s[1] == Lq && s[2] == Lk;
-    if (!two_d && !three_d)
-      detail::raise<ShapeError>(fn, "argument 'attn_mask' has shape ", detail::shape_string(s),
-                                ", expected [", Lq, ", ", Lk, "] or [", B * H, ", ", Lq, ", ", Lk,
-                                "] ([Lq, Lk] or [batch * num_heads, Lq, Lk])");
-    attn_rows.emplace(three_d ? fo.attn_mask->with_shape({B, H, Lq, Lk}, fn) : *fo.attn_mask,
-                      target, fn, "attn_mask");
-  }
-  if (fo.key_padding_mask) {
-    const auto s = fo.key_padding_mask->shape();
-    if (s.size() != 2 || s[0] != B || s[1] != Lk)
-      detail::raise<ShapeError>(fn, "argument 'key_padding_mask' has shape ",
-                                detail::shape_string(s), ", expected [", B, ", ", Lk,
-                                "] ([batch, Lk])");
-    pad_rows.emplace(fo.key_padding_mask->with_shape({B, 1, 1, Lk}, fn), target, fn,
-                     "key_padding_mask");
-  }
+  resolve_masks(fn, fo.attn_mask, fo.key_padding_mask, B, Lq, Lk, attn_rows, pad_rows);
 
   // ---- attention per (batch, head), written into the heads' columns of attn [B, Lq, E] ----
   detail::ScratchFrame frame;
@@ -617,6 +689,177 @@ MultiheadAttentionWeights<T> MultiheadAttention<T>::attend_projected(
     result.attn_weights = std::move(avg);
   }
   return result;
+}
+
+template <class T>
+template <TensorLike Qx, TensorLike Kx, TensorLike Vx>
+Trained<Tensor<T, 3>, typename MultiheadAttention<T>::Context> MultiheadAttention<T>::forward_train(
+    const Qx& query, const Kx& key, const Vx& value,
+    const MultiheadAttentionForwardOptions& fo) const {
+  static_assert(rank_v<Qx> == 3 && rank_v<Kx> == 3 && rank_v<Vx> == 3,
+                "nn::MultiheadAttention takes batch-first [batch, seq, features] tensors");
+  static_assert(std::is_same_v<scalar_t<Qx>, T> && std::is_same_v<scalar_t<Kx>, T> &&
+                    std::is_same_v<scalar_t<Vx>, T>,
+                "nn::MultiheadAttention: input scalar types differ from the module's");
+  constexpr std::string_view fn = "tessera::nn::MultiheadAttention::forward_train";
+  const auto qv = cview(query);
+  const auto kv = cview(key);
+  const auto vv = cview(value);
+  const Index E = options_.embed_dim;
+  const Index B = qv.dim(0), Lq = qv.dim(1), Lk = kv.dim(1);
+  if (qv.dim(2) != E)
+    detail::raise<ShapeError>(fn, "argument 'query' has shape ", detail::shape_string(qv.shape()),
+                              ", expected [batch, Lq, ", E, "] (embed_dim)");
+  const Index k_expected[] = {B, Lk, options_.kdim};
+  detail::check_shape_equal(fn, "key", kv.shape(), k_expected);
+  const Index v_expected[] = {B, Lk, options_.vdim};
+  detail::check_shape_equal(fn, "value", vv.shape(), v_expected);
+  if (fo.need_weights)
+    detail::raise<ValueError>(fn,
+                              "option 'need_weights' is true; the training forward does not return "
+                              "the attention weights (forward does)");
+  check_parameters(fn);
+  std::optional<detail::MaskRows> attn_rows, pad_rows;
+  resolve_masks(fn, fo.attn_mask, fo.key_padding_mask, B, Lq, Lk, attn_rows, pad_rows);
+
+  Trained<Tensor<T, 3>, Context> r;
+  Context& c = r.context;
+  const auto copy = [](const auto& x) {
+    Tensor<T, 3> t(x.shape(), uninitialized);
+    std::copy_n(x.data(), x.size(), t.data());
+    return t;
+  };
+  c.self_attention = qv.data() == kv.data() && kv.data() == vv.data() && qv.shape() == kv.shape() &&
+                     kv.shape() == vv.shape();
+  c.query = copy(qv);
+  if (!c.self_attention) c.key = copy(kv), c.value = copy(vv);
+  if (fo.attn_mask) c.attn_mask.emplace(*fo.attn_mask);
+  if (fo.key_padding_mask) c.key_padding_mask.emplace(*fo.key_padding_mask);
+  c.is_causal = fo.is_causal;
+  // q [B, Lq, E], k and v [B, Lk, E]: one product each
+  c.q = linear(qv, proj_weight(kQ), proj_bias(kQ));
+  auto k = linear(kv, proj_weight(kK), proj_bias(kK));
+  auto v = linear(vv, proj_weight(kV), proj_bias(kV));
+  // bias_k / bias_v, then a zero key and value, appended to every batch's keys (PyTorch's order)
+  const Index extra = (options_.add_bias_kv ? 1 : 0) + (options_.add_zero_attn ? 1 : 0);
+  const Index Lk2 = Lk + extra;
+  if (extra) {
+    c.k = Tensor<T, 3>(Shape<3>{B, Lk2, E});
+    c.v = Tensor<T, 3>(Shape<3>{B, Lk2, E});
+    for (Index b = 0; b < B; ++b) {
+      std::copy_n(k.data() + b * Lk * E, Lk * E, c.k.data() + b * Lk2 * E);
+      std::copy_n(v.data() + b * Lk * E, Lk * E, c.v.data() + b * Lk2 * E);
+      if (options_.add_bias_kv) {
+        std::copy_n(bias_k.value.data(), E, c.k.data() + (b * Lk2 + Lk) * E);
+        std::copy_n(bias_v.value.data(), E, c.v.data() + (b * Lk2 + Lk) * E);
+      }
+    }
+  } else {
+    c.k = std::move(k);
+    c.v = std::move(v);
+  }
+  // attention [B, Lq, E] (heads in column blocks) and each row's logsumexp [B, H, Lq]
+  Tensor<T, 3> attn(Shape<3>{B, Lq, E}, uninitialized);
+  c.lse = Tensor<T, 3>(Shape<3>{B, options_.num_heads, Lq}, uninitialized);
+  detail::attention_fused(train_problem(c, attn.data(), attn_rows, pad_rows, Lk));
+  auto o = out_proj.forward_train(attn);
+  r.output = std::move(o.output);
+  c.out_proj = std::move(o.context);
+  return r;
+}
+
+template <class T>
+template <TensorLike G>
+MultiheadAttentionGrads<T> MultiheadAttention<T>::backward(const Context& ctx,
+                                                           const G& grad_output) {
+  static_assert(rank_v<G> == 3 && std::is_same_v<scalar_t<G>, T>,
+                "nn::MultiheadAttention::backward takes a [batch, Lq, embed_dim] gradient of the "
+                "module's scalar type");
+  constexpr std::string_view fn = "tessera::nn::MultiheadAttention::backward";
+  check_parameters(fn);
+  const Index E = options_.embed_dim, hd = head_dim();
+  const Index extra = (options_.add_bias_kv ? 1 : 0) + (options_.add_zero_attn ? 1 : 0);
+  const Index B = ctx.q.dim(0), Lq = ctx.q.dim(1), Lk2 = ctx.k.dim(1), Lk = Lk2 - extra;
+  const Tensor<T, 3>& key_in = ctx.self_attention ? ctx.query : ctx.key;
+  const Tensor<T, 3>& value_in = ctx.self_attention ? ctx.query : ctx.value;
+  const bool consistent = ctx.q.dim(2) == E && ctx.k.shape() == Shape<3>{B, Lk2, E} &&
+                          ctx.v.shape() == ctx.k.shape() && Lk >= 0 &&
+                          ctx.query.shape() == Shape<3>{B, Lq, E} &&
+                          key_in.shape() == Shape<3>{B, Lk, options_.kdim} &&
+                          value_in.shape() == Shape<3>{B, Lk, options_.vdim} &&
+                          ctx.lse.shape() == Shape<3>{B, options_.num_heads, Lq} &&
+                          ctx.out_proj.input.shape() == Shape<2>{B * Lq, E};
+  if (!consistent)
+    detail::raise<ValueError>(fn, "argument 'ctx' does not come from this module's forward_train");
+  const Index g_expected[] = {B, Lq, E};
+  detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(), g_expected);
+  std::optional<Mask> attn_mask, pad_mask;
+  if (ctx.attn_mask) attn_mask = ctx.attn_mask->mask();
+  if (ctx.key_padding_mask) pad_mask = ctx.key_padding_mask->mask();
+  std::optional<detail::MaskRows> attn_rows, pad_rows;
+  resolve_masks(fn, attn_mask, pad_mask, B, Lq, Lk, attn_rows, pad_rows);
+
+  // d_attn [B, Lq, E] = dy W_o; out_proj's gradients added
+  const Tensor<T, 3> d_attn = out_proj.backward(ctx.out_proj, grad_output);
+  // dq [B, Lq, E], dk and dv [B, Lk', E]: the attention's backward, per head
+  Tensor<T, 3> dq(Shape<3>{B, Lq, E}, uninitialized), dk(Shape<3>{B, Lk2, E}, uninitialized),
+      dv(Shape<3>{B, Lk2, E}, uninitialized);
+  detail::AttentionBackwardProblem<T> bp;
+  bp.forward = train_problem(ctx, ctx.out_proj.input.data(), attn_rows, pad_rows, Lk);
+  bp.lse = ctx.lse.data();
+  bp.dout = {d_attn.data(), Lq * E, hd, E};
+  bp.dq = {dq.data(), Lq * E, hd, E};
+  bp.dk = {dk.data(), Lk2 * E, hd, E};
+  bp.dv = {dv.data(), Lk2 * E, hd, E};
+  detail::attention_backward_run(bp);
+  // The appended keys: bias_k and bias_v collect their rows' gradients; the zero key has none.
+  if (extra) {
+    if (options_.add_bias_kv) {
+      auto gk = detail::grad_of(bias_k).as_vector();
+      auto gv = detail::grad_of(bias_v).as_vector();
+      for (Index b = 0; b < B; ++b) {
+        gk += Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(dk.data() + (b * Lk2 + Lk) * E,
+                                                                    E);
+        gv += Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(dv.data() + (b * Lk2 + Lk) * E,
+                                                                    E);
+      }
+    }
+    Tensor<T, 3> dk2(Shape<3>{B, Lk, E}, uninitialized), dv2(Shape<3>{B, Lk, E}, uninitialized);
+    for (Index b = 0; b < B; ++b) {
+      std::copy_n(dk.data() + b * Lk2 * E, Lk * E, dk2.data() + b * Lk * E);
+      std::copy_n(dv.data() + b * Lk2 * E, Lk * E, dv2.data() + b * Lk * E);
+    }
+    dk = std::move(dk2);
+    dv = std::move(dv2);
+  }
+  // The input projections: dW_part += d^T x, db_part += sum of d's rows, dx = d W_part.
+  const auto project_back = [&](int part, const Tensor<T, 3>& d, const Tensor<T, 3>& x) {
+    const Index rows = d.dim(0) * d.dim(1), features = x.dim(2);
+    const auto d2 = TensorMap<const T, 2>(d.data(), {rows, E});
+    const auto x2 = TensorMap<const T, 2>(x.data(), {rows, features});
+    // the weight's gradient: rows [part E, (part + 1) E) of in_proj_weight's, or q/k/v_proj's
+    T* gw = packed() ? detail::grad_of(in_proj_weight).data() + part * E * E
+                     : detail::grad_of(part == kQ   ? q_proj_weight
+                                       : part == kK ? k_proj_weight
+                                                    : v_proj_weight)
+                           .data();
+    matmul_into(d2, x2, TensorMap<T, 2>(gw, {E, features}),
+                {.transpose_a = true, .accumulate = true});
+    if (options_.bias) {
+      Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>> gb(
+          detail::grad_of(in_proj_bias).data() + part * E, E);
+      for (Index r = 0; r < rows; ++r)
+        gb += Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(d.data() + r * E, E);
+    }
+    Tensor<T, 3> dx(Shape<3>{d.dim(0), d.dim(1), features}, uninitialized);
+    matmul_into(d2, proj_weight(part), dx.template reshape<2>({rows, features}));
+    return dx;
+  };
+  MultiheadAttentionGrads<T> g;
+  g.query = project_back(kQ, dq, ctx.query);
+  g.key = project_back(kK, dk, key_in);
+  g.value = project_back(kV, dv, value_in);
+  return g;
 }
 
 }  // namespace tessera::nn

@@ -36,6 +36,7 @@
 #include "tessera/kernels/linear.hpp"
 #include "tessera/nn/layer_norm.hpp"
 #include "tessera/nn/module.hpp"
+#include "tessera/nn/training.hpp"
 
 namespace tessera::detail {
 
@@ -68,6 +69,28 @@ void unfold_patches(const T* images, Index B, Index C, Index H, Index W, Index p
                        for (Index i = 0; i < ph; ++i)
                          std::copy_n(images + ((b * C + c) * H + gy * ph + i) * W + gx * pw, pw,
                                      row + (c * ph + i) * pw);
+                   }
+                 }
+               });
+}
+
+// The adjoint of unfold_patches: adds each row's elements back into the pixels they came from
+// (patches never overlap, so each pixel receives at most one value). grad_images [B, C, H, W]
+// must be zero-initialised; pixels beyond the grid stay zero.
+template <class T>
+void fold_patches(const T* rows, Index B, Index C, Index H, Index W, Index ph, Index pw, Index gh,
+                  Index gw, T* grad_images, Index tokens, Index first) {
+  const Index K = C * ph * pw;
+  parallel_for(B * gh, std::max<Index>(1, Index{16384} / std::max<Index>(gw * K, 1)),
+               [&](Index r0, Index r1) {
+                 for (Index r = r0; r < r1; ++r) {
+                   const Index b = r / gh, gy = r % gh;
+                   for (Index gx = 0; gx < gw; ++gx) {
+                     const T* row = rows + (b * tokens + first + gy * gw + gx) * K;
+                     for (Index c = 0; c < C; ++c)
+                       for (Index i = 0; i < ph; ++i)
+                         std::copy_n(row + (c * ph + i) * pw, pw,
+                                     grad_images + ((b * C + c) * H + gy * ph + i) * W + gx * pw);
                    }
                  }
                });
@@ -150,6 +173,28 @@ class PatchEmbedding : public Module<PatchEmbedding<T>> {
   requires(rank_v<X> == 4) Tensor<T, 3> forward(const X& images)
   const { return embed("tessera::nn::PatchEmbedding::forward", "images", images); }
 
+  // What backward needs: the unfolded patches [B * num_tokens, C * ph * pw] (a class token's row
+  // zero) and ln_pre's context.
+  struct Context {
+    Tensor<T, 2> patches;
+    Index batch = 0;
+    typename LayerNorm<T>::template Context<3> ln_pre;
+  };
+
+  // The training forward: forward's tokens [batch, num_tokens, embed_dim] and the context.
+  template <TensorLike X>
+  requires(rank_v<X> == 4) Trained<Tensor<T, 3>, Context> forward_train(const X& images)
+  const { return embed_train("tessera::nn::PatchEmbedding::forward_train", "images", images); }
+
+  // Given forward_train's context and dL/dtokens [batch, num_tokens, embed_dim]: adds the
+  // gradients of conv1 (weight, bias), class_embedding, positional_embedding and ln_pre, and
+  // returns dL/dimages [batch, in_channels, height, width] (zero for pixels beyond the patch grid,
+  // which the forward drops).
+  template <TensorLike G>
+  Tensor<T, 4> backward(const Context& ctx, const G& grad_output) {
+    return embed_backward("tessera::nn::PatchEmbedding::backward", ctx, grad_output);
+  }
+
   // Throws ShapeError, naming `fn` and the parameter as `prefix` + its state-dict name, unless
   // conv1.weight is [embed_dim, in_channels, ph, pw], conv1.bias (with bias) and class_embedding
   // (with cls_token) [embed_dim], positional_embedding [num_tokens, embed_dim] and ln_pre.* (with
@@ -182,8 +227,11 @@ class PatchEmbedding : public Module<PatchEmbedding<T>> {
 
   // forward, with the errors naming `fn` and the input as `arg` (AudioPatchEmbedding's forward
   // embeds through it, with its spectrogram checked and seen as images).
+  // With `keep`, the unfolded patches are moved into *keep (for backward); ln_pre runs only
+  // with `norm`.
   template <TensorLike X>
-  Tensor<T, 3> embed(std::string_view fn, std::string_view arg, const X& images) const {
+  Tensor<T, 3> embed(std::string_view fn, std::string_view arg, const X& images,
+                     Tensor<T, 2>* keep = nullptr, bool norm = true) const {
     static_assert(std::is_same_v<scalar_t<X>, T>,
                   "nn::PatchEmbedding: input scalar type differs from the module's");
     check_parameters(fn);
@@ -225,8 +273,73 @@ class PatchEmbedding : public Module<PatchEmbedding<T>> {
       tok += pos;
       if (first) tok.row(0) = class_embedding.value.as_matrix() + pos.row(0);
     }
-    if (options_.pre_norm) ln_pre.forward_into(out, out);
+    if (options_.pre_norm && norm) ln_pre.forward_into(out, out);
+    if (keep) *keep = std::move(patches);
     return out;
+  }
+
+  // forward_train and backward, naming `fn` (AudioPatchEmbedding's go through them too).
+  template <TensorLike X>
+  Trained<Tensor<T, 3>, Context> embed_train(std::string_view fn, std::string_view arg,
+                                             const X& images) const {
+    Trained<Tensor<T, 3>, Context> r;
+    r.output = embed(fn, arg, images, &r.context.patches, /*norm=*/!options_.pre_norm);
+    r.context.batch = r.output.dim(0);
+    if (options_.pre_norm) {
+      auto n = ln_pre.forward_train(r.output);
+      r.output = std::move(n.output);
+      r.context.ln_pre = std::move(n.context);
+    }
+    return r;
+  }
+  template <TensorLike G>
+  Tensor<T, 4> embed_backward(std::string_view fn, const Context& ctx, const G& grad_output) {
+    static_assert(rank_v<G> == 3 && std::is_same_v<scalar_t<G>, T>,
+                  "PatchEmbedding::backward takes a [batch, num_tokens, embed_dim] gradient");
+    check_parameters(fn);
+    const Index B = ctx.batch, E = options_.embed_dim, K = patch_features(), Tn = num_tokens();
+    const Index first = options_.cls_token ? 1 : 0;
+    if (ctx.patches.shape() != Shape<2>{B * Tn, K} ||
+        (options_.pre_norm && ctx.ln_pre.input.shape() != Shape<3>{B, Tn, E}))
+      detail::raise<ValueError>(fn,
+                                "argument 'ctx' does not come from this module's forward_train");
+    const Index g_expected[] = {B, Tn, E};
+    detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(), g_expected);
+    // d: dL/d(tokens before ln_pre) [B, T, E]
+    Tensor<T, 3> d;
+    if (options_.pre_norm) {
+      d = ln_pre.backward(ctx.ln_pre, grad_output);
+    } else {
+      d = Tensor<T, 3>(Shape<3>{B, Tn, E}, uninitialized);
+      std::copy_n(cview(grad_output).data(), d.size(), d.data());
+    }
+    auto gpos = detail::grad_of(positional_embedding).as_matrix();
+    for (Index b = 0; b < B; ++b) gpos += d[b].as_matrix();
+    if (first) {
+      auto gcls = detail::grad_of(class_embedding).as_vector();
+      for (Index b = 0; b < B; ++b) {
+        gcls += d[b][0].as_vector();
+        d[b][0].as_vector().setZero();  // the class token does not come from the product
+      }
+    }
+    const auto d2 = d.template reshape<2>({B * Tn, E});
+    // conv1.weight [E, K] += d^T [E, B T] x patches [B T, K]
+    matmul_into(d2, ctx.patches, TensorMap<T, 2>(detail::grad_of(conv1_weight).data(), {E, K}),
+                {.transpose_a = true, .accumulate = true});
+    if (options_.bias) {
+      auto gb = detail::grad_of(conv1_bias).as_vector();
+      for (Index r = 0; r < B * Tn; ++r) gb += d2.as_matrix().row(r).transpose();
+    }
+    // dpatches [B T, K] = d [B T, E] x conv1.weight [E, K], folded back onto the pixels
+    const Tensor<T, 2> dpatches =
+        matmul(d2, TensorMap<const T, 2>(conv1_weight.value.data(), {E, K}));
+    const auto [gh, gw] = grid();
+    Tensor<T, 4> dimages(
+        Shape<4>{B, options_.in_channels, options_.image_size[0], options_.image_size[1]});
+    detail::fold_patches(dpatches.data(), B, options_.in_channels, options_.image_size[0],
+                         options_.image_size[1], options_.patch_size[0], options_.patch_size[1], gh,
+                         gw, dimages.data(), Tn, first);
+    return dimages;
   }
 
   PatchEmbeddingOptions options_{};

@@ -14,8 +14,13 @@
 // Both add positions [start, start + L) to x: out[b, t, :] = x[b, t, :] + table[start + t, :].
 // `start` (default 0) is for incremental decoding, where the new tokens follow `start` earlier
 // ones. start + L > max_len throws ShapeError.
+//
+// Training: forward_train(x, start) returns forward's output and a Context (x's shape and start);
+// backward(ctx, dy) returns dL/dx = dy (the table is added) and, for the learned table, adds
+// dL/dweight[start + t, :] += sum over the batch of dy[b, t, :] to weight.grad.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <span>
@@ -27,6 +32,7 @@
 #include "tessera/core/tensor.hpp"
 #include "tessera/core/threading.hpp"
 #include "tessera/nn/module.hpp"
+#include "tessera/nn/training.hpp"
 
 namespace tessera::detail {
 
@@ -83,6 +89,36 @@ Tensor<T, 3> add_positional_table(std::string_view fn, const X& x, TensorMap<con
   return out;
 }
 
+// What the positional encodings' backward needs: the input's shape and the first position.
+struct PositionalContext {
+  Shape<3> shape{};  // x's: [batch, L, embed_dim]
+  Index start = -1;  // -1: not from a forward_train
+};
+
+// Checks backward's arguments for a table of [max_len, d]: a context of a forward_train with
+// positions that fit, and dy of the input's shape. Returns dy's view.
+template <class T, TensorLike G>
+TensorMap<const T, 3> check_positional_backward(std::string_view fn, const PositionalContext& ctx,
+                                                const G& grad_output, Index max_len, Index d) {
+  static_assert(rank_v<G> == 3 && std::is_same_v<scalar_t<G>, T>,
+                "positional encodings' backward takes a [batch, L, embed_dim] gradient of the "
+                "module's scalar type");
+  if (ctx.start < 0 || ctx.shape[2] != d || ctx.shape[1] > max_len - ctx.start ||
+      ctx.shape[0] < 0 || ctx.shape[1] < 0)
+    raise<ValueError>(fn, "argument 'ctx' does not come from this module's forward_train");
+  const auto gv = cview(grad_output);
+  check_shape_equal(fn, "grad_output", gv.shape(), ctx.shape);
+  return gv;
+}
+
+// A copy of dy: the gradient of x, which the table is added to.
+template <class T>
+Tensor<T, 3> positional_input_grad(TensorMap<const T, 3> gv) {
+  Tensor<T, 3> dx(gv.shape(), uninitialized);
+  std::copy_n(gv.data(), gv.size(), dx.data());
+  return dx;
+}
+
 }  // namespace tessera::detail
 
 namespace tessera::nn {
@@ -132,6 +168,29 @@ class SinusoidalPositionalEncoding : public Module<SinusoidalPositionalEncoding<
                                            cview(table_), start);
   }
 
+  using Context = detail::PositionalContext;
+
+  // The training forward: forward's output (bit for bit) and the context for backward.
+  template <TensorLike X>
+  Trained<Tensor<T, 3>, Context> forward_train(const X& x, Index start = 0) const {
+    Trained<Tensor<T, 3>, Context> r;
+    r.output = detail::add_positional_table<T>(
+        "tessera::nn::SinusoidalPositionalEncoding::forward_train", x, cview(table_), start);
+    r.context.shape = cview(x).shape();
+    r.context.start = start;
+    return r;
+  }
+
+  // Given forward_train's context and dL/dy [batch, L, embed_dim]: returns dL/dx = dL/dy (the
+  // fixed table has no parameters). Throws ShapeError when grad_output's shape is not x's and
+  // ValueError for a context whose positions this module does not have.
+  template <TensorLike G>
+  Tensor<T, 3> backward(const Context& ctx, const G& grad_output) const {
+    return detail::positional_input_grad(detail::check_positional_backward<T>(
+        "tessera::nn::SinusoidalPositionalEncoding::backward", ctx, grad_output, options_.max_len,
+        options_.embed_dim));
+  }
+
   // No parameters.
   template <class Self, class F>
   static void visit(Self&, F&&, const std::string&) {}
@@ -164,6 +223,37 @@ class LearnedPositionalEmbedding : public Module<LearnedPositionalEmbedding<T>> 
     constexpr std::string_view fn = "tessera::nn::LearnedPositionalEmbedding::forward";
     check_parameters(fn);
     return detail::add_positional_table<T>(fn, x, cview(weight.value), start);
+  }
+
+  using Context = detail::PositionalContext;
+
+  // The training forward: forward's output (bit for bit) and the context for backward.
+  template <TensorLike X>
+  Trained<Tensor<T, 3>, Context> forward_train(const X& x, Index start = 0) const {
+    constexpr std::string_view fn = "tessera::nn::LearnedPositionalEmbedding::forward_train";
+    check_parameters(fn);
+    Trained<Tensor<T, 3>, Context> r;
+    r.output = detail::add_positional_table<T>(fn, x, cview(weight.value), start);
+    r.context.shape = cview(x).shape();
+    r.context.start = start;
+    return r;
+  }
+
+  // Given forward_train's context and dL/dy [batch, L, embed_dim]: adds
+  // weight.grad[start + t, :] += sum_b dL/dy[b, t, :] (only the rows used) and returns
+  // dL/dx = dL/dy. Throws ShapeError when grad_output's shape is not x's or the weight's shape
+  // changed, ValueError for a context whose positions this module does not have.
+  template <TensorLike G>
+  Tensor<T, 3> backward(const Context& ctx, const G& grad_output) {
+    constexpr std::string_view fn = "tessera::nn::LearnedPositionalEmbedding::backward";
+    check_parameters(fn);
+    const auto gv = detail::check_positional_backward<T>(fn, ctx, grad_output, options_.max_len,
+                                                         options_.embed_dim);
+    const Index B = ctx.shape[0], L = ctx.shape[1], d = options_.embed_dim;
+    // rows [start, start + L) of the gradient [max_len, d] += sum over b of dy[b]: [L, d]
+    auto gw = MatrixMap<T>(detail::grad_of(weight).data() + ctx.start * d, L, d);
+    for (Index b = 0; b < B; ++b) gw += MatrixMap<const T>(gv.data() + b * L * d, L, d);
+    return detail::positional_input_grad(gv);
   }
 
   // Throws ShapeError, naming `fn` and the parameter as `prefix` + "weight", unless weight is

@@ -20,6 +20,7 @@
 #include "tessera/nn/layer_norm.hpp"
 #include "tessera/nn/module.hpp"
 #include "tessera/nn/positional_encoding.hpp"
+#include "tessera/nn/training.hpp"
 
 namespace tessera::nn {
 
@@ -78,6 +79,75 @@ class TokenEmbedding : public Module<TokenEmbedding<T>> {
     for (Index b = 0; b < out.dim(0); ++b) out[b].as_matrix() += pos;
     if (options_.layer_norm) norm.forward_into(out, out);
     return out;
+  }
+
+  // What backward needs: the ids [batch, L], the first position, and the norm's context.
+  struct Context {
+    Tensor<Index, 2> ids;
+    Index start = 0;
+    typename LayerNorm<T>::template Context<3> norm;
+  };
+
+  // The training forward: forward's embeddings [batch, L, embed_dim] and the context.
+  template <TensorLike I>
+  requires(rank_v<I> == 2) Trained<Tensor<T, 3>, Context> forward_train(const I& ids,
+                                                                        Index start = 0)
+  const {
+    constexpr std::string_view fn = "tessera::nn::TokenEmbedding::forward_train";
+    check_parameters(fn);
+    const Index L = ids.shape()[1];
+    detail::check_positions(fn, "ids", ids.shape(), start, L, options_.max_len);
+    Trained<Tensor<T, 3>, Context> r;
+    r.output = token_embedding.lookup(fn, ids);
+    const auto pos = positional_embedding.value.as_matrix().middleRows(start, L);
+    for (Index b = 0; b < r.output.dim(0); ++b) r.output[b].as_matrix() += pos;
+    const auto iv = cview(ids);
+    r.context.ids = Tensor<Index, 2>(iv.shape(), uninitialized);
+    for (Index i = 0; i < iv.size(); ++i)
+      r.context.ids.data()[i] = static_cast<Index>(iv.data()[i]);
+    r.context.start = start;
+    if (options_.layer_norm) {
+      auto n = norm.forward_train(r.output);
+      r.output = std::move(n.output);
+      r.context.norm = std::move(n.context);
+    }
+    return r;
+  }
+
+  // Given forward_train's context and dL/dout [batch, L, embed_dim]: adds the gradients of the
+  // rows of token_embedding.weight the ids read (none into padding_idx's row, as
+  // torch.nn.Embedding), of the positions used, and of the norm. Ids have no gradient.
+  template <TensorLike G>
+  void backward(const Context& ctx, const G& grad_output) {
+    static_assert(rank_v<G> == 3 && std::is_same_v<scalar_t<G>, T>,
+                  "TokenEmbedding::backward takes a [batch, L, embed_dim] gradient");
+    constexpr std::string_view fn = "tessera::nn::TokenEmbedding::backward";
+    check_parameters(fn);
+    const Index B = ctx.ids.dim(0), L = ctx.ids.dim(1), E = options_.embed_dim;
+    const Index g_expected[] = {B, L, E};
+    detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(), g_expected);
+    if (ctx.start < 0 || ctx.start + L > options_.max_len)
+      detail::raise<ValueError>(fn,
+                                "argument 'ctx' does not come from this module's forward_train");
+    Tensor<T, 3> d;
+    if (options_.layer_norm) {
+      d = norm.backward(ctx.norm, grad_output);
+    } else {
+      d = Tensor<T, 3>(Shape<3>{B, L, E}, uninitialized);
+      std::copy_n(cview(grad_output).data(), d.size(), d.data());
+    }
+    auto gpos = detail::grad_of(positional_embedding).as_matrix().middleRows(ctx.start, L);
+    for (Index b = 0; b < B; ++b) gpos += d[b].as_matrix();
+    auto gw = detail::grad_of(token_embedding.weight).as_matrix();
+    for (Index b = 0; b < B; ++b)
+      for (Index t = 0; t < L; ++t) {
+        const Index id = ctx.ids(b, t);
+        if (id < 0 || id >= options_.vocab_size)
+          detail::raise<ValueError>(fn, "argument 'ctx' holds id ", id, ", outside [0, ",
+                                    options_.vocab_size, ")");
+        if (const auto pad = token_embedding.options().padding_idx; pad && id == *pad) continue;
+        gw.row(id) += d[b][t].as_vector().transpose();
+      }
   }
 
   // Throws ShapeError, naming `fn` and the parameter as `prefix` + its state-dict name, unless

@@ -13,6 +13,8 @@
 // changes the context: it may be called more than once.
 #pragma once
 
+#include <utility>
+
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/nn/parameter.hpp"
@@ -35,6 +37,21 @@ template <class T, int R>
 Tensor<T, R>& grad_of(nn::Parameter<T, R>& p) {
   if (!p.has_grad()) p.zero_grad();
   return p.grad;
+}
+
+// a += b, element-wise, for tensors of one shape: the skip connections' gradients.
+template <class T, int R>
+void add_into(Tensor<T, R>& a, const Tensor<T, R>& b) {
+  a.as_array() += b.as_array();
+}
+
+// query + key + value of an attention's input gradients: the gradient of one tensor that was the
+// attention's query, key and value (self-attention).
+template <class Grads>
+auto self_attention_grad(Grads&& g) {
+  add_into(g.query, g.key);
+  add_into(g.query, g.value);
+  return std::move(g.query);
 }
 
 }  // namespace tessera::detail

@@ -150,6 +150,64 @@ class TransformerDecoder : public Module<TransformerDecoder<T>> {
       layers[i].check_parameters(fn, detail::ParameterPrefix(prefix, "layers.", i));
     if (options_.final_norm) norm.check_parameters(fn, detail::ParameterPrefix(prefix, "norm."));
   }
+  // What backward needs: each layer's context and the final norm's.
+  struct Context {
+    std::vector<typename TransformerDecoderLayer<T>::Context> layers;
+    typename LayerNorm<T>::template Context<3> norm;
+  };
+
+  // The training forward: the stack's output (as forward computes it, up to rounding) and the
+  // context for backward.
+  template <TensorLike X, TensorLike M>
+  Trained<Tensor<T, 3>, Context> forward_train(
+      const X& tgt, const M& memory, const TransformerDecoderLayerForwardOptions& fo = {}) const {
+    static_assert(rank_v<X> == 3 && rank_v<M> == 3, "TransformerDecoder takes [batch, L, d_model]");
+    check_call("tessera::nn::TransformerDecoder::forward_train", cview(tgt), cview(memory), fo);
+    Trained<Tensor<T, 3>, Context> r;
+    auto l = layers.front().forward_train(tgt, memory, fo);
+    r.context.layers.push_back(std::move(l.context));
+    for (std::size_t i = 1; i < layers.size(); ++i) {
+      auto next = layers[i].forward_train(l.output, memory, fo);
+      l.output = std::move(next.output);
+      r.context.layers.push_back(std::move(next.context));
+    }
+    if (options_.final_norm) {
+      auto n = norm.forward_train(l.output);
+      l.output = std::move(n.output);
+      r.context.norm = std::move(n.context);
+    }
+    r.output = std::move(l.output);
+    return r;
+  }
+
+  // Given forward_train's context and dL/dy [batch, Lt, d_model]: adds every parameter's
+  // gradient and returns dL/dtgt and dL/dmemory (summed over the layers, which all read memory).
+  template <TensorLike G>
+  TransformerDecoderGrads<T> backward(const Context& ctx, const G& grad_output) {
+    static_assert(rank_v<G> == 3 && std::is_same_v<scalar_t<G>, T>,
+                  "TransformerDecoder::backward takes a [batch, Lt, d_model] gradient");
+    constexpr std::string_view fn = "tessera::nn::TransformerDecoder::backward";
+    check_parameters(fn);
+    if (ctx.layers.size() != layers.size())
+      detail::raise<ValueError>(fn, "argument 'ctx' holds ", ctx.layers.size(),
+                                " layers' contexts, the stack has ", layers.size(), " layers");
+    detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(),
+                              ctx.layers.front().norm1.input.shape());
+    TransformerDecoderGrads<T> g;
+    g.tgt = Tensor<T, 3>(cview(grad_output).shape(), uninitialized);
+    std::copy_n(cview(grad_output).data(), g.tgt.size(), g.tgt.data());
+    if (options_.final_norm) g.tgt = norm.backward(ctx.norm, g.tgt);
+    for (std::size_t i = layers.size(); i-- > 0;) {
+      auto li = layers[i].backward(ctx.layers[i], g.tgt);
+      g.tgt = std::move(li.tgt);
+      if (i + 1 == layers.size())
+        g.memory = std::move(li.memory);
+      else
+        detail::add_into(g.memory, li.memory);
+    }
+    return g;
+  }
+
   // The checks of forward and forward_into but the output's: the layers and parameters, tgt,
   // memory and the masks.
   void check_call(std::string_view fn, const TensorMap<const T, 3>& tgt,

@@ -64,6 +64,56 @@ class TransformerEncoder : public Module<TransformerEncoder<T>> {
     run(src, out, fo);
   }
 
+  // What backward needs: each layer's context and the final norm's.
+  struct Context {
+    std::vector<typename TransformerEncoderLayer<T>::Context> layers;
+    typename LayerNorm<T>::template Context<3> norm;
+  };
+
+  // The training forward: the stack's output (as forward computes it, up to rounding) and the
+  // context for backward.
+  template <TensorLike X>
+  Trained<Tensor<T, 3>, Context> forward_train(
+      const X& src, const TransformerEncoderLayerForwardOptions& fo = {}) const {
+    static_assert(rank_v<X> == 3, "TransformerEncoder takes [batch, L, d_model]");
+    check_call("tessera::nn::TransformerEncoder::forward_train", cview(src), fo);
+    Trained<Tensor<T, 3>, Context> r;
+    auto l = layers.front().forward_train(src, fo);
+    r.context.layers.push_back(std::move(l.context));
+    for (std::size_t i = 1; i < layers.size(); ++i) {
+      auto next = layers[i].forward_train(l.output, fo);
+      l.output = std::move(next.output);
+      r.context.layers.push_back(std::move(next.context));
+    }
+    if (options_.final_norm) {
+      auto n = norm.forward_train(l.output);
+      l.output = std::move(n.output);
+      r.context.norm = std::move(n.context);
+    }
+    r.output = std::move(l.output);
+    return r;
+  }
+
+  // Given forward_train's context and dL/dy [batch, L, d_model]: adds every parameter's gradient
+  // and returns dL/dsrc.
+  template <TensorLike G>
+  Tensor<T, 3> backward(const Context& ctx, const G& grad_output) {
+    static_assert(rank_v<G> == 3 && std::is_same_v<scalar_t<G>, T>,
+                  "TransformerEncoder::backward takes a [batch, L, d_model] gradient");
+    constexpr std::string_view fn = "tessera::nn::TransformerEncoder::backward";
+    check_parameters(fn);
+    if (ctx.layers.size() != layers.size())
+      detail::raise<ValueError>(fn, "argument 'ctx' holds ", ctx.layers.size(),
+                                " layers' contexts, the stack has ", layers.size(), " layers");
+    detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(),
+                              ctx.layers.front().norm1.input.shape());
+    Tensor<T, 3> d(cview(grad_output).shape(), uninitialized);
+    std::copy_n(cview(grad_output).data(), d.size(), d.data());
+    if (options_.final_norm) d = norm.backward(ctx.norm, d);
+    for (std::size_t i = layers.size(); i-- > 0;) d = layers[i].backward(ctx.layers[i], d);
+    return d;
+  }
+
   // Throws, naming `fn`, unless `layers` holds num_layers layers of the configured d_model and
   // nhead (ValueError) and every parameter has the shape the options give (ShapeError, the
   // parameter named as `prefix` + its state-dict name: layers.<i>.*, norm.*).

@@ -22,6 +22,7 @@
 #include "tessera/nn/layer_norm.hpp"
 #include "tessera/nn/module.hpp"
 #include "tessera/nn/multihead_attention.hpp"
+#include "tessera/nn/training.hpp"
 
 namespace tessera::nn {
 
@@ -167,6 +168,86 @@ class TransformerEncoderLayer : public Module<TransformerEncoderLayer<T>> {
     check_call(fn, cview(src), fo);
     check_transformer_out(fn, out, cview(src));
     run(src, out, fo);
+  }
+
+  // What backward needs: the contexts of the attention, the feed-forward block and both norms.
+  struct Context {
+    typename MultiheadAttention<T>::Context self_attn;
+    typename FeedForward<T>::Context ff;
+    typename LayerNorm<T>::template Context<3> norm1, norm2;
+    bool norm_first = false;
+  };
+
+  // The training forward: the layer's output, as forward computes it up to rounding (the skip
+  // connections are added after the products here), and the context for backward.
+  template <TensorLike X>
+  Trained<Tensor<T, 3>, Context> forward_train(
+      const X& src, const TransformerEncoderLayerForwardOptions& fo = {}) const {
+    static_assert(rank_v<X> == 3, "TransformerEncoderLayer takes [batch, L, d_model]");
+    constexpr std::string_view fn = "tessera::nn::TransformerEncoderLayer::forward_train";
+    check_call(fn, cview(src), fo);
+    const MultiheadAttentionForwardOptions sa{.key_padding_mask = fo.src_key_padding_mask,
+                                              .attn_mask = fo.src_mask,
+                                              .is_causal = fo.is_causal};
+    Trained<Tensor<T, 3>, Context> r;
+    Context& c = r.context;
+    c.norm_first = options_.norm_first;
+    Tensor<T, 3> x(cview(src).shape(), uninitialized);
+    std::copy_n(cview(src).data(), x.size(), x.data());
+    if (options_.norm_first) {
+      // x1 = x + sa(norm1(x)); y = x1 + ff(norm2(x1))
+      auto h1 = norm1.forward_train(x);
+      auto a = self_attn.forward_train(h1.output, h1.output, h1.output, sa);
+      detail::add_into(a.output, x);
+      auto h2 = norm2.forward_train(a.output);
+      auto f = ff.forward_train(h2.output);
+      detail::add_into(f.output, a.output);
+      r.output = std::move(f.output);
+      c.norm1 = std::move(h1.context), c.self_attn = std::move(a.context);
+      c.norm2 = std::move(h2.context), c.ff = std::move(f.context);
+      return r;
+    }
+    // x1 = norm1(x + sa(x)); y = norm2(x1 + ff(x1))
+    auto a = self_attn.forward_train(x, x, x, sa);
+    detail::add_into(a.output, x);
+    auto x1 = norm1.forward_train(a.output);
+    auto f = ff.forward_train(x1.output);
+    detail::add_into(f.output, x1.output);
+    auto y = norm2.forward_train(f.output);
+    r.output = std::move(y.output);
+    c.self_attn = std::move(a.context), c.norm1 = std::move(x1.context);
+    c.ff = std::move(f.context), c.norm2 = std::move(y.context);
+    return r;
+  }
+
+  // Given forward_train's context and dL/dy [batch, L, d_model]: adds every parameter's gradient
+  // and returns dL/dsrc.
+  template <TensorLike G>
+  Tensor<T, 3> backward(const Context& ctx, const G& grad_output) {
+    static_assert(rank_v<G> == 3 && std::is_same_v<scalar_t<G>, T>,
+                  "TransformerEncoderLayer::backward takes a [batch, L, d_model] gradient");
+    constexpr std::string_view fn = "tessera::nn::TransformerEncoderLayer::backward";
+    check_parameters(fn);
+    if (ctx.norm_first != options_.norm_first || ctx.norm1.input.dim(2) != options_.d_model)
+      detail::raise<ValueError>(fn,
+                                "argument 'ctx' does not come from this module's forward_train");
+    detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(),
+                              ctx.norm1.input.shape());
+    Tensor<T, 3> dy(cview(grad_output).shape(), uninitialized);
+    std::copy_n(cview(grad_output).data(), dy.size(), dy.data());
+    if (options_.norm_first) {
+      // dx1 = dy + norm2'(ff'(dy)); dx = dx1 + norm1'(sa'(dx1))
+      detail::add_into(dy, norm2.backward(ctx.norm2, ff.backward(ctx.ff, dy)));
+      detail::add_into(dy, norm1.backward(ctx.norm1, detail::self_attention_grad(
+                                                         self_attn.backward(ctx.self_attn, dy))));
+      return dy;
+    }
+    // dz2 = norm2'(dy); dz1 = norm1'(dz2 + ff'(dz2)); dx = dz1 + sa'(dz1)
+    Tensor<T, 3> dz = norm2.backward(ctx.norm2, dy);
+    detail::add_into(dz, ff.backward(ctx.ff, dz));
+    Tensor<T, 3> dx = norm1.backward(ctx.norm1, dz);
+    detail::add_into(dx, detail::self_attention_grad(self_attn.backward(ctx.self_attn, dx)));
+    return dx;
   }
 
   // Throws ShapeError, naming `fn` and the parameter as `prefix` + its state-dict name

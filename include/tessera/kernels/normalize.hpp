@@ -68,4 +68,58 @@ Tensor<scalar_t<X>, rank_v<X>> l2_normalize(const X& x, const L2NormalizeOptions
   return out;
 }
 
+// The backward of l2_normalize: given the forward's input x [..., n] and dy (x's shape), returns
+// dx = (dy - e (e . dy)) / ||x|| per row, e = x / ||x||; where the norm was floored at eps the
+// forward divided by the constant eps, so dx = dy / eps (PyTorch's F.normalize differentiates
+// x / clamp_min(||x||, eps) the same way). Rows whose sum of squares overflows are rescaled as
+// in the forward. NaN in x or dy gives a NaN row. Throws ShapeError (dy of another shape) and
+// ValueError (eps) naming tessera::l2_normalize_backward.
+template <TensorLike X, TensorLike G>
+Tensor<scalar_t<X>, rank_v<X>> l2_normalize_backward(const X& x, const G& dy,
+                                                     const L2NormalizeOptions& opts = {}) {
+  using T = scalar_t<X>;
+  static_assert(std::is_same_v<T, scalar_t<G>>, "l2_normalize_backward: x and dy types differ");
+  constexpr std::string_view fn = "tessera::l2_normalize_backward";
+  const auto xv = cview(x);
+  const auto gv = cview(dy);
+  detail::check_shape_equal(fn, "dy", gv.shape(), xv.shape());
+  if (!(static_cast<T>(opts.eps) > 0) || !std::isfinite(static_cast<T>(opts.eps)))
+    detail::raise<ValueError>(fn, "argument 'eps' is ", opts.eps,
+                              ", expected a finite value > 0 in the tensor's scalar type");
+  Tensor<T, rank_v<X>> dx(xv.shape(), uninitialized);
+  const Index n = xv.shape()[rank_v<X> - 1];
+  const Index rows = n > 0 ? xv.size() / n : 0;
+  const T eps = static_cast<T>(opts.eps);
+  using Arr = Eigen::Array<T, Eigen::Dynamic, 1>;
+  parallel_for(rows, detail::row_grain(n), [&](Index r0, Index r1) {
+    Arr scaled;
+    for (Index r = r0; r < r1; ++r) {
+      Eigen::Map<const Arr> xa(xv.data() + r * n, n), g(gv.data() + r * n, n);
+      Eigen::Map<Arr> out(dx.data() + r * n, n);
+      T ss = xa.square().sum(), s = 1, e = eps;
+      const T* xr = xv.data() + r * n;
+      if (!std::isfinite(ss)) {
+        const T f = detail::rescale_factor(xr, n);
+        if (f != 0) {
+          scaled = xa * f;
+          xr = scaled.data();
+          ss = scaled.square().sum();
+          s = f, e = eps * f;
+        }
+      }
+      const T norm = std::sqrt(ss);
+      if (norm > e) {
+        Eigen::Map<const Arr> xs(xr, n);
+        // d/dx_s (x_s / |x_s|) then the chain rule through x_s = s x
+        out = (g - xs * ((xs * g).sum() / ss)) * (s / norm);
+      } else if (std::isnan(norm)) {
+        out.setConstant(norm);
+      } else {
+        out = g * (s / e);
+      }
+    }
+  });
+  return dx;
+}
+
 }  // namespace tessera

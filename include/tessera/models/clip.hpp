@@ -31,6 +31,7 @@
 #include <utility>
 #include <vector>
 
+#include "tessera/contrastive/clip_loss.hpp"
 #include "tessera/contrastive/dual_encoder.hpp"
 #include "tessera/contrastive/zero_shot_classifier.hpp"
 #include "tessera/core/error.hpp"
@@ -113,6 +114,28 @@ class CLIP : public nn::Module<CLIP<T>> {
     Tensor<T, 2> l = logits(image_features, text_features);
     softmax_into(l, l);
     return l;
+  }
+
+  // One training step's loss and gradients: CLIP's contrastive loss (contrastive::clip_loss, as
+  // open_clip's ClipLoss: features L2-normalised, logits exp(logit_scale) a b^T, the symmetric
+  // cross-entropy of matching pairs) of images [N, C, H, W] and their captions' ids [N, L], row i
+  // of each a pair. Backpropagates through both towers and ADDS every parameter's gradient
+  // (logit_scale's included; zero the gradients first) and returns the loss. Throws ShapeError
+  // when the batches differ, and what the towers and the loss throw.
+  template <TensorLike X, TensorLike I>
+  T train_loss(const X& images, const I& ids, const contrastive::ClipLossOptions& opts = {}) {
+    constexpr std::string_view fn = "tessera::models::CLIP::train_loss";
+    if (cview(images).dim(0) != cview(ids).dim(0))
+      detail::raise<ShapeError>(fn, "arguments 'images' and 'ids' hold ", cview(images).dim(0),
+                                " and ", cview(ids).dim(0), " examples, expected pairs");
+    auto img = visual.forward_train(images);
+    auto txt = text.forward_train(ids);
+    const Tensor<T, 2> a = l2_normalize(img.output), b = l2_normalize(txt.output);
+    const auto r = contrastive::clip_loss(a, b, logit_scale.value(), opts);
+    detail::grad_of(logit_scale)() += r.grad_logit_scale;
+    visual.backward(img.context, l2_normalize_backward(img.output, r.grad_a));
+    text.backward(txt.context, l2_normalize_backward(txt.output, r.grad_b));
+    return r.loss;
   }
 
   // Packs both towers' weights for inference (see VisionTransformer::prepack).

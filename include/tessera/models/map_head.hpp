@@ -29,6 +29,7 @@
 #include "tessera/nn/module.hpp"
 #include "tessera/nn/multihead_attention.hpp"
 #include "tessera/nn/parameter.hpp"
+#include "tessera/nn/training.hpp"
 
 namespace tessera::models {
 
@@ -86,6 +87,61 @@ class MAPHead : public nn::Module<MAPHead<T>> {
     const Tensor<T, 2> h = layernorm.forward(x);
     const Tensor<T, 2> hidden = fc1.forward(h, options_.activation);  // [B, mlp_dim]
     return fc2.forward(hidden, Activation::identity, TensorMap<const T, 2>(x.data(), {B, W}));
+  }
+
+  // What backward needs: the contexts of the attention, the norm and both products.
+  struct Context {
+    typename nn::MultiheadAttention<T>::Context attention;
+    typename nn::LayerNorm<T>::template Context<2> layernorm;
+    typename nn::Linear<T>::Context fc1, fc2;
+  };
+
+  // The training forward: forward's [B, width] (to rounding) and the context for backward.
+  template <TensorLike X>
+  requires(rank_v<X> == 3) nn::Trained<Tensor<T, 2>, Context> forward_train(const X& tokens)
+  const {
+    constexpr std::string_view fn = "tessera::models::MAPHead::forward_train";
+    check_parameters(fn);
+    const auto xv = cview(tokens);
+    const Index B = xv.dim(0), W = options_.width;
+    const Index expected[] = {B, std::max<Index>(xv.dim(1), 1), W};
+    tessera::detail::check_shape_equal(fn, "tokens", xv.shape(), expected);
+    Tensor<T, 3> q(Shape<3>{B, 1, W}, uninitialized);
+    for (Index b = 0; b < B; ++b) q[b][0].as_vector() = probe.value.as_vector();
+    nn::Trained<Tensor<T, 2>, Context> r;
+    auto a = attention.forward_train(q, xv, xv);
+    const Tensor<T, 2> x(a.output.template reshape<2>({B, W}));
+    auto h = layernorm.forward_train(x);
+    auto f1 = fc1.forward_train(h.output, options_.activation);
+    auto f2 = fc2.forward_train(f1.output);
+    tessera::detail::add_into(f2.output, x);
+    r.output = std::move(f2.output);
+    r.context = {std::move(a.context), std::move(h.context), std::move(f1.context),
+                 std::move(f2.context)};
+    return r;
+  }
+
+  // Given forward_train's context and dL/dout [B, width]: adds every parameter's gradient (the
+  // probe's summed over the images) and returns dL/dtokens [B, N, width].
+  template <TensorLike G>
+  Tensor<T, 3> backward(const Context& ctx, const G& grad_output) {
+    static_assert(rank_v<G> == 2 && std::is_same_v<scalar_t<G>, T>,
+                  "MAPHead::backward takes a [B, width] gradient");
+    constexpr std::string_view fn = "tessera::models::MAPHead::backward";
+    check_parameters(fn);
+    const Index B = ctx.attention.q.dim(0), W = options_.width;
+    const Index expected[] = {B, W};
+    tessera::detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(), expected);
+    // dx [B, W] = dout + layernorm'(fc1'(fc2'(dout)))
+    Tensor<T, 2> dx(Shape<2>{B, W}, uninitialized);
+    std::copy_n(cview(grad_output).data(), dx.size(), dx.data());
+    tessera::detail::add_into(
+        dx, layernorm.backward(ctx.layernorm, fc1.backward(ctx.fc1, fc2.backward(ctx.fc2, dx))));
+    auto g = attention.backward(ctx.attention, TensorMap<const T, 3>(dx.data(), {B, 1, W}));
+    auto gp = tessera::detail::grad_of(probe).as_vector();
+    for (Index b = 0; b < B; ++b) gp += g.query[b][0].as_vector();
+    tessera::detail::add_into(g.key, g.value);
+    return std::move(g.key);
   }
 
   // Packs the attention's and the MLP's weights for inference (nn::Linear::prepack).

@@ -41,6 +41,7 @@
 #include <utility>
 #include <vector>
 
+#include "tessera/contrastive/siglip_loss.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/io/safetensors.hpp"
@@ -121,6 +122,29 @@ class SigLIP : public nn::Module<SigLIP<T>> {
     Tensor<T, 2> out = linear(a, b);
     out.as_array() = out.as_array() * scale() + bias();
     return out;
+  }
+
+  // One training step's loss and gradients: SigLIP's pairwise sigmoid loss
+  // (contrastive::siglip_loss; Zhai et al. 2023) of images [N, C, H, W] and their captions' ids
+  // [N, L], row i of each a pair, on L2-normalised features with the learnable logit_scale and
+  // logit_bias. Backpropagates through both towers, ADDS every parameter's gradient (zero them
+  // first) and returns the loss. Throws ShapeError when the batches differ.
+  template <TensorLike X, TensorLike I>
+  T train_loss(const X& images, const I& ids, const contrastive::SigLipLossOptions& opts = {}) {
+    constexpr std::string_view fn = "tessera::models::SigLIP::train_loss";
+    if (cview(images).dim(0) != cview(ids).dim(0))
+      detail::raise<ShapeError>(fn, "arguments 'images' and 'ids' hold ", cview(images).dim(0),
+                                " and ", cview(ids).dim(0), " examples, expected pairs");
+    auto img = visual.forward_train(images);
+    auto txt = text.forward_train(ids);
+    const Tensor<T, 2> a = l2_normalize(img.output), b = l2_normalize(txt.output);
+    const auto r = contrastive::siglip_loss(a, b, logit_scale.value.data()[0],
+                                            logit_bias.value.data()[0], opts);
+    detail::grad_of(logit_scale).data()[0] += r.grad_logit_scale;
+    detail::grad_of(logit_bias).data()[0] += r.grad_logit_bias;
+    visual.backward(img.context, l2_normalize_backward(img.output, r.grad_a));
+    text.backward(txt.context, l2_normalize_backward(txt.output, r.grad_b));
+    return r.loss;
   }
 
   // sigmoid(logits): [B, N], each entry the probability that image i and text j match, on its

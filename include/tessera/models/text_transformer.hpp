@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
@@ -37,6 +38,7 @@
 #include "tessera/nn/linear.hpp"
 #include "tessera/nn/module.hpp"
 #include "tessera/nn/token_embedding.hpp"
+#include "tessera/nn/training.hpp"
 #include "tessera/nn/transformer_encoder.hpp"
 
 namespace tessera::models {
@@ -126,6 +128,79 @@ class TextTransformer : public nn::Module<TextTransformer<T>> {
     ln_final.forward_into(pooled, pooled);
     if (options_.output_dim <= 0) return pooled;
     return head.forward(pooled);
+  }
+
+  // What backward needs: every part's context and the pooled positions.
+  struct Context {
+    typename nn::TokenEmbedding<T>::Context embed;
+    typename nn::TransformerEncoder<T>::Context encoder;
+    std::vector<Index> pooled_at;  // per text, the position pooled
+    typename nn::LayerNorm<T>::template Context<2> ln_final;
+    typename nn::Linear<T>::Context head;
+  };
+
+  // The training forward: forward's [B, output_features()] (to rounding) and the context.
+  template <TensorLike I>
+  requires(rank_v<I> == 2) nn::Trained<Tensor<T, 2>, Context> forward_train(const I& ids)
+  const {
+    constexpr std::string_view fn = "tessera::models::TextTransformer::forward_train";
+    check_parameters(fn);
+    const auto idv = cview(ids);
+    const Index L = idv.dim(1);
+    if (L < 1 || L > options_.context_length)
+      detail::raise<ShapeError>(
+          fn, "argument 'ids' has shape ", detail::shape_string(idv.shape()),
+          ", expected [batch, L] with 1 <= L <= context_length = ", options_.context_length);
+    nn::Trained<Tensor<T, 2>, Context> r;
+    Context& c = r.context;
+    auto e = embed.forward_train(ids);
+    auto enc = encoder.forward_train(e.output, {.is_causal = options_.causal});
+    c.embed = std::move(e.context);
+    c.encoder = std::move(enc.context);
+    const Index B = idv.dim(0), W = options_.width;
+    Tensor<T, 2> pooled(Shape<2>{B, W}, uninitialized);
+    for (Index b = 0; b < B; ++b) {
+      c.pooled_at.push_back(pool_index(fn, idv, b));
+      pooled[b].as_vector() = enc.output[b][c.pooled_at.back()].as_vector();
+    }
+    auto n = ln_final.forward_train(pooled);
+    c.ln_final = std::move(n.context);
+    if (options_.output_dim <= 0) {
+      r.output = std::move(n.output);
+      return r;
+    }
+    auto h = head.forward_train(n.output);
+    c.head = std::move(h.context);
+    r.output = std::move(h.output);
+    return r;
+  }
+
+  // Given forward_train's context and dL/dout [B, output_features()]: adds every parameter's
+  // gradient (token ids have none).
+  template <TensorLike G>
+  void backward(const Context& ctx, const G& grad_output) {
+    static_assert(rank_v<G> == 2 && std::is_same_v<scalar_t<G>, T>,
+                  "TextTransformer::backward takes a [B, output_features] gradient");
+    constexpr std::string_view fn = "tessera::models::TextTransformer::backward";
+    check_parameters(fn);
+    const Index B = static_cast<Index>(ctx.pooled_at.size()), W = options_.width;
+    const Index expected[] = {B, output_features()};
+    detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(), expected);
+    const Index L = ctx.embed.ids.dim(1);
+    if (ctx.embed.ids.dim(0) != B)
+      detail::raise<ValueError>(fn,
+                                "argument 'ctx' does not come from this module's forward_train");
+    Tensor<T, 2> dpooled;
+    if (options_.output_dim > 0) {
+      dpooled = head.backward(ctx.head, grad_output);
+    } else {
+      dpooled = Tensor<T, 2>(Shape<2>{B, W}, uninitialized);
+      std::copy_n(cview(grad_output).data(), dpooled.size(), dpooled.data());
+    }
+    const Tensor<T, 2> dp = ln_final.backward(ctx.ln_final, dpooled);
+    Tensor<T, 3> dx(Shape<3>{B, L, W});  // only the pooled tokens were read
+    for (Index b = 0; b < B; ++b) dx[b][ctx.pooled_at[b]].as_vector() = dp[b].as_vector();
+    embed.backward(ctx.embed, encoder.backward(ctx.encoder, dx));
   }
 
   // Packs the weights of every product for inference (nn::Linear::prepack).

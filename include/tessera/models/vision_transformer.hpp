@@ -44,6 +44,7 @@
 #include "tessera/nn/linear.hpp"
 #include "tessera/nn/module.hpp"
 #include "tessera/nn/patch_embedding.hpp"
+#include "tessera/nn/training.hpp"
 #include "tessera/nn/transformer_encoder.hpp"
 
 namespace tessera::models {
@@ -136,6 +137,7 @@ class VisionTransformer : public nn::Module<VisionTransformer<T>> {
   const {
     constexpr std::string_view fn = "tessera::models::VisionTransformer::forward_tokens";
     check_parameters(fn);
+    check_images(fn, cview(images));
     return tokens(images);
   }
 
@@ -147,6 +149,7 @@ class VisionTransformer : public nn::Module<VisionTransformer<T>> {
   const {
     constexpr std::string_view fn = "tessera::models::VisionTransformer::forward";
     check_parameters(fn);
+    check_images(fn, cview(images));
     Tensor<T, 3> x = tokens(images);
     const Index B = x.dim(0), W = options_.width;
     // pooled: [B, width], one vector per image
@@ -161,6 +164,86 @@ class VisionTransformer : public nn::Module<VisionTransformer<T>> {
     }
     if (options_.output_dim <= 0) return pooled;
     return head.forward(pooled);
+  }
+
+  // What backward needs: every part's context.
+  struct Context {
+    typename nn::PatchEmbedding<T>::Context patch_embed;
+    typename nn::TransformerEncoder<T>::Context encoder;
+    typename nn::LayerNorm<T>::template Context<2> ln_post_pooled;  // class_token pooling
+    typename nn::LayerNorm<T>::template Context<3> ln_post_tokens;  // map pooling
+    typename MAPHead<T>::Context map_head;
+    typename nn::Linear<T>::Context head;
+    Index batch = 0, tokens = 0;
+  };
+
+  // The training forward: forward's [B, output_features()] (to rounding) and the context.
+  template <TensorLike X>
+  requires(rank_v<X> == 4) nn::Trained<Tensor<T, 2>, Context> forward_train(const X& images)
+  const {
+    constexpr std::string_view fn = "tessera::models::VisionTransformer::forward_train";
+    check_parameters(fn);
+    check_images(fn, cview(images));
+    nn::Trained<Tensor<T, 2>, Context> r;
+    Context& c = r.context;
+    auto pe = patch_embed.forward_train(images);
+    auto enc = encoder.forward_train(pe.output);
+    c.patch_embed = std::move(pe.context);
+    c.encoder = std::move(enc.context);
+    Tensor<T, 3>& x = enc.output;
+    const Index B = x.dim(0), W = options_.width;
+    c.batch = B, c.tokens = x.dim(1);
+    Tensor<T, 2> pooled;
+    if (options_.pooling == VisionPooling::map) {
+      auto n = ln_post.forward_train(x);
+      auto m = map_head.forward_train(n.output);
+      c.ln_post_tokens = std::move(n.context);
+      c.map_head = std::move(m.context);
+      pooled = std::move(m.output);
+    } else {
+      Tensor<T, 2> cls(Shape<2>{B, W}, uninitialized);
+      for (Index b = 0; b < B; ++b) cls[b].as_vector() = x[b][0].as_vector();
+      auto n = ln_post.forward_train(cls);
+      c.ln_post_pooled = std::move(n.context);
+      pooled = std::move(n.output);
+    }
+    if (options_.output_dim <= 0) {
+      r.output = std::move(pooled);
+      return r;
+    }
+    auto h = head.forward_train(pooled);
+    c.head = std::move(h.context);
+    r.output = std::move(h.output);
+    return r;
+  }
+
+  // Given forward_train's context and dL/dout [B, output_features()]: adds every parameter's
+  // gradient and returns dL/dimages [B, in_channels, image_size, image_size].
+  template <TensorLike G>
+  Tensor<T, 4> backward(const Context& ctx, const G& grad_output) {
+    static_assert(rank_v<G> == 2 && std::is_same_v<scalar_t<G>, T>,
+                  "VisionTransformer::backward takes a [B, output_features] gradient");
+    constexpr std::string_view fn = "tessera::models::VisionTransformer::backward";
+    check_parameters(fn);
+    const Index B = ctx.batch, W = options_.width;
+    const Index expected[] = {B, output_features()};
+    tessera::detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(), expected);
+    Tensor<T, 2> dpooled;
+    if (options_.output_dim > 0) {
+      dpooled = head.backward(ctx.head, grad_output);
+    } else {
+      dpooled = Tensor<T, 2>(Shape<2>{B, W}, uninitialized);
+      std::copy_n(cview(grad_output).data(), dpooled.size(), dpooled.data());
+    }
+    Tensor<T, 3> dx;
+    if (options_.pooling == VisionPooling::map) {
+      dx = ln_post.backward(ctx.ln_post_tokens, map_head.backward(ctx.map_head, dpooled));
+    } else {
+      const Tensor<T, 2> dcls = ln_post.backward(ctx.ln_post_pooled, dpooled);
+      dx = Tensor<T, 3>(Shape<3>{B, ctx.tokens, W});  // only the class token was read
+      for (Index b = 0; b < B; ++b) dx[b][0].as_vector() = dcls[b].as_vector();
+    }
+    return patch_embed.backward(ctx.patch_embed, encoder.backward(ctx.encoder, dx));
   }
 
   // Packs the weights of every product for inference (nn::Linear::prepack); the packed copies
@@ -200,6 +283,17 @@ class VisionTransformer : public nn::Module<VisionTransformer<T>> {
     Tensor<T, 3> x = patch_embed.forward(images);  // [B, num_tokens, width]
     encoder.forward_into(x, x);
     return x;
+  }
+
+  // Throws ShapeError naming `fn` unless images is [batch, in_channels, image_size, image_size].
+  template <class X>
+  void check_images(std::string_view fn, const X& images) const {
+    const Index expected[] = {images.dim(0), options_.in_channels, options_.image_size,
+                              options_.image_size};
+    if (!std::equal(images.shape().begin(), images.shape().end(), expected))
+      detail::raise<ShapeError>(
+          fn, "argument 'images' has shape ", detail::shape_string(images.shape()), ", expected ",
+          detail::shape_string(expected), " ([batch, in_channels, image_size, image_size])");
   }
 
   static const VisionTransformerOptions& checked(const VisionTransformerOptions& o) {

@@ -16,6 +16,7 @@
 #include "tessera/kernels/simd.hpp"
 #include "tessera/kernels/softmax.hpp"
 #include "tessera/kernels/attention.hpp"
+#include "tessera/kernels/attention_backward.hpp"
 #include "tessera/nn/attention.hpp"
 #include "tessera/nn/attention_pooling.hpp"
 #include "tessera/nn/audio_patch_embedding.hpp"
@@ -30,6 +31,7 @@
 #include "tessera/nn/patch_embedding.hpp"
 #include "tessera/nn/positional_encoding.hpp"
 #include "tessera/nn/token_embedding.hpp"
+#include "tessera/nn/training.hpp"
 #include "tessera/nn/transformer_decoder.hpp"
 #include "tessera/nn/transformer_decoder_layer.hpp"
 #include "tessera/nn/transformer_encoder.hpp"
@@ -49,6 +51,14 @@
 #include "tessera/contrastive/siglip_loss.hpp"
 #include "tessera/contrastive/zero_shot_classifier.hpp"
 #include "tessera/io/state_dict.hpp"
+#include "tessera/optim/adam.hpp"
+#include "tessera/optim/adamw.hpp"
+#include "tessera/optim/clip_grad_norm.hpp"
+#include "tessera/optim/lr_schedule.hpp"
+#include "tessera/optim/optimizer.hpp"
+#include "tessera/optim/param_group.hpp"
+#include "tessera/optim/parameter_ref.hpp"
+#include "tessera/optim/sgd.hpp"
 // The safetensors reader parses its JSON header with nlohmann-json; without it the rest of
 // tessera works and io/safetensors.hpp is simply not included here.
 #if __has_include(<nlohmann/json.hpp>)
@@ -64,4 +74,5 @@
 #include "tessera/models/text_transformer.hpp"
 #include "tessera/models/vision_transformer.hpp"
 #include "tessera/models/vit.hpp"
+#include "tessera/optim/training_state.hpp"
 #endif

@@ -29,6 +29,7 @@ using tessera::Index;
 using tessera::Tensor;
 namespace nn = tessera::nn;
 namespace con = tessera::contrastive;
+namespace optim = tessera::optim;
 
 namespace {
 
@@ -167,32 +168,6 @@ struct TextTower : nn::Module<TextTower> {
 
 using Clip = con::DualEncoder<float, ImageTower, TextTower>;
 
-// ---- training: Adam on the parameters that have gradients --------------------------------
-
-// Kingma & Ba 2015, on every parameter of the given modules.
-struct Adam {
-  double lr, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
-  int t = 0;
-  std::vector<Eigen::ArrayXf> m, v;
-
-  template <class... Modules>
-  void step(Modules&... modules) {
-    ++t;
-    std::size_t k = 0;
-    const auto update = [&](const std::string&, auto& p) {
-      if (m.size() <= k) m.emplace_back(Eigen::ArrayXf::Zero(p.size())), v.push_back(m.back());
-      auto value = p.value.as_vector().array();
-      const auto grad = p.grad.as_vector().array();
-      m[k] = beta1 * m[k] + (1 - beta1) * grad;
-      v[k] = beta2 * v[k] + (1 - beta2) * grad.square();
-      const double c1 = 1 - std::pow(beta1, t), c2 = 1 - std::pow(beta2, t);
-      value -= float(lr) * (m[k] / float(c1)) / ((v[k] / float(c2)).sqrt() + float(eps));
-      ++k;
-    };
-    (modules.for_each_parameter(update), ...);
-  }
-};
-
 // ---- evaluation ----------------------------------------------------------------------------
 
 struct Scores {
@@ -275,7 +250,12 @@ int main() {
       "(loss floor about log(%lld / %zu) = %.2f)\n",
       static_cast<long long>(batch), static_cast<long long>(batch), kClasses.size(),
       std::log(double(batch) / double(kClasses.size())));
-  Adam adam{.lr = 0.01};
+  // Adam (Kingma & Ba 2015, torch.optim.Adam's update) on the heads and the logit scale.
+  auto heads = optim::parameters<float>(model.visual_projection, "visual_projection.");
+  for (auto& p : optim::parameters<float>(model.text_projection, "text_projection."))
+    heads.push_back(p);
+  for (auto& p : optim::parameters<float>(model.temperature)) heads.push_back(p);
+  optim::Adam<float> adam(heads, {.lr = 0.01});
   std::vector<Index> order(static_cast<std::size_t>(n));
   for (Index i = 0; i < n; ++i) order[static_cast<std::size_t>(i)] = i;
   std::mt19937_64 gen(7);
@@ -284,14 +264,12 @@ int main() {
     double loss = 0;
     Index steps = 0;
     for (Index b0 = 0; b0 + batch <= n; b0 += batch, ++steps) {
-      model.visual_projection.zero_grad();
-      model.text_projection.zero_grad();
-      model.temperature.zero_grad();
+      adam.zero_grad();
       // CLIP's loss over the batch; its gradients reach both heads and the logit scale.
       const auto r =
           model.loss_and_grad(rows(train_img, order, b0, batch), rows(train_txt, order, b0, batch));
       loss += r.loss;
-      adam.step(model.visual_projection, model.text_projection, model.temperature);
+      adam.step();
     }
     const Scores s = evaluate(model, vocab, train_img, train.labels, test_img, test.labels, false);
     std::printf("epoch %2lld/%lld  loss %.3f  logit scale %5.1f  held-out zero-shot %.1f%%\n",

@@ -16,6 +16,14 @@
 // State dict keys: bottleneck [1, n_bottlenecks, E], encoders.<m>.layers.<i>.* (one encoder,
 // encoders.0, with shared_weights) and encoders.<m>.norm.* with encoder.final_norm (applied to
 // each modality's tokens after the last layer, not to z). Initialisation: bottleneck N(0, 0.02).
+//
+// Training (nn/training.hpp): forward_train returns forward's state and a Context; backward takes
+// dL/dtokens (one per modality) and, optionally, dL/dbottleneck of the last z, and differentiates
+// exactly the update above, layer by layer from the last: a fusion layer's z = mean_m z_m gives
+// each modality's stream dL/dz / M at its bottleneck outputs, and the z that layer read collects
+// the sum of every stream's gradient at its bottleneck inputs. The learned `bottleneck` (repeated
+// over the batch) gets the sum over the batch of the gradient at the first z, i.e. the sum over
+// every modality stream and every layer that reads it.
 #pragma once
 
 #include <cstdint>
@@ -30,6 +38,7 @@
 #include "tessera/core/tensor.hpp"
 #include "tessera/fusion/token_sequences.hpp"
 #include "tessera/nn/module.hpp"
+#include "tessera/nn/training.hpp"
 #include "tessera/nn/transformer_encoder.hpp"
 
 namespace tessera::fusion {
@@ -139,6 +148,149 @@ class BottleneckFusion : public nn::Module<BottleneckFusion<T>> {
     run_layer(fn, layer, state, key_padding_masks);
   }
 
+  // What backward needs: every layer's context on every modality's stream (they hold copies of
+  // the masks), the final norms' contexts, and the sequences' lengths.
+  struct Context {
+    // layers[l][m]: layer l on modality m's tokens [batch, L_m, E] (l < fusion_layer) or on
+    // [x_m ; z] [batch, L_m + n_bottlenecks, E]
+    std::vector<std::vector<typename nn::TransformerEncoderLayer<T>::Context>> layers;
+    std::vector<typename nn::LayerNorm<T>::template Context<3>> norms;  // with final_norm
+    std::vector<Index> lengths;                                         // L_m
+    Index batch = 0;
+  };
+
+  // The training forward: forward's state (to rounding) and the context for backward. Same
+  // arguments and errors as forward.
+  nn::Trained<BottleneckFusionState<T>, Context> forward_train(
+      const TokenSequences<T>& inputs, const KeyPaddingMasks& key_padding_masks = {}) const {
+    constexpr std::string_view fn = "tessera::fusion::BottleneckFusion::forward_train";
+    nn::Trained<BottleneckFusionState<T>, Context> t;
+    BottleneckFusionState<T>& state = t.output;
+    Context& c = t.context;
+    state = start(fn, inputs, key_padding_masks);
+    const Index M = num_modalities(), B = state.bottleneck.dim(0), nb = n_bottlenecks();
+    for (const auto& x : state.tokens) c.lengths.push_back(x.dim(1));
+    c.batch = B;
+    auto mask = [&](Index m) {
+      return key_padding_masks.empty() ? std::nullopt : key_padding_masks[m];
+    };
+    for (Index l = 0; l < num_layers(); ++l) {
+      auto& contexts = c.layers.emplace_back();
+      if (l < fusion_layer()) {
+        for (Index m = 0; m < M; ++m) {
+          auto y = encoder(m).layers[l].forward_train(state.tokens[m],
+                                                      {.src_key_padding_mask = mask(m)});
+          state.tokens[m] = std::move(y.output);
+          contexts.push_back(std::move(y.context));
+        }
+        continue;
+      }
+      // z_sum: [B, nb, E], the sum over modalities of their bottleneck outputs
+      Tensor<T, 3> z_sum(state.bottleneck.shape());
+      for (Index m = 0; m < M; ++m) {
+        const Index L = c.lengths[m];
+        // joint: [B, L + nb, E] = [x_m ; z]; its padding [B, L + nb]: x_m's, then nb zeros
+        const TensorMap<const T, 3> parts[] = {cview(state.tokens[m]), cview(state.bottleneck)};
+        const Tensor<T, 3> joint = detail::concat_tokens<T>(parts);
+        const std::optional<Mask> own = mask(m);
+        const Index lengths[] = {L};
+        const auto padding = detail::concat_key_padding<T>(fn, std::span(&own, 1), lengths, B, nb);
+        nn::TransformerEncoderLayerForwardOptions fo;
+        if (padding) fo.src_key_padding_mask = Mask::additive(*padding);
+        // out: [B, L + nb, E] (the layer's context keeps its own copy of the padding)
+        auto out = encoder(m).layers[l].forward_train(joint, fo);
+        state.tokens[m] = detail::slice_tokens<T>(out.output, 0, L);
+        const Tensor<T, 3> z_m = detail::slice_tokens<T>(out.output, L, nb);  // [B, nb, E]
+        z_sum.as_array() += z_m.as_array();
+        contexts.push_back(std::move(out.context));
+      }
+      z_sum.as_array() /= static_cast<T>(M);
+      state.bottleneck = std::move(z_sum);
+    }
+    if (options_.encoder.final_norm)
+      for (Index m = 0; m < M; ++m) {
+        auto y = encoder(m).norm.forward_train(state.tokens[m]);
+        state.tokens[m] = std::move(y.output);
+        c.norms.push_back(std::move(y.context));
+      }
+    return t;
+  }
+
+  // Given forward_train's context, dL/dtokens (one [batch, L_m, E] per modality, the state's
+  // tokens) and optionally dL/dbottleneck ([batch, n_bottlenecks, E], the state's last z; none
+  // means zero): adds the gradient of every parameter (bottleneck, encoders.<m>.*; with
+  // shared_weights every modality's into the one encoder) and returns dL/dinputs, one
+  // [batch, L_m, E] per modality. Throws ShapeError when a gradient's shape is not its output's,
+  // ValueError when grad_tokens holds another count of tensors or for a context this module's
+  // forward_train cannot have made.
+  TokenSequenceGrads<T> backward(const Context& ctx, const TokenSequences<T>& grad_tokens,
+                                 std::optional<TensorMap<const T, 3>> grad_bottleneck = {}) {
+    constexpr std::string_view fn = "tessera::fusion::BottleneckFusion::backward";
+    check_parameters(fn);
+    const Index M = num_modalities(), B = ctx.batch, nb = n_bottlenecks(), E = embed_dim();
+    // ---- the context: num_layers x M layer contexts of the streams' shapes ----
+    bool ok = static_cast<Index>(ctx.lengths.size()) == M &&
+              static_cast<Index>(ctx.layers.size()) == num_layers() &&
+              static_cast<Index>(ctx.norms.size()) == (options_.encoder.final_norm ? M : 0);
+    for (Index l = 0; ok && l < num_layers(); ++l) {
+      ok = static_cast<Index>(ctx.layers[l].size()) == M;
+      for (Index m = 0; ok && m < M; ++m)
+        ok = ctx.layers[l][m].norm_first == options_.encoder.layer.norm_first &&
+             ctx.layers[l][m].norm1.input.shape() ==
+                 Shape<3>{B, ctx.lengths[m] + (l < fusion_layer() ? 0 : nb), E};
+    }
+    for (std::size_t m = 0; ok && m < ctx.norms.size(); ++m)
+      ok = ctx.norms[m].input.shape() == Shape<3>{B, ctx.lengths[m], E};
+    if (!ok)
+      detail::raise<ValueError>(fn,
+                                "argument 'ctx' does not come from this module's forward_train");
+    std::vector<Shape<3>> expected;
+    for (Index L : ctx.lengths) expected.push_back({B, L, E});
+    detail::check_grad_sequences<T>(fn, "grad_tokens", grad_tokens, expected);
+    const Shape<3> z_shape{B, nb, E};
+    if (grad_bottleneck)
+      detail::check_shape_equal(fn, "grad_bottleneck", grad_bottleneck->shape(), z_shape);
+
+    // dx[m]: dL/d(modality m's tokens) [B, L_m, E]; dz: dL/dz [B, nb, E], after the current layer
+    std::vector<Tensor<T, 3>> dx;
+    for (Index m = 0; m < M; ++m)
+      dx.push_back(options_.encoder.final_norm
+                       ? encoder_of(m).norm.backward(ctx.norms[m], grad_tokens[m])
+                       : Tensor<T, 3>(grad_tokens[m]));
+    Tensor<T, 3> dz = grad_bottleneck ? Tensor<T, 3>(*grad_bottleneck) : Tensor<T, 3>(z_shape);
+    for (Index l = num_layers(); l-- > 0;) {
+      if (l < fusion_layer()) {
+        for (Index m = 0; m < M; ++m)
+          dx[m] = encoder_of(m).layers[l].backward(ctx.layers[l][m], dx[m]);
+        continue;
+      }
+      // z = mean_m z_m: each stream's bottleneck outputs get dz / M; the z this layer read gets
+      // the sum of the streams' gradients at their bottleneck inputs
+      Tensor<T, 3> dz_m(dz);
+      dz_m.as_array() /= static_cast<T>(M);
+      Tensor<T, 3> dz_in(z_shape);
+      for (Index m = 0; m < M; ++m) {
+        const Index L = ctx.lengths[m];
+        // d_out: [B, L + nb, E] = [dx_m ; dz / M]
+        const TensorMap<const T, 3> parts[] = {cview(dx[m]), cview(dz_m)};
+        const Tensor<T, 3> d_joint =
+            encoder_of(m).layers[l].backward(ctx.layers[l][m], detail::concat_tokens<T>(parts));
+        dx[m] = detail::slice_tokens<T>(d_joint, 0, L);
+        const Tensor<T, 3> dz_from_m = detail::slice_tokens<T>(d_joint, L, nb);  // [B, nb, E]
+        dz_in.as_array() += dz_from_m.as_array();
+      }
+      dz = std::move(dz_in);
+    }
+    // z before layer 0 is the learned bottleneck repeated over the batch
+    auto& db = detail::grad_of(bottleneck);
+    auto db0 = db[0];  // [nb, E]
+    for (Index b = 0; b < B; ++b) {
+      const auto dzb = dz[b];  // [nb, E]
+      db0.as_array() += dzb.as_array();
+    }
+    return TokenSequenceGrads<T>{std::move(dx)};
+  }
+
   // Throws, naming `fn`, unless the encoders (ValueError) and every parameter (ShapeError, named
   // as `prefix` + bottleneck, encoders.<m>.*) have the shapes the options give.
   void check_parameters(std::string_view fn, std::string_view prefix = "") const {
@@ -157,6 +309,11 @@ class BottleneckFusion : public nn::Module<BottleneckFusion<T>> {
   }
 
  private:
+  // The encoder modality m runs, for backward (which adds to its gradients).
+  nn::TransformerEncoder<T>& encoder_of(Index m) {
+    return encoders[options_.shared_weights ? 0 : static_cast<std::size_t>(m)];
+  }
+
   // initial_state, with the errors naming `fn`.
   BottleneckFusionState<T> start(std::string_view fn, const TokenSequences<T>& inputs,
                                  const KeyPaddingMasks& key_padding_masks) const {

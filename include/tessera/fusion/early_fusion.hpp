@@ -11,6 +11,11 @@
 //
 // State dict keys: modality_embedding.weight [num_modalities, E] (with modality_embedding),
 // encoder.layers.<i>.* and encoder.norm.* (nn::TransformerEncoder's).
+//
+// Training (nn/training.hpp): forward_train returns forward's output and a Context (the modality
+// embeddings' and the encoder's contexts, which own copies of the masks); backward runs the
+// encoder's backward on dL/dout, splits the token gradient back into the modalities
+// (concatenation's backward) and adds each modality's token sum to its embedding row.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +30,7 @@
 #include "tessera/fusion/token_sequences.hpp"
 #include "tessera/nn/modality_embedding.hpp"
 #include "tessera/nn/module.hpp"
+#include "tessera/nn/training.hpp"
 #include "tessera/nn/transformer_encoder.hpp"
 
 namespace tessera::fusion {
@@ -91,6 +97,89 @@ class EarlyFusion : public nn::Module<EarlyFusion<T>> {
     nn::TransformerEncoderLayerForwardOptions fo;
     if (padding) fo.src_key_padding_mask = Mask::additive(*padding);
     return encoder.forward(tokens, fo);
+  }
+
+  // What backward needs: the sequences' lengths, the modality embeddings' contexts (with
+  // modality_embedding) and the encoder's (which holds copies of the concatenated padding mask).
+  struct Context {
+    std::vector<Index> lengths;  // L_m
+    std::vector<typename nn::ModalityEmbedding<T>::Context> modality_embedding;
+    typename nn::TransformerEncoder<T>::Context encoder;
+  };
+
+  // The training forward: forward's output (to rounding) and the context for backward. Same
+  // arguments and errors as forward.
+  nn::Trained<Tensor<T, 3>, Context> forward_train(
+      const TokenSequences<T>& inputs, const KeyPaddingMasks& key_padding_masks = {}) const {
+    constexpr std::string_view fn = "tessera::fusion::EarlyFusion::forward_train";
+    check_parameters(fn);
+    detail::check_modality_inputs<T>(fn, inputs, options_.num_modalities, embed_dim(),
+                                     key_padding_masks);
+    const Index B = inputs[0].dim(0);
+    nn::Trained<Tensor<T, 3>, Context> r;
+    Context& c = r.context;
+    std::vector<Tensor<T, 3>> typed;  // x_m + modality_embedding[m]: [batch, L_m, E]
+    TokenSequences<T> parts = inputs;
+    for (std::size_t m = 0; m < inputs.size(); ++m) {
+      c.lengths.push_back(inputs[m].dim(1));
+      if (options_.modality_embedding) {
+        auto e = modality_embedding.forward_train(inputs[m], static_cast<Index>(m));
+        typed.push_back(std::move(e.output));
+        c.modality_embedding.push_back(std::move(e.context));
+      }
+    }
+    for (std::size_t m = 0; m < typed.size(); ++m) parts[m] = cview(typed[m]);
+    // tokens: [batch, sum L_m, E]; padding: [batch, sum L_m] additive, or none (the encoder's
+    // context keeps its own copy)
+    const Tensor<T, 3> tokens = detail::concat_tokens<T>(parts);
+    const auto padding = detail::concat_key_padding<T>(fn, key_padding_masks, c.lengths, B);
+    nn::TransformerEncoderLayerForwardOptions fo;
+    if (padding) fo.src_key_padding_mask = Mask::additive(*padding);
+    auto e = encoder.forward_train(tokens, fo);
+    r.output = std::move(e.output);
+    c.encoder = std::move(e.context);
+    return r;
+  }
+
+  // Given forward_train's context and dL/dout [batch, sum L_m, E]: adds the gradient of every
+  // parameter (the encoder's, modality_embedding.weight) and returns dL/dinputs, one
+  // [batch, L_m, E] per modality. Throws ShapeError when grad_output's shape is not the output's,
+  // ValueError for a context this module's forward_train cannot have made.
+  template <TensorLike G>
+  TokenSequenceGrads<T> backward(const Context& ctx, const G& grad_output) {
+    static_assert(rank_v<G> == 3 && std::is_same_v<scalar_t<G>, T>,
+                  "fusion::EarlyFusion::backward takes a [batch, sum L_m, E] gradient of the "
+                  "module's scalar type");
+    constexpr std::string_view fn = "tessera::fusion::EarlyFusion::backward";
+    check_parameters(fn);
+    const Index M = options_.num_modalities, E = embed_dim();
+    bool ok = static_cast<Index>(ctx.lengths.size()) == M &&
+              static_cast<Index>(ctx.encoder.layers.size()) == options_.encoder.num_layers &&
+              ctx.modality_embedding.size() ==
+                  (options_.modality_embedding ? ctx.lengths.size() : std::size_t{0});
+    Shape<3> out_shape{};
+    if (ok) {
+      out_shape = ctx.encoder.layers.front().norm1.input.shape();
+      Index total = 0;
+      for (std::size_t m = 0; m < ctx.lengths.size(); ++m) {
+        total += ctx.lengths[m];
+        if (options_.modality_embedding)
+          ok = ok && ctx.modality_embedding[m].shape == Shape<3>{out_shape[0], ctx.lengths[m], E} &&
+               ctx.modality_embedding[m].modality == static_cast<Index>(m);
+      }
+      ok = ok && out_shape[1] == total && out_shape[2] == E;
+    }
+    if (!ok)
+      detail::raise<ValueError>(fn,
+                                "argument 'ctx' does not come from this module's forward_train");
+    detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(), out_shape);
+    // d_tokens: [batch, sum L_m, E], split into the modalities' [batch, L_m, E]
+    const Tensor<T, 3> d_tokens = encoder.backward(ctx.encoder, grad_output);
+    TokenSequenceGrads<T> g{detail::split_tokens<T>(d_tokens, ctx.lengths)};
+    if (options_.modality_embedding)
+      for (std::size_t m = 0; m < g.inputs.size(); ++m)
+        g.inputs[m] = modality_embedding.backward(ctx.modality_embedding[m], g.inputs[m]);
+    return g;
   }
 
   // Throws, naming `fn`, unless the encoder's layers (ValueError) and every parameter (ShapeError,

@@ -14,6 +14,12 @@
 // State dict keys: encoders.<m>.layers.<i>.* (and encoders.<m>.norm.*), fusion_weights [M] (with
 // weighted_sum; logits, initialised to 0: equal weights), head.weight [D, M E] and head.bias [D]
 // (with concat).
+//
+// Training (nn/training.hpp): forward_train returns forward's output (fused and pooled) and a
+// Context; backward takes dL/dfused and, optionally, dL/dpooled (for a loss that also reads the
+// per-modality features), and runs the combination's backward (softmax's Jacobian for
+// weighted_sum: dl_j = s_j (dL/ds_j - sum_m s_m dL/ds_m)), the pooling's (token 0, or 1/n on each
+// token that is not padding) and each encoder's.
 #pragma once
 
 #include <cstdint>
@@ -31,6 +37,7 @@
 #include "tessera/kernels/softmax.hpp"
 #include "tessera/nn/linear.hpp"
 #include "tessera/nn/module.hpp"
+#include "tessera/nn/training.hpp"
 #include "tessera/nn/transformer_encoder.hpp"
 
 namespace tessera::fusion {
@@ -118,16 +125,8 @@ class LateFusion : public nn::Module<LateFusion<T>> {
   LateFusionOutput<T> forward(const TokenSequences<T>& inputs,
                               const KeyPaddingMasks& key_padding_masks = {}) const {
     constexpr std::string_view fn = "tessera::fusion::LateFusion::forward";
-    check_parameters(fn);
-    detail::check_modality_inputs<T>(fn, inputs, options_.num_modalities, embed_dim(),
-                                     key_padding_masks);
+    check_call(fn, inputs, key_padding_masks);
     const Index M = options_.num_modalities, E = embed_dim(), B = inputs[0].dim(0);
-    if (options_.pooling == Pooling::cls)
-      for (Index m = 0; m < M; ++m)
-        if (inputs[m].dim(1) == 0)
-          detail::raise<ShapeError>(fn, "argument 'inputs[", m, "]' has shape ",
-                                    detail::shape_string(inputs[m].shape()),
-                                    ", expected at least one token (cls pooling reads token 0)");
     LateFusionOutput<T> r;
     for (Index m = 0; m < M; ++m) {
       const std::optional<Mask> mask =
@@ -156,6 +155,173 @@ class LateFusion : public nn::Module<LateFusion<T>> {
     return r;
   }
 
+  // What backward needs: each encoder's context (they hold copies of the masks), each modality's
+  // padding as an owned additive mask [batch, L_m] (mean pooling), the pooled features and the
+  // combination's weights (mean, weighted_sum), or the head's context (concat).
+  struct Context {
+    std::vector<typename nn::TransformerEncoder<T>::Context> encoders;  // one per modality
+    std::vector<std::optional<Tensor<T, 2>>> padding;  // [batch, L_m], with mean pooling
+    std::vector<Tensor<T, 2>> pooled;                  // h_m [batch, E], with weighted_sum
+    Tensor<T, 1> weights;                              // [M]; empty with concat
+    typename nn::Linear<T>::Context head;              // with concat
+  };
+
+  // The training forward: forward's output (to rounding) and the context for backward. Same
+  // arguments and errors as forward.
+  nn::Trained<LateFusionOutput<T>, Context> forward_train(
+      const TokenSequences<T>& inputs, const KeyPaddingMasks& key_padding_masks = {}) const {
+    constexpr std::string_view fn = "tessera::fusion::LateFusion::forward_train";
+    check_call(fn, inputs, key_padding_masks);
+    const Index M = options_.num_modalities, E = embed_dim(), B = inputs[0].dim(0);
+    nn::Trained<LateFusionOutput<T>, Context> t;
+    LateFusionOutput<T>& r = t.output;
+    Context& c = t.context;
+    for (Index m = 0; m < M; ++m) {
+      const std::optional<Mask> mask =
+          key_padding_masks.empty() ? std::nullopt : key_padding_masks[m];
+      // h: [batch, L_m, E]
+      auto h = encoders[m].forward_train(
+          inputs[m], nn::TransformerEncoderLayerForwardOptions{.src_key_padding_mask = mask});
+      c.encoders.push_back(std::move(h.context));
+      r.pooled.push_back(pool(fn, h.output, mask));
+      if (options_.pooling == Pooling::mean) {
+        const Index lengths[] = {inputs[m].dim(1)};
+        c.padding.push_back(detail::concat_key_padding<T>(fn, std::span(&mask, 1), lengths, B));
+      }
+    }
+    if (options_.combine == Combine::concat) {
+      // features: [batch, M E] = [h_0 , ... , h_{M-1}]
+      Tensor<T, 2> features(Shape<2>{B, M * E}, uninitialized);
+      for (Index m = 0; m < M; ++m)
+        features.as_matrix().middleCols(m * E, E) = r.pooled[m].as_matrix();
+      auto f = head.forward_train(features);
+      r.fused = std::move(f.output);
+      c.head = std::move(f.context);
+      return t;
+    }
+    // weights: [M], 1/M each for mean
+    c.weights = Tensor<T, 1>(Shape<1>{M});
+    if (options_.combine == Combine::weighted_sum)
+      softmax_into(fusion_weights.value, c.weights);
+    else
+      c.weights.setConstant(T(1) / static_cast<T>(M));
+    r.fused = Tensor<T, 2>(Shape<2>{B, E});
+    for (Index m = 0; m < M; ++m) r.fused.as_array() += c.weights(m) * r.pooled[m].as_array();
+    if (options_.combine == Combine::weighted_sum) c.pooled = r.pooled;
+    return t;
+  }
+
+  // Given forward_train's context, dL/dfused ([batch, E], or [batch, D] with concat) and, when a
+  // loss also reads the pooled features, dL/dpooled (none, or one [batch, E] per modality): adds
+  // the gradient of every parameter (the encoders', fusion_weights, head.*) and returns
+  // dL/dinputs, one [batch, L_m, E] per modality (zero on the tokens pooling does not read:
+  // cls reads token 0, mean skips padding). Throws ShapeError when a gradient's shape is not its
+  // output's, ValueError when grad_pooled holds another count of tensors or for a context this
+  // module's forward_train cannot have made.
+  template <TensorLike G>
+  TokenSequenceGrads<T> backward(const Context& ctx, const G& grad_fused,
+                                 const std::vector<TensorMap<const T, 2>>& grad_pooled = {}) {
+    static_assert(rank_v<G> == 2 && std::is_same_v<scalar_t<G>, T>,
+                  "fusion::LateFusion::backward takes a [batch, E] (concat: [batch, D]) gradient "
+                  "of the module's scalar type");
+    constexpr std::string_view fn = "tessera::fusion::LateFusion::backward";
+    check_parameters(fn);
+    const Index M = options_.num_modalities, E = embed_dim();
+    // ---- the context: M encoders' contexts of one batch, and what the combination saved ----
+    bool ok = static_cast<Index>(ctx.encoders.size()) == M &&
+              ctx.padding.size() ==
+                  (options_.pooling == Pooling::mean ? ctx.encoders.size() : std::size_t{0});
+    Index B = 0;
+    for (std::size_t m = 0; ok && m < ctx.encoders.size(); ++m) {
+      ok = static_cast<Index>(ctx.encoders[m].layers.size()) == options_.encoder.num_layers;
+      if (!ok) break;
+      const auto& s = ctx.encoders[m].layers.front().norm1.input.shape();
+      if (m == 0) B = s[0];
+      ok = s[0] == B && s[2] == E &&
+           (options_.pooling == Pooling::mean
+                ? !ctx.padding[m] || ctx.padding[m]->shape() == Shape<2>{B, s[1]}
+                : s[1] >= 1);
+    }
+    if (options_.combine == Combine::concat)
+      ok = ok && ctx.head.input.shape() == Shape<2>{B, M * E};
+    else
+      ok = ok && ctx.weights.shape() == Shape<1>{M} &&
+           (options_.combine != Combine::weighted_sum ||
+            (static_cast<Index>(ctx.pooled.size()) == M &&
+             std::all_of(ctx.pooled.begin(), ctx.pooled.end(), [&](const auto& h) {
+               return h.shape() == Shape<2>{B, E};
+             })));
+    if (!ok)
+      detail::raise<ValueError>(fn,
+                                "argument 'ctx' does not come from this module's forward_train");
+    const Index g_expected[] = {B, output_dim()};
+    detail::check_shape_equal(fn, "grad_fused", cview(grad_fused).shape(), g_expected);
+    if (!grad_pooled.empty()) {
+      if (static_cast<Index>(grad_pooled.size()) != M)
+        detail::raise<ValueError>(fn, "argument 'grad_pooled' holds ", grad_pooled.size(),
+                                  " tensors, expected none or ", M, " (one per modality)");
+      const Index p_expected[] = {B, E};
+      for (Index m = 0; m < M; ++m)
+        detail::check_shape_equal(fn, "grad_pooled[" + std::to_string(m) + "]",
+                                  grad_pooled[m].shape(), p_expected);
+    }
+
+    // ---- the combination's backward: dh_m [batch, E] ----
+    const auto g = cview(grad_fused);
+    std::vector<Tensor<T, 2>> dh;
+    if (options_.combine == Combine::concat) {
+      // d_features [batch, M E] = dfused W_head; columns [m E, (m + 1) E) are h_m's
+      const Tensor<T, 2> d_features = head.backward(ctx.head, grad_fused);
+      for (Index m = 0; m < M; ++m) {
+        dh.emplace_back(Shape<2>{B, E}, uninitialized);
+        dh.back().as_matrix() = d_features.as_matrix().middleCols(m * E, E);
+      }
+    } else {
+      for (Index m = 0; m < M; ++m) {
+        dh.emplace_back(Shape<2>{B, E}, uninitialized);
+        dh.back().as_array() = ctx.weights(m) * g.as_array();
+      }
+      if (options_.combine == Combine::weighted_sum) {
+        // ds_m = sum(dfused * h_m); dlogit_j = s_j (ds_j - sum_m s_m ds_m)
+        std::vector<T> ds(static_cast<std::size_t>(M));
+        T mean = 0;
+        for (Index m = 0; m < M; ++m) {
+          ds[m] = (g.as_array() * ctx.pooled[m].as_array()).sum();
+          mean += ctx.weights(m) * ds[m];
+        }
+        auto& dl = detail::grad_of(fusion_weights);
+        for (Index m = 0; m < M; ++m) dl(m) += ctx.weights(m) * (ds[m] - mean);
+      }
+    }
+    if (!grad_pooled.empty())
+      for (Index m = 0; m < M; ++m) dh[m].as_array() += grad_pooled[m].as_array();
+
+    // ---- pooling's and the encoders' backward ----
+    TokenSequenceGrads<T> r;
+    for (Index m = 0; m < M; ++m) {
+      const auto& s = ctx.encoders[m].layers.front().norm1.input.shape();
+      const Index L = s[1];
+      // d_tokens: [batch, L_m, E], nonzero where pooling read the token
+      Tensor<T, 3> d_tokens(s);
+      constexpr T ninf = -std::numeric_limits<T>::infinity();
+      for (Index b = 0; b < B; ++b) {
+        auto rows = d_tokens[b].as_matrix();  // [L, E]
+        if (options_.pooling == Pooling::cls) {
+          rows.row(0) = dh[m][b].as_matrix();
+          continue;
+        }
+        const auto& pad = ctx.padding[m];
+        Index n = 0;
+        for (Index t = 0; t < L; ++t) n += !pad || (*pad)(b, t) != ninf;
+        if (n == 0) continue;
+        for (Index t = 0; t < L; ++t)
+          if (!pad || (*pad)(b, t) != ninf) rows.row(t) = dh[m][b].as_matrix() / static_cast<T>(n);
+      }
+      r.inputs.push_back(encoders[m].backward(ctx.encoders[m], d_tokens));
+    }
+    return r;
+  }
+
   // Throws, naming `fn`, unless the encoders (ValueError) and every parameter (ShapeError, named
   // as `prefix` + encoders.<m>.*, fusion_weights, head.*) have the shapes the options give.
   void check_parameters(std::string_view fn, std::string_view prefix = "") const {
@@ -179,6 +345,21 @@ class LateFusion : public nn::Module<LateFusion<T>> {
   }
 
  private:
+  // The checks of forward and forward_train: the parameters, the inputs and their masks, and at
+  // least one token per sequence with cls pooling.
+  void check_call(std::string_view fn, const TokenSequences<T>& inputs,
+                  const KeyPaddingMasks& key_padding_masks) const {
+    check_parameters(fn);
+    detail::check_modality_inputs<T>(fn, inputs, options_.num_modalities, embed_dim(),
+                                     key_padding_masks);
+    if (options_.pooling == Pooling::cls)
+      for (Index m = 0; m < options_.num_modalities; ++m)
+        if (inputs[m].dim(1) == 0)
+          detail::raise<ShapeError>(fn, "argument 'inputs[", m, "]' has shape ",
+                                    detail::shape_string(inputs[m].shape()),
+                                    ", expected at least one token (cls pooling reads token 0)");
+  }
+
   // h: [batch, L, E] -> [batch, E]
   Tensor<T, 2> pool(std::string_view fn, const Tensor<T, 3>& h,
                     const std::optional<Mask>& mask) const {

@@ -9,6 +9,8 @@
 //                               padding, is Mask::blocked(pad))
 //   fusion::encoder_layer_flops the floating-point operations of one encoder layer on L tokens,
 //                               the unit the modules' forward_flops count in
+//   fusion::TokenSequenceGrads  what the modules' backward returns: dL/dinputs, one
+//                               [batch, L_m, embed_dim] tensor per modality
 #pragma once
 
 #include <algorithm>
@@ -29,6 +31,12 @@ namespace tessera::fusion {
 template <class T>
 using TokenSequences = std::vector<TensorMap<const T, 3>>;
 using KeyPaddingMasks = std::vector<std::optional<Mask>>;
+
+// The gradients a fusion module's backward returns: inputs[m] = dL/dinputs[m], [batch, L_m, E].
+template <class T>
+struct TokenSequenceGrads {
+  std::vector<Tensor<T, 3>> inputs;
+};
 
 // Floating-point operations (a multiply-add counts 2) of one nn::TransformerEncoderLayer with
 // d_model d and dim_feedforward f on one sequence of L tokens, counting the products only:
@@ -196,6 +204,33 @@ Tensor<T, 3> slice_tokens(TensorMap<const T, 3> x, Index begin, Index length) {
   for (Index b = 0; b < B; ++b)
     std::copy_n(x.data() + (b * L + begin) * E, length * E, out.data() + b * length * E);
   return out;
+}
+
+// The backward of concat_tokens: x [batch, sum L_m, E] split along the tokens into
+// [batch, L_m, E] for each of `lengths`.
+template <class T>
+std::vector<Tensor<T, 3>> split_tokens(TensorMap<const T, 3> x, std::span<const Index> lengths) {
+  std::vector<Tensor<T, 3>> parts;
+  Index begin = 0;
+  for (Index L : lengths) {
+    parts.push_back(slice_tokens<T>(x, begin, L));
+    begin += L;
+  }
+  return parts;
+}
+
+// Checks the per-sequence gradients a fusion module's backward takes: `expected.size()` tensors
+// (ValueError otherwise), tensor m of shape expected[m] (ShapeError naming `arg`[m]).
+template <class T>
+void check_grad_sequences(std::string_view fn, std::string_view arg,
+                          const std::vector<TensorMap<const T, 3>>& grads,
+                          const std::vector<Shape<3>>& expected) {
+  if (grads.size() != expected.size())
+    raise<ValueError>(fn, "argument '", arg, "' holds ", grads.size(), " tensors, expected ",
+                      expected.size(), " (one per modality)");
+  for (std::size_t m = 0; m < grads.size(); ++m)
+    check_shape_equal(fn, std::string(arg) + "[" + std::to_string(m) + "]", grads[m].shape(),
+                      expected[m]);
 }
 
 }  // namespace tessera::detail

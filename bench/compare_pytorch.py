@@ -15,11 +15,22 @@ against PyTorch and, with --onnx DIR (a folder where `npm install --ignore-scrip
 onnxruntime-node` was run), ONNX Runtime's CPU library running the same models exported with
 torch.onnx.export; and it prints bench_models' build-and-load time and peak memory.
 
+With --training it compares one training step of the encoder layer (bench_training): PyTorch's
+nn.TransformerEncoderLayer(512, 8, 2048, dropout=0, batch_first=True) in training mode, forward
+and backward of loss = (y * dy).sum() to the gradients of the input and of every parameter
+(gradients set to None between steps), against tessera's forward_train + backward, for the
+default post-norm ReLU layer and a pre-norm GELU one, at B8 L512 and B1 L4096, on one thread and
+on all threads. One-thread rows compare CPU time (process time), all-thread rows wall time: the
+one-thread figures then stay usable on a machine shared with other work. FLOPs are 3x the
+forward's products (bench_training's convention).
+
 Not part of CI: it needs PyTorch (Debian: apt-get install python3-torch; run it with the system
 interpreter, /usr/bin/python3) and a Release build of the benchmarks:
 
     cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build --target bench_attention bench_transformer
     OPENBLAS_CORETYPE=SKYLAKEX /usr/bin/python3 bench/compare_pytorch.py   # see below
+    cmake --build build --target bench_training
+    OPENBLAS_CORETYPE=SKYLAKEX /usr/bin/python3 bench/compare_pytorch.py --training
 
 PyTorch's CPU products go through the system BLAS (libblas.so.3). On Debian that is netlib's
 reference BLAS unless an optimised one is installed (apt-get install libopenblas0-pthread switches
@@ -46,14 +57,16 @@ E, HEADS, FF = 512, 8, 2048
 HEAD_DIM = E // HEADS
 
 
-def median_seconds(fn, min_time, min_reps=3):
+def median_seconds(fn, min_time, min_reps=3, clock=time.perf_counter):
+    """The median of repeated timings of fn() (after one warm-up call), measured with `clock`,
+    repeated for at least min_time wall seconds and min_reps runs."""
     fn()  # warm-up
     times = []
     start = time.perf_counter()
     while len(times) < min_reps or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -105,14 +118,27 @@ def blas_in_use():
     return ", ".join(real) if real else None
 
 
-def tessera_runs(binary, pattern, min_time):
-    out = subprocess.run(
-        [binary, f"--benchmark_filter={pattern}", "--benchmark_format=json",
-         f"--benchmark_min_time={min_time}"],
-        check=True, capture_output=True, text=True).stdout
-    runs = {}
+def tessera_runs(binary, pattern, min_time, repetitions=1, env=None):
+    """The benchmarks of `binary` matching `pattern`, by name; with repetitions > 1, the median
+    of that many repetitions of each (Google Benchmark's "median" aggregate, under the run's
+    name), with "GFLOPS_max", the best repetition's GFLOPS, added."""
+    cmd = [binary, f"--benchmark_filter={pattern}", "--benchmark_format=json",
+           f"--benchmark_min_time={min_time}"]
+    if repetitions > 1:
+        cmd += [f"--benchmark_repetitions={repetitions}"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    runs, best = {}, {}
     for bm in json.loads(out)["benchmarks"]:
-        runs[bm["name"]] = bm
+        if repetitions == 1:
+            runs[bm["name"]] = bm
+        elif bm.get("run_type") == "aggregate":
+            if bm.get("aggregate_name") == "median":
+                runs[bm["run_name"]] = bm
+        elif "GFLOPS" in bm:
+            best[bm["run_name"]] = max(best.get(bm["run_name"], 0.0), bm["GFLOPS"])
+    for name, gflops in best.items():
+        if name in runs:
+            runs[name]["GFLOPS_max"] = gflops
     return runs
 
 
@@ -219,6 +245,145 @@ def compare_models(args):
               f"({load['peak_over_file']:.2f} x the file)")
 
 
+# ---- --training: one training step of the encoder layer ----------------------------------------
+
+TRAINING_SHAPES = [(8, 512), (1, 4096)]
+# bench_training's benchmark name -> (label, PyTorch layer options)
+TRAINING_VARIANTS = {
+    "BM_EncoderLayer_TrainStep": ("post-norm ReLU", dict(activation="relu", norm_first=False)),
+    "BM_EncoderLayer_PreNormGelu_TrainStep": ("pre-norm GELU", dict(activation="gelu",
+                                                                    norm_first=True)),
+}
+
+
+def torch_train_step_seconds(b, l, variant, min_time, cpu_clock):
+    """PyTorch's median time of one training step: forward in training mode (dropout 0), loss =
+    (y * dy).sum(), backward to the input and every parameter, gradients set to None before each
+    step. Process CPU time with cpu_clock, else wall time."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(E, HEADS, FF, dropout=0.0, batch_first=True,
+                                             **TRAINING_VARIANTS[variant][1]).train()
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(b, l, E, generator=g) * 2 - 1).requires_grad_()
+    dy = torch.rand(b, l, E, generator=g) * 2 - 1
+
+    def step():
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        (layer(x) * dy).sum().backward()
+
+    clock = time.process_time if cpu_clock else time.perf_counter
+    return median_seconds(step, min_time, clock=clock)
+
+
+def torch_train_subprocess(b, l, variant, threads, min_time):
+    """torch_train_step_seconds in a fresh interpreter with `threads` threads for PyTorch's own
+    kernels and for OpenBLAS (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, as --models does), CPU time
+    on one thread, wall time otherwise."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               OMP_WAIT_POLICY="PASSIVE")
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+            f"import compare_pytorch as c, torch; torch.set_num_threads({threads}); "
+            f"print(c.torch_train_step_seconds({b}, {l}, {variant!r}, {min_time}, "
+            f"{threads == 1}))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                         text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def cpu_description():
+    """The CPU model and its widest vector extensions, from /proc/cpuinfo (Linux)."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown CPU":
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    isa = [x for x in ("avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "avx2", "fma")
+           if x in flags]
+    return model, ", ".join(isa) or "no AVX"
+
+
+def compare_training(args):
+    threads_all = os.cpu_count()
+    model, isa = cpu_description()
+    print(f"CPU: {model}, {threads_all} logical CPUs; ISA: {isa}")
+    try:
+        print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    except OSError:
+        pass
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
+    torch.rand(64, 64) @ torch.rand(64, 64)  # loads the BLAS
+    blas = blas_in_use()
+    print(f"PyTorch {torch.__version__}; BLAS: {blas or 'unknown'}; "
+          f"OPENBLAS_CORETYPE={coretype or '(not set)'}")
+    if blas and "openblas" in blas and not coretype:
+        print("warning: OPENBLAS_CORETYPE is not set: OpenBLAS 0.3.21 picks a generic (SSE3) "
+              "kernel on CPUs newer than it knows; export OPENBLAS_CORETYPE=SKYLAKEX on AVX-512 "
+              "machines")
+
+    # OMP_WAIT_POLICY=PASSIVE as for PyTorch (torch_train_subprocess): on a machine shared with
+    # other work, OpenMP threads that spin at barriers take the cores from each other and from
+    # the threads they wait for (tessera's 2-thread step took 2x as long with the default policy
+    # on a loaded 2-core machine).
+    ts = tessera_runs(args.bench_training, "BM_PeakFMA|BM_EncoderLayer_", args.min_time,
+                      args.repetitions, env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
+    peak_run = next(v for k, v in ts.items() if k.startswith("BM_PeakFMA"))
+    # The peak is the best repetition: what the core does when nothing else disturbs it.
+    peak = peak_run.get("GFLOPS_max", peak_run["GFLOPS"])
+    print(f"tessera BM_PeakFMA: {peak:.1f} GFLOPS a core, best of {args.repetitions} "
+          f"(median {peak_run['GFLOPS']:.1f}; {int(peak_run['lanes'])} float lanes)")
+    print("OpenMP: OMP_WAIT_POLICY=PASSIVE on both sides; PyTorch's OpenBLAS and OpenMP threads "
+          "limited to the row's thread count")
+    print(f"Times: medians (tessera: of {args.repetitions} repetitions); 1-thread rows CPU time, "
+          "all-thread rows wall time.\nFLOPs: 3x the forward's products (the attention backward's "
+          "recomputation of the probabilities not counted).\n% peak: of BM_PeakFMA x threads.\n")
+
+    def ms(run, key):
+        return run[key] if run["time_unit"] == "ms" else run[key] / 1e6
+
+    def tessera_run(bench, b, l, threads):
+        suffix = "" if threads == 1 else "/real_time"
+        run = ts.get(f"{bench}/B:{b}/L:{l}/threads:{threads}{suffix}")
+        clock = "cpu_time" if threads == 1 else "real_time"
+        return run, (ms(run, clock) if run else None)
+
+    header = (f"{'layer':<16}{'shape':<11}{'thr':>4}{'tessera ms':>12}{'PyTorch ms':>12}"
+              f"{'tessera GFLOPS':>16}{'PyTorch GFLOPS':>16}{'% peak':>8}{'speedup':>9}")
+    print(header)
+    print("-" * len(header))
+    for bench, (label, _) in TRAINING_VARIANTS.items():
+        for b, l in TRAINING_SHAPES:
+            for threads in sorted({1, threads_all}):
+                run, t_ms = tessera_run(bench, b, l, threads)
+                if run is None:
+                    continue
+                pt_ms = torch_train_subprocess(b, l, bench, threads, args.min_time) * 1e3
+                flops = 3 * layer_flops(b, l)
+                print(f"{label:<16}{f'B{b} L{l}':<11}{threads:>4}{t_ms:>12.1f}{pt_ms:>12.1f}"
+                      f"{run['GFLOPS']:>16.1f}{flops / pt_ms / 1e6:>16.1f}"
+                      f"{100 * run['GFLOPS'] / (peak * threads):>7.0f}%{pt_ms / t_ms:>9.2f}")
+    print("speedup: PyTorch ms / tessera ms (> 1: tessera faster)\n")
+
+    print("tessera, post-norm ReLU, the parts of a step (ms):")
+    parts = ["Forward", "ForwardTrain", "Backward", "TrainStep"]
+    header = f"{'shape':<11}{'thr':>4}" + "".join(f"{p:>14}" for p in parts)
+    print(header)
+    print("-" * len(header))
+    for b, l in TRAINING_SHAPES:
+        for threads in sorted({1, threads_all}):
+            cells = []
+            for p in parts:
+                _, t_ms = tessera_run(f"BM_EncoderLayer_{p}", b, l, threads)
+                cells.append(f"{t_ms:>14.1f}" if t_ms is not None else f"{'-':>14}")
+            print(f"{f'B{b} L{l}':<11}{threads:>4}" + "".join(cells))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bench", default="build/bench/bench_attention",
@@ -231,9 +396,17 @@ def main():
     ap.add_argument("--bench-models", default="build/bench/bench_models",
                     help="path of tessera's bench_models binary")
     ap.add_argument("--onnx", default="", help="folder with node_modules/onnxruntime-node")
+    ap.add_argument("--training", action="store_true",
+                    help="compare one training step (forward + backward) of the encoder layer")
+    ap.add_argument("--bench-training", default="build/bench/bench_training",
+                    help="path of tessera's bench_training binary")
+    ap.add_argument("--repetitions", type=int, default=3,
+                    help="--training: repetitions of each tessera benchmark (median used)")
     args = ap.parse_args()
     if args.models:
         return compare_models(args)
+    if args.training:
+        return compare_training(args)
     torch.set_num_threads(1)
     lengths = [int(x) for x in args.lengths.split(",")]
 

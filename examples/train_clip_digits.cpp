@@ -251,7 +251,7 @@ int main(int argc, char** argv) {
       static_cast<long long>(captions.vocab_size));
   std::printf(
       "model: CLIP, image tower ViT 8x8/2 width 64 x 2 layers, text tower width 64 x 2 "
-      "layers, embeddings 32; %lld parameters; %d threads\n",
+      "layers, embeddings 32; %lld parameters; threads: %d\n",
       static_cast<long long>(clip.num_parameters()), tessera::num_threads());
 
   constexpr Index kBatch = 128;

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "tessera/core/tensor.hpp"
+#include "tessera/core/threading.hpp"
 
 namespace tessera::test {
 
@@ -26,6 +27,18 @@ struct GradCheckOptions {
   double atol = 1e-7;      // tolerance, absolute
   double rtol = 1e-5;      // and relative to the numerical gradient
   Index max_entries = 64;  // entries checked per tensor (evenly spread beyond that)
+};
+
+// Runs what is in its scope on one thread, restoring the setting after. The central differences
+// run thousands of small forwards, for which OpenMP's fork and join cost more than the work, and
+// on a machine whose cores are busy (ctest -j, other builds) far more; results do not depend on
+// the thread count (core/threading.hpp), so the checks below take one thread.
+struct OneThread {
+  int saved = num_threads();
+  OneThread() { set_num_threads(1); }
+  ~OneThread() { set_num_threads(saved); }
+  OneThread(const OneThread&) = delete;
+  OneThread& operator=(const OneThread&) = delete;
 };
 
 // Indices of `n` entries to check: all of them, or max evenly spread ones (first and last too).
@@ -43,6 +56,7 @@ inline std::vector<Index> entries_to_check(Index n, Index max) {
 // `x`, which it perturbs and restores. `what` names the tensor in failures.
 inline void expect_gradient(const std::string& what, double* x, const double* analytic, Index n,
                             const std::function<double()>& loss, const GradCheckOptions& o = {}) {
+  const OneThread one_thread;
   int failures = 0;
   const auto idx = entries_to_check(n, o.max_entries);
   for (Index i : idx) {

@@ -15,22 +15,11 @@
 #include <vector>
 
 #include "nn/backward_test_util.hpp"
-#include "tessera/core/threading.hpp"
 
 namespace tessera::fusion {
 namespace {
 
 using test::random_tensor;
-
-// The central differences run thousands of tiny forwards: on one thread, since on a machine
-// whose cores are busy OpenMP's fork and join around each small kernel dominates their time (the
-// early-fusion check took 64 s instead of 0.9 s under load). Results do not depend on the thread
-// count (core/threading.hpp); the other tests run with the default threads.
-struct OneThread {
-  int saved = num_threads();
-  OneThread() { set_num_threads(1); }
-  ~OneThread() { set_num_threads(saved); }
-};
 
 BottleneckFusionOptions small_options(Index num_modalities, Index num_layers, Index fusion_layer,
                                       Index n_bottlenecks, bool shared_weights, bool norm_first) {
@@ -67,7 +56,7 @@ struct Case {
 };
 
 TEST(BottleneckFusionBackward, MatchesCentralDifferencesInDouble) {
-  const OneThread one_thread;
+  const test::OneThread one_thread;
   for (const Case c :
        {Case{2, 3, 1, 2, false, false, true}, Case{3, 2, 0, 3, true, true, false},
         Case{2, 2, 2, 2, false, true, true}, Case{2, 2, 0, 0, false, false, false}}) {

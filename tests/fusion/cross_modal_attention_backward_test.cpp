@@ -13,22 +13,11 @@
 #include <string>
 
 #include "nn/backward_test_util.hpp"
-#include "tessera/core/threading.hpp"
 
 namespace tessera::fusion {
 namespace {
 
 using test::random_tensor;
-
-// The central differences run thousands of tiny forwards: on one thread, since on a machine
-// whose cores are busy OpenMP's fork and join around each small kernel dominates their time (the
-// early-fusion check took 64 s instead of 0.9 s under load). Results do not depend on the thread
-// count (core/threading.hpp); the other tests run with the default threads.
-struct OneThread {
-  int saved = num_threads();
-  OneThread() { set_num_threads(1); }
-  ~OneThread() { set_num_threads(saved); }
-};
 
 CrossModalAttentionOptions small_options(bool norm_first, Index embed_dim_b) {
   return {.embed_dim = 8,
@@ -50,7 +39,7 @@ void randomize_affine(M& m) {
 }
 
 TEST(CrossModalAttentionBackward, MatchesCentralDifferencesInDouble) {
-  const OneThread one_thread;
+  const test::OneThread one_thread;
   for (bool norm_first : {false, true})
     for (Index eb : {Index(8), Index(4)}) {
       SCOPED_TRACE(std::string(norm_first ? "pre-norm" : "post-norm") + ", E_b " +
@@ -85,7 +74,7 @@ TEST(CrossModalAttentionBackward, MatchesCentralDifferencesInDouble) {
 }
 
 TEST(CrossModalAttentionBackward, APartnerWithoutTokensPassesOnlyTheResidual) {
-  const OneThread one_thread;
+  const test::OneThread one_thread;
   for (bool norm_first : {false, true}) {
     SCOPED_TRACE(norm_first ? "pre-norm" : "post-norm");
     CrossModalAttention<double> m(small_options(norm_first, 4));

@@ -12,22 +12,11 @@
 #include <string>
 
 #include "nn/backward_test_util.hpp"
-#include "tessera/core/threading.hpp"
 
 namespace tessera::fusion {
 namespace {
 
 using test::random_tensor;
-
-// The central differences run thousands of tiny forwards: on one thread, since on a machine
-// whose cores are busy OpenMP's fork and join around each small kernel dominates their time (the
-// early-fusion check took 64 s instead of 0.9 s under load). Results do not depend on the thread
-// count (core/threading.hpp); the other tests run with the default threads.
-struct OneThread {
-  int saved = num_threads();
-  OneThread() { set_num_threads(1); }
-  ~OneThread() { set_num_threads(saved); }
-};
 
 EarlyFusionOptions small_options(bool norm_first, bool modality_embedding) {
   return {.encoder = {.layer = {.d_model = 8,
@@ -56,7 +45,7 @@ void randomize_affine(M& m) {
 }
 
 TEST(EarlyFusionBackward, MatchesCentralDifferencesInDouble) {
-  const OneThread one_thread;
+  const test::OneThread one_thread;
   for (bool norm_first : {false, true})
     for (bool embedding : {true, false}) {
       SCOPED_TRACE(std::string(norm_first ? "pre-norm" : "post-norm") +

@@ -14,22 +14,11 @@
 #include <vector>
 
 #include "nn/backward_test_util.hpp"
-#include "tessera/core/threading.hpp"
 
 namespace tessera::fusion {
 namespace {
 
 using test::random_tensor;
-
-// The central differences run thousands of tiny forwards: on one thread, since on a machine
-// whose cores are busy OpenMP's fork and join around each small kernel dominates their time (the
-// early-fusion check took 64 s instead of 0.9 s under load). Results do not depend on the thread
-// count (core/threading.hpp); the other tests run with the default threads.
-struct OneThread {
-  int saved = num_threads();
-  OneThread() { set_num_threads(1); }
-  ~OneThread() { set_num_threads(saved); }
-};
 
 LateFusionOptions small_options(Pooling pooling, Combine combine, bool norm_first = false) {
   return {.encoder = {.layer = {.d_model = 8,
@@ -67,7 +56,7 @@ struct Case {
 };
 
 TEST(LateFusionBackward, MatchesCentralDifferencesInDouble) {
-  const OneThread one_thread;
+  const test::OneThread one_thread;
   for (const Case c : {Case{Pooling::cls, Combine::weighted_sum, false, false},
                        Case{Pooling::mean, Combine::concat, true, false},
                        Case{Pooling::mean, Combine::mean, false, true},

@@ -6,7 +6,6 @@
 #include <cmath>
 #include <map>
 
-#include "../fixture.hpp"
 #include "backward_test_util.hpp"
 #include "tessera/nn/attention.hpp"
 
@@ -14,19 +13,6 @@ namespace tessera::nn {
 namespace {
 
 using test::random_tensor;
-
-// Every parameter's gradient against a training fixture's, as backward accumulated it from zero.
-template <class T, class M>
-void expect_parameter_grads_match(M& m, const test::Fixture& fx, const std::string& name) {
-  int checked = 0;
-  m.for_each_parameter([&](const std::string& key, const auto& p) {
-    constexpr int R = std::remove_cvref_t<decltype(p)>::rank;
-    test::expect_tensor_near(p.grad, fx.expected<T, R>("grad.param." + key), test::parity_tol<T>(),
-                             name + " grad of " + key);
-    ++checked;
-  });
-  EXPECT_GT(checked, 0);
-}
 
 constexpr Index B = 2, Lq = 3, Lk = 4, Dv = 3;
 
@@ -159,7 +145,7 @@ TYPED_TEST(AttentionBackwardTyped, MatchesPyTorchAutograd) {
                              name + " grad.key");
     test::expect_tensor_near(g.values, fx.expected<T, 3>("grad.value"), test::parity_tol<T>(),
                              name + " grad.value");
-    expect_parameter_grads_match<T>(m, fx, name);
+    test::expect_fixture_parameter_grads<T>(m, fx, name);
   }
 }
 

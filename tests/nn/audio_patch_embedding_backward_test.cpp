@@ -3,7 +3,6 @@
 // float against double, accumulation and errors.
 #include <gtest/gtest.h>
 
-#include "../fixture.hpp"
 #include "backward_test_util.hpp"
 #include "tessera/nn/audio_patch_embedding.hpp"
 
@@ -11,19 +10,6 @@ namespace tessera::nn {
 namespace {
 
 using test::random_tensor;
-
-// Every parameter's gradient against a training fixture's, as backward accumulated it from zero.
-template <class T, class M>
-void expect_parameter_grads_match(M& m, const test::Fixture& fx, const std::string& name) {
-  int checked = 0;
-  m.for_each_parameter([&](const std::string& key, const auto& p) {
-    constexpr int R = std::remove_cvref_t<decltype(p)>::rank;
-    test::expect_tensor_near(p.grad, fx.expected<T, R>("grad.param." + key), test::parity_tol<T>(),
-                             name + " grad of " + key);
-    ++checked;
-  });
-  EXPECT_GT(checked, 0);
-}
 
 // 7 x 10 bins and frames, 3 x 4 patches: a 2 x 2 grid that drops a bin and two frames.
 AudioPatchEmbeddingOptions options(bool bias, bool cls, bool pre_norm) {
@@ -133,7 +119,7 @@ TYPED_TEST(AudioPatchEmbeddingBackwardTyped, MatchesPyTorchAutograd) {
   const auto dx = m.backward(f.context, fx.input<T, 3>("grad_output"));
   test::expect_tensor_near(dx, fx.expected<T, 3>("grad.spectrogram"), test::parity_tol<T>(),
                            "grad.spectrogram");
-  expect_parameter_grads_match<T>(m, fx, "nn_audio_patch_embedding");
+  test::expect_fixture_parameter_grads<T>(m, fx, "nn_audio_patch_embedding");
 }
 
 TEST(AudioPatchEmbeddingBackward, BadArgumentsAreNamedErrors) {

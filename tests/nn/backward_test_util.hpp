@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "../fixture.hpp"
 #include "../gradient_check.hpp"
 #include "../test_util.hpp"
 #include "tessera/core/tensor.hpp"
@@ -82,6 +83,20 @@ void expect_parameter_grads_close(MF& f, MD& d, double tol) {
     std::copy(p.grad.data(), p.grad.data() + p.grad.size(), got.data());
     expect_close_scaled("grad of '" + name + "'", got, ref, tol);
   });
+}
+
+// Every parameter's gradient (as backward accumulated it from zero) against a training fixture's
+// expected.<dt>.grad.param.<key> (tests/fixtures/training), within the fixtures' parity tolerance.
+template <class T, class M>
+void expect_fixture_parameter_grads(M& m, const Fixture& fx, const std::string& name) {
+  int checked = 0;
+  m.for_each_parameter([&](const std::string& key, const auto& p) {
+    constexpr int R = std::remove_cvref_t<decltype(p)>::rank;
+    expect_tensor_near(p.grad, fx.expected<T, R>("grad.param." + key), parity_tol<T>(),
+                       name + " grad of " + key);
+    ++checked;
+  });
+  EXPECT_GT(checked, 0) << name;
 }
 
 }  // namespace tessera::test

@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <map>
 
-#include "../fixture.hpp"
 #include "backward_test_util.hpp"
 #include "tessera/nn/embedding.hpp"
 
@@ -15,19 +14,6 @@ namespace tessera::nn {
 namespace {
 
 using test::random_tensor;
-
-// Every parameter's gradient against a training fixture's, as backward accumulated it from zero.
-template <class T, class M>
-void expect_parameter_grads_match(M& m, const test::Fixture& fx, const std::string& name) {
-  int checked = 0;
-  m.for_each_parameter([&](const std::string& key, const auto& p) {
-    constexpr int R = std::remove_cvref_t<decltype(p)>::rank;
-    test::expect_tensor_near(p.grad, fx.expected<T, R>("grad.param." + key), test::parity_tol<T>(),
-                             name + " grad of " + key);
-    ++checked;
-  });
-  EXPECT_GT(checked, 0);
-}
 
 // ids [2, 3] with repeats (7 three times, 0 twice), so the scatter-add sums rows
 Tensor<std::int64_t, 2> repeated_ids() {
@@ -150,7 +136,7 @@ TYPED_TEST(EmbeddingBackwardTyped, MatchesPyTorchAutograd) {
   test::expect_tensor_near(f.output, fx.expected<T, 3>("output"), test::parity_tol<T>(), "output");
   m.zero_grad();
   m.backward(f.context, fx.input<T, 3>("grad_output"));
-  expect_parameter_grads_match<T>(m, fx, "nn_embedding");
+  test::expect_fixture_parameter_grads<T>(m, fx, "nn_embedding");
 }
 
 }  // namespace

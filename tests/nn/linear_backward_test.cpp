@@ -63,6 +63,23 @@ TEST(LinearBackward, TwoBackwardsAccumulateAndTheContextIsUnchanged) {
   for (Index i = 0; i < once_b.size(); ++i) EXPECT_DOUBLE_EQ(m.bias.grad.data()[i], 2 * once_b(i));
 }
 
+// A module used twice in one graph, y = m(m(x)): two contexts, and backward through both adds
+// both uses into the parameters' gradients, as autograd does.
+TEST(LinearBackward, AModuleUsedTwiceInOneGraphAccumulatesBothUses) {
+  Linear<double> m({.in_features = 4, .out_features = 4, .seed = 6});
+  auto x = random_tensor<2>({3, 4}, 1);
+  const auto w = random_tensor<2>({3, 4}, 2);
+  const auto f1 = m.forward_train(x, Activation::tanh);
+  const auto f2 = m.forward_train(f1.output, Activation::tanh);
+  m.zero_grad();
+  const auto dx = m.backward(f1.context, m.backward(f2.context, w));
+  const auto loss = [&] {
+    return test::weighted_sum(m.forward(m.forward(x, Activation::tanh), Activation::tanh), w);
+  };
+  test::expect_gradient("x", x.data(), dx.data(), x.size(), loss);
+  test::expect_parameter_gradients(m, loss);
+}
+
 TEST(LinearBackward, AMissingGradientIsAllocatedAndAPrepackedWeightIsUsed) {
   Linear<float> m({.in_features = 8, .out_features = 6, .seed = 2});
   const auto x = test::cast_to<float>(random_tensor<2>({5, 8}, 3));
@@ -76,6 +93,18 @@ TEST(LinearBackward, AMissingGradientIsAllocatedAndAPrepackedWeightIsUsed) {
   (void)m.backward(packed.context, g);
   EXPECT_TRUE(m.weight.has_grad());
   EXPECT_TRUE(m.bias.has_grad());
+}
+
+// An optimizer step (or a load) between forward_train and backward changes the weight backward
+// would multiply by: refused, as PyTorch refuses a tensor "modified by an inplace operation".
+TEST(LinearBackward, AWeightChangedSinceTheForwardIsRefused) {
+  Linear<float> m({.in_features = 3, .out_features = 2});
+  Tensor<float, 2> x(Shape<2>{4, 3}), g(Shape<2>{4, 2});
+  const auto f = m.forward_train(x);
+  m.weight.value(0, 0) += 1;
+  ++m.weight.version;  // what every optimizer step and load_state_dict do
+  TESSERA_EXPECT_THROW_MSG(m.backward(f.context, g), ValueError, "tessera::nn::Linear::backward",
+                           "'weight'", "changed since forward_train", "version 0", "1 now");
 }
 
 TEST(LinearBackward, BadArgumentsAreNamedErrors) {

@@ -2,7 +2,6 @@
 // inputs and every parameter under each option, float against double, masked rows, errors.
 #include <gtest/gtest.h>
 
-#include "../fixture.hpp"
 #include "backward_test_util.hpp"
 #include "tessera/nn/multihead_attention.hpp"
 
@@ -119,20 +118,6 @@ TEST(MultiheadAttentionBackward, MatchesCentralDifferencesInDoubleForEveryOption
   }
 }
 
-// Every parameter's gradient in a fixture, as backward accumulated it from zero.
-template <class T, class M>
-void expect_parameter_grads_match(M& m, const test::Fixture& fx, const std::string& prefix,
-                                  const std::string& name) {
-  int checked = 0;
-  m.for_each_parameter([&](const std::string& key, const auto& p) {
-    constexpr int R = std::remove_cvref_t<decltype(p)>::rank;
-    test::expect_tensor_near(p.grad, fx.expected<T, R>("grad.param." + prefix + key),
-                             test::parity_tol<T>(), name + " grad of " + key);
-    ++checked;
-  });
-  EXPECT_GT(checked, 0);
-}
-
 template <class T>
 class MultiheadAttentionBackwardTyped : public ::testing::Test {};
 TYPED_TEST_SUITE(MultiheadAttentionBackwardTyped, test::Scalars);
@@ -191,7 +176,7 @@ TYPED_TEST(MultiheadAttentionBackwardTyped, MatchesPyTorchAutograd) {
       test::expect_tensor_near(g.value, fx.expected<T, 3>("grad.value"), test::parity_tol<T>(),
                                name + " grad.value");
     }
-    expect_parameter_grads_match<T>(m, fx, "", name);
+    test::expect_fixture_parameter_grads<T>(m, fx, name);
   }
 }
 
@@ -239,6 +224,20 @@ TEST(MultiheadAttentionBackward, TheContextOwnsItsMasks) {
   pad.setZero();  // the caller's mask changes after the forward: backward must not see it
   const auto again = m.backward(f.context, w);
   EXPECT_TRUE(test::same_bits(expected.query, again.query));
+}
+
+TEST(MultiheadAttentionBackward, AWeightChangedSinceTheForwardIsRefused) {
+  MultiheadAttention<float> m({.embed_dim = 4, .num_heads = 2});
+  Tensor<float, 3> x(Shape<3>{1, 3, 4});
+  const auto f = m.forward_train(x, x, x);
+  ++m.in_proj_weight.version;
+  TESSERA_EXPECT_THROW_MSG(m.backward(f.context, x), ValueError,
+                           "tessera::nn::MultiheadAttention::backward", "'in_proj_weight'",
+                           "changed since forward_train");
+  --m.in_proj_weight.version;
+  ++m.out_proj.weight.version;
+  TESSERA_EXPECT_THROW_MSG(m.backward(f.context, x), ValueError,
+                           "tessera::nn::MultiheadAttention::backward", "'out_proj.weight'");
 }
 
 TEST(MultiheadAttentionBackward, BadArgumentsAreNamedErrors) {

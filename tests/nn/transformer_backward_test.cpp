@@ -107,18 +107,6 @@ template <class T>
 class TransformerBackwardTyped : public ::testing::Test {};
 TYPED_TEST_SUITE(TransformerBackwardTyped, test::Scalars);
 
-template <class T, class M>
-void expect_grads_match_fixture(M& m, const test::Fixture& fx, const std::string& name) {
-  int checked = 0;
-  m.for_each_parameter([&](const std::string& key, const auto& p) {
-    constexpr int R = std::remove_cvref_t<decltype(p)>::rank;
-    test::expect_tensor_near(p.grad, fx.expected<T, R>("grad.param." + key), test::parity_tol<T>(),
-                             name + " grad of " + key);
-    ++checked;
-  });
-  EXPECT_GT(checked, 10);
-}
-
 // PyTorch autograd (tests/fixtures/training, make_training_fixtures.py).
 TYPED_TEST(TransformerBackwardTyped, MatchesPyTorchAutograd) {
   using T = TypeParam;
@@ -136,7 +124,7 @@ TYPED_TEST(TransformerBackwardTyped, MatchesPyTorchAutograd) {
     m.zero_grad();
     const auto dx = m.backward(f.context, fx.input<T, 3>("grad_output"));
     test::expect_tensor_near(dx, fx.expected<T, 3>("grad.src"), test::parity_tol<T>(), name);
-    expect_grads_match_fixture<T>(m, fx, name);
+    test::expect_fixture_parameter_grads<T>(m, fx, name);
   }
   {
     const std::string name = "encoder_final_norm_padding";
@@ -153,7 +141,7 @@ TYPED_TEST(TransformerBackwardTyped, MatchesPyTorchAutograd) {
     m.zero_grad();
     const auto dx = m.backward(f.context, fx.input<T, 3>("grad_output"));
     test::expect_tensor_near(dx, fx.expected<T, 3>("grad.src"), test::parity_tol<T>(), name);
-    expect_grads_match_fixture<T>(m, fx, name);
+    test::expect_fixture_parameter_grads<T>(m, fx, name);
   }
   for (const std::string name : {"decoder_layer_post_norm_relu_causal_padding",
                                  "decoder_layer_pre_norm_gelu_causal_padding"}) {
@@ -171,7 +159,7 @@ TYPED_TEST(TransformerBackwardTyped, MatchesPyTorchAutograd) {
     test::expect_tensor_near(g.tgt, fx.expected<T, 3>("grad.tgt"), test::parity_tol<T>(), name);
     test::expect_tensor_near(g.memory, fx.expected<T, 3>("grad.memory"), test::parity_tol<T>(),
                              name);
-    expect_grads_match_fixture<T>(m, fx, name);
+    test::expect_fixture_parameter_grads<T>(m, fx, name);
   }
 }
 

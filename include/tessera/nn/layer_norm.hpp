@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <optional>
 #include <string_view>
 #include <utility>
@@ -68,6 +69,7 @@ class LayerNorm : public Module<LayerNorm<T>> {
   template <int R>
   struct Context {
     Tensor<T, R> input;
+    std::uint64_t weight_version = 0;  // weight.version at the forward (backward reads weight)
   };
 
   // The training forward: forward's output and the context for backward.
@@ -78,6 +80,7 @@ class LayerNorm : public Module<LayerNorm<T>> {
     Trained<Tensor<T, rank_v<X>>, Context<rank_v<X>>> r;
     r.context.input = Tensor<T, rank_v<X>>(x.shape(), uninitialized);
     std::copy_n(cview(x).data(), cview(x).size(), r.context.input.data());
+    r.context.weight_version = weight.version;
     r.output = Tensor<T, rank_v<X>>(x.shape(), uninitialized);
     run(x, r.output);
     return r;
@@ -96,6 +99,8 @@ class LayerNorm : public Module<LayerNorm<T>> {
     if (ctx.input.shape()[R - 1] != options_.normalized_shape)
       detail::raise<ValueError>(fn,
                                 "argument 'ctx' does not come from this module's forward_train");
+    if (has_weight())
+      detail::check_unchanged_since_forward(fn, "weight", weight, ctx.weight_version);
     Tensor<T, R> dx(ctx.input.shape(), uninitialized);
     tessera::LayerNormOptions<T> lo{.eps = options_.eps};
     std::optional<TensorMap<T, 1>> gw, gb;

@@ -109,6 +109,7 @@ class Linear : public Module<Linear<T>> {
     std::vector<Index> shape;     // x's shape
     Tensor<T, 2> pre_activation;  // [rows, out_features]; empty for the identity
     Activation activation = Activation::identity;
+    std::uint64_t weight_version = 0;  // weight.version at the forward (backward checks it)
   };
 
   // The training forward: act(x W^T + b) as forward computes it (the activation applied after the
@@ -129,16 +130,19 @@ class Linear : public Module<Linear<T>> {
     r.context.input = Tensor<T, 2>(Shape<2>{rows, options_.in_features}, uninitialized);
     std::copy_n(xv.data(), xv.size(), r.context.input.data());
     r.context.activation = act;
+    r.context.weight_version = weight.version;
     Shape<rank_v<X>> s = xv.shape();
     s[rank_v<X> - 1] = options_.out_features;
     r.output = Tensor<T, rank_v<X>>(s, uninitialized);
+    // Always the weight itself, never a packed copy: training changes the weight every step, and
+    // backward multiplies by these same values.
+    const auto out2 = r.output.template reshape<2>({rows, options_.out_features});
     if (act == Activation::identity) {
-      run(fn, x, r.output, act, std::nullopt);
+      linear_into(r.context.input, weight.value, out2, bias_options());
     } else {
       r.context.pre_activation = Tensor<T, 2>(Shape<2>{rows, options_.out_features}, uninitialized);
-      run(fn, r.context.input, r.context.pre_activation, Activation::identity, std::nullopt);
-      activate_into(act, r.context.pre_activation,
-                    r.output.template reshape<2>({rows, options_.out_features}));
+      linear_into(r.context.input, weight.value, r.context.pre_activation, bias_options());
+      activate_into(act, r.context.pre_activation, out2);
     }
     return r;
   }
@@ -188,6 +192,8 @@ class Linear : public Module<Linear<T>> {
                                 "argument 'ctx' does not come from this module's forward_train");
     expected.back() = options_.out_features;
     detail::check_shape_equal(fn, "grad_output", grad_shape, expected);
+    detail::check_unchanged_since_forward(fn, detail::ParameterPrefix(prefix, "weight"), weight,
+                                          ctx.weight_version);
   }
 
   // Throws ShapeError, naming `fn` and the parameter as `prefix` + its name, unless weight is

@@ -199,6 +199,8 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
     std::optional<SavedMask> attn_mask, key_padding_mask;
     bool is_causal = false;
     bool self_attention = false;  // query, key and value were one tensor: only `query` is kept
+    // versions of in_proj_weight, q_proj_weight, k_proj_weight, v_proj_weight at the forward
+    std::array<std::uint64_t, 4> proj_versions{};
   };
 
   // The training forward: the output of forward (need_weights is refused: ValueError) and the
@@ -736,6 +738,8 @@ Trained<Tensor<T, 3>, typename MultiheadAttention<T>::Context> MultiheadAttentio
   if (fo.attn_mask) c.attn_mask.emplace(*fo.attn_mask);
   if (fo.key_padding_mask) c.key_padding_mask.emplace(*fo.key_padding_mask);
   c.is_causal = fo.is_causal;
+  c.proj_versions = {in_proj_weight.version, q_proj_weight.version, k_proj_weight.version,
+                     v_proj_weight.version};
   // q [B, Lq, E], k and v [B, Lk, E]: one product each
   c.q = linear(qv, proj_weight(kQ), proj_bias(kQ));
   auto k = linear(kv, proj_weight(kK), proj_bias(kK));
@@ -793,6 +797,15 @@ MultiheadAttentionGrads<T> MultiheadAttention<T>::backward(const Context& ctx,
     detail::raise<ValueError>(fn, "argument 'ctx' does not come from this module's forward_train");
   const Index g_expected[] = {B, Lq, E};
   detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(), g_expected);
+  if (packed()) {
+    detail::check_unchanged_since_forward(fn, "in_proj_weight", in_proj_weight,
+                                          ctx.proj_versions[0]);
+  } else {
+    detail::check_unchanged_since_forward(fn, "q_proj_weight", q_proj_weight, ctx.proj_versions[1]);
+    detail::check_unchanged_since_forward(fn, "k_proj_weight", k_proj_weight, ctx.proj_versions[2]);
+    detail::check_unchanged_since_forward(fn, "v_proj_weight", v_proj_weight, ctx.proj_versions[3]);
+  }
+  out_proj.check_backward(fn, ctx.out_proj, cview(grad_output).shape(), "out_proj.");
   std::optional<Mask> attn_mask, pad_mask;
   if (ctx.attn_mask) attn_mask = ctx.attn_mask->mask();
   if (ctx.key_padding_mask) pad_mask = ctx.key_padding_mask->mask();

@@ -179,6 +179,7 @@ class PatchEmbedding : public Module<PatchEmbedding<T>> {
     Tensor<T, 2> patches;
     Index batch = 0;
     typename LayerNorm<T>::template Context<3> ln_pre;
+    std::uint64_t weight_version = 0;  // conv1.weight's version at the forward
   };
 
   // The training forward: forward's tokens [batch, num_tokens, embed_dim] and the context.
@@ -285,6 +286,7 @@ class PatchEmbedding : public Module<PatchEmbedding<T>> {
     Trained<Tensor<T, 3>, Context> r;
     r.output = embed(fn, arg, images, &r.context.patches, /*norm=*/!options_.pre_norm);
     r.context.batch = r.output.dim(0);
+    r.context.weight_version = conv1_weight.version;
     if (options_.pre_norm) {
       auto n = ln_pre.forward_train(r.output);
       r.output = std::move(n.output);
@@ -305,6 +307,7 @@ class PatchEmbedding : public Module<PatchEmbedding<T>> {
                                 "argument 'ctx' does not come from this module's forward_train");
     const Index g_expected[] = {B, Tn, E};
     detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(), g_expected);
+    detail::check_unchanged_since_forward(fn, "conv1.weight", conv1_weight, ctx.weight_version);
     // d: dL/d(tokens before ln_pre) [B, T, E]
     Tensor<T, 3> d;
     if (options_.pre_norm) {

@@ -13,6 +13,8 @@
 // changes the context: it may be called more than once.
 #pragma once
 
+#include <cstdint>
+#include <string_view>
 #include <utility>
 
 #include "tessera/core/error.hpp"
@@ -37,6 +39,20 @@ template <class T, int R>
 Tensor<T, R>& grad_of(nn::Parameter<T, R>& p) {
   if (!p.has_grad()) p.zero_grad();
   return p.grad;
+}
+
+// Throws ValueError, naming `fn` and the parameter, unless `p` is at the version a training
+// forward saw: backward reads the weights, and an optimizer step or a load between the two would
+// give the gradients of weights the forward never used (PyTorch refuses the same with "modified
+// by an inplace operation").
+template <class T, int R>
+void check_unchanged_since_forward(std::string_view fn, std::string_view name,
+                                   const nn::Parameter<T, R>& p, std::uint64_t version) {
+  if (p.version != version)
+    raise<ValueError>(fn, "parameter '", name, "' changed since forward_train (version ", version,
+                      " then, ", p.version,
+                      " now: an optimizer step or a load came between them); run forward_train "
+                      "again with the current weights");
 }
 
 // a += b, element-wise, for tensors of one shape: the skip connections' gradients.

@@ -237,6 +237,19 @@ TYPED_TEST(OptimizerTest, LoadStateDictErrorsChangeNothing) {
   TESSERA_EXPECT_THROW_MSG(fresh.load_state_dict(bad), tessera::ValueError, fn, "'group.0.lr'",
                            "'fast'", "number");
   bad = good;
+  bad.metadata["group.0.lr"] = "nan";  // read, then refused as the constructor refuses it
+  TESSERA_EXPECT_THROW_MSG(fresh.load_state_dict(bad), tessera::ValueError, fn, "'group.0.lr'",
+                           "nan", "finite value >= 0");
+  bad = good;
+  bad.metadata["group.0.weight_decay"] = "-5";
+  TESSERA_EXPECT_THROW_MSG(fresh.load_state_dict(bad), tessera::ValueError, fn,
+                           "'group.0.weight_decay'", "-5", ">= 0");
+  bad = good;
+  bad.erase("bias.step");
+  bad.insert("bias.step", Tensor<std::int64_t, 0>(Shape<0>{}));  // 0: Adam would divide by zero
+  TESSERA_EXPECT_THROW_MSG(fresh.load_state_dict(bad), tessera::ValueError, fn, "'bias.step'",
+                           "is 0", ">= 1");
+  bad = good;
   bad.erase("bias.exp_avg_sq");
   TESSERA_EXPECT_THROW_MSG(fresh.load_state_dict(bad), tessera::ValueError, fn,
                            "'bias.exp_avg_sq' is missing");

@@ -6,6 +6,10 @@
 // finds a gradient, as PyTorch creates `optimizer.state[p]` lazily. A parameter without a gradient
 // (nn::Parameter::has_grad() false, PyTorch's `p.grad is None`) is skipped by step().
 //
+// An optimizer refers to the module's parameters (optim::ParameterRef): the module must outlive
+// it and stay where it is. Build the optimizer once the model is in place, and build it again if
+// the model is moved or copied, or a stack's public `layers` vector is changed.
+//
 // state_dict(prefix) stores, for each parameter with state, "<prefix><param name>.<buffer>" (the
 // parameter's shape and scalar type) and "<prefix><param name>.step" (I64, rank 0), and in the
 // metadata the optimizer's type, its options and per group its parameter names, lr, initial_lr
@@ -238,6 +242,10 @@ class Optimizer {
       g.lr = meta_double(gp + "lr");
       g.initial_lr = meta_double(gp + "initial_lr");
       g.weight_decay = meta_double(gp + "weight_decay");
+      // the checks the constructor runs, on what the file says
+      impl::check_lr_like(fn, gp + "lr", g.lr);
+      impl::check_lr_like(fn, gp + "initial_lr", g.initial_lr);
+      impl::check_lr_like(fn, gp + "weight_decay", g.weight_decay);
       g.own_lr = meta(gp + "own_lr") == "true";
       for (std::size_t i = 0; i < g.params.size(); ++i) {
         const auto& p = g.params[i];
@@ -251,6 +259,10 @@ class Optimizer {
                                       ", expected an I64 scalar");
           st.initialized = true;
           st.step = s->values<std::int64_t>()[0];
+          if (st.step < 1)
+            detail::raise<ValueError>(
+                fn, "tensor '", key, "step' is ", st.step,
+                ", expected a step count >= 1 (a state is saved after a step)");
           st.shape.assign(p.shape().begin(), p.shape().end());
           for (const auto& b : buffers) {
             const io::StoredTensor* t = sd.find(key + b);

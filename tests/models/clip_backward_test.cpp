@@ -155,6 +155,9 @@ TEST(ClipTrain, TrainLossMatchesCentralDifferencesInDouble) {
   Tensor<Index, 2> two = some_ids();
   TESSERA_EXPECT_THROW_MSG(clip.train_loss(random_tensor<4>({2, 3, 8, 8}, 1), two), ShapeError,
                            "tessera::models::CLIP::train_loss", "'images'", "'ids'");
+  Tensor<Index, 2> no_ids(Shape<2>{0, 5});
+  TESSERA_EXPECT_THROW_MSG(clip.train_loss(random_tensor<4>({0, 3, 8, 8}, 1), no_ids), ShapeError,
+                           "tessera::models::CLIP::train_loss", "'images'", "no examples");
 }
 
 }  // namespace

@@ -62,6 +62,9 @@ TEST(SigLipTrain, TrainLossMatchesCentralDifferencesInDouble) {
   test::expect_parameter_gradients(m, loss_fn, go);
   TESSERA_EXPECT_THROW_MSG(m.train_loss(random_tensor<4>({2, 3, 8, 8}, 1), ids), ShapeError,
                            "tessera::models::SigLIP::train_loss", "'images'", "'ids'");
+  Tensor<Index, 2> no_ids(Shape<2>{0, 5});
+  TESSERA_EXPECT_THROW_MSG(m.train_loss(random_tensor<4>({0, 3, 8, 8}, 1), no_ids), ShapeError,
+                           "tessera::models::SigLIP::train_loss", "'images'", "no examples");
 }
 
 }  // namespace

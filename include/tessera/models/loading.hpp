@@ -124,3 +124,19 @@ Model load_checked(std::string_view fn, io::StateDict dict,
 }
 
 }  // namespace tessera::models
+
+namespace tessera::detail {
+
+// The checks a contrastive train_loss runs first: images [N, ...] and ids [N, L] hold the same
+// number N >= 1 of pairs (ShapeError naming `fn` otherwise).
+template <class X, class I>
+void check_training_pairs(std::string_view fn, const X& images, const I& ids) {
+  if (images.dim(0) < 1)
+    raise<ShapeError>(fn, "argument 'images' holds no examples (shape ",
+                      shape_string(images.shape()), "), expected a batch of at least 1 pair");
+  if (images.dim(0) != ids.dim(0))
+    raise<ShapeError>(fn, "arguments 'images' and 'ids' hold ", images.dim(0), " and ", ids.dim(0),
+                      " examples, expected pairs");
+}
+
+}  // namespace tessera::detail

@@ -132,13 +132,7 @@ class SigLIP : public nn::Module<SigLIP<T>> {
   template <TensorLike X, TensorLike I>
   T train_loss(const X& images, const I& ids, const contrastive::SigLipLossOptions& opts = {}) {
     constexpr std::string_view fn = "tessera::models::SigLIP::train_loss";
-    if (cview(images).dim(0) < 1)
-      detail::raise<ShapeError>(fn, "argument 'images' holds no examples (shape ",
-                                detail::shape_string(cview(images).shape()),
-                                "), expected a batch of at least 1 pair");
-    if (cview(images).dim(0) != cview(ids).dim(0))
-      detail::raise<ShapeError>(fn, "arguments 'images' and 'ids' hold ", cview(images).dim(0),
-                                " and ", cview(ids).dim(0), " examples, expected pairs");
+    detail::check_training_pairs(fn, cview(images), cview(ids));
     auto img = visual.forward_train(images);
     auto txt = text.forward_train(ids);
     const Tensor<T, 2> a = l2_normalize(img.output), b = l2_normalize(txt.output);

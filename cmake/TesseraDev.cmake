@@ -28,8 +28,8 @@ endif()
 
 # tessera_input_targets(<source> <out_targets> <out_missing>): the input-layer targets
 # (cmake/tesseraInputs.cmake) a test, benchmark or example needs, read from the tessera/text,
-# tessera/image and tessera/audio headers it includes. <out_missing> names those this system
-# lacks; the caller skips the program, with a message, when it is not empty.
+# tessera/image, tessera/audio and tessera/distributed headers it includes. <out_missing> names
+# those this system lacks; the caller skips the program, with a message, when it is not empty.
 function(tessera_input_targets src out_targets out_missing)
   file(STRINGS ${src} includes REGEX "#include [<\"]tessera/(text|image|audio)/")
   # An include added later re-runs this at the next build.
@@ -48,6 +48,11 @@ function(tessera_input_targets src out_targets out_missing)
       list(APPEND missing tessera::${layer})
     endif()
   endforeach()
+  # tessera/distributed runs over MPI where tessera::mpi exists, as a single process elsewhere.
+  file(STRINGS ${src} distributed REGEX "#include [<\"]tessera/distributed/")
+  if(distributed AND TARGET tessera::mpi)
+    list(APPEND targets tessera::mpi)
+  endif()
   list(REMOVE_DUPLICATES targets)
   list(REMOVE_DUPLICATES missing)
   set(${out_targets} ${targets} PARENT_SCOPE)

@@ -5,7 +5,7 @@
 set -eu
 pkgs="cmake make g++ libeigen3-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev clang libclang-rt-14-dev
   zlib1g-dev libpcre2-dev libutf8proc-dev libstb-dev libsentencepiece-dev libsndfile1-dev
-  libsamplerate0-dev pkg-config"
+  libsamplerate0-dev pkg-config libopenmpi-dev openmpi-bin"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

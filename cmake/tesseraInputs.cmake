@@ -110,3 +110,25 @@ else()
   _tessera_input(audio OFF "${_missing}")
 endif()
 unset(_missing)
+
+# tessera::mpi: tessera/distributed over MPI (Debian: libopenmpi-dev, openmpi-bin). Linking it
+# defines TESSERA_WITH_MPI; without it the distributed headers build for a single process (rank 0
+# of 1), so code written for several ranks still runs. TESSERA_WITH_MPI says whether it exists.
+if(NOT TARGET tessera::mpi)
+  # The C API through the C++ compiler (a C++-only project has no C compiler to probe with);
+  # MPI's deprecated C++ bindings left out.
+  set(MPI_CXX_SKIP_MPICXX ON)
+  find_package(MPI QUIET COMPONENTS CXX)
+endif()
+if(TARGET tessera::mpi OR MPI_CXX_FOUND)
+  if(NOT TARGET tessera::mpi)
+    add_library(tessera::mpi INTERFACE IMPORTED ${_tessera_scope})
+    target_link_libraries(tessera::mpi INTERFACE tessera::tessera MPI::MPI_CXX)
+    target_compile_definitions(tessera::mpi INTERFACE TESSERA_WITH_MPI)
+  endif()
+  set(TESSERA_WITH_MPI ON)
+else()
+  set(TESSERA_WITH_MPI OFF)
+  message(STATUS "tessera: tessera::mpi not available (missing: an MPI library, e.g. "
+                 "libopenmpi-dev); tessera/distributed runs as a single process")
+endif()

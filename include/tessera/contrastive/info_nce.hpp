@@ -113,6 +113,32 @@ void info_nce_materialized(MatrixMap<const T> A, MatrixMap<const T> B, T s, T w,
   tile_backward<T>(A, B, all, G, s, out.grad_a.as_matrix(), out.grad_b.as_matrix());
 }
 
+// The scale s of the logits from the options (1 / temperature, the scale, or 1 / 0.07), after
+// checking them and the reduction and block size; errors name `fn`.
+template <class T>
+T info_nce_scale(std::string_view fn, const InfoNceLossOptions& opts) {
+  if (opts.temperature && opts.scale)
+    detail::raise<ValueError>(fn, "options 'temperature' (", *opts.temperature, ") and 'scale' (",
+                              *opts.scale, ") are both set, expected at most one");
+  double s_in = 1.0 / kDefaultInfoNceTemperature;
+  if (opts.temperature) {
+    const T tau = static_cast<T>(*opts.temperature);
+    if (!(tau > 0) || !std::isfinite(tau) || !std::isfinite(T(1) / tau))
+      detail::raise<ValueError>(fn, "option 'temperature' is ", *opts.temperature,
+                                ", expected a finite value > 0 whose inverse is finite");
+    s_in = 1.0 / *opts.temperature;
+  }
+  if (opts.scale) {
+    if (!(static_cast<T>(*opts.scale) > 0) || !std::isfinite(static_cast<T>(*opts.scale)))
+      detail::raise<ValueError>(fn, "option 'scale' is ", *opts.scale,
+                                ", expected a finite value > 0");
+    s_in = *opts.scale;
+  }
+  detail::check_reduction(fn, opts.reduction);
+  detail::check_block_size(fn, opts.block_size);
+  return static_cast<T>(s_in);
+}
+
 }  // namespace detail
 
 // InfoNCE of anchors a [N, D] against candidates b [M, D] (M >= N, b_i the positive of a_i), with
@@ -136,27 +162,7 @@ InfoNceLossResult<scalar_t<A>> info_nce_loss(const A& a, const B& b,
     detail::raise<ShapeError>(
         fn, "argument 'b' has shape ", detail::shape_string(bv.shape()), ", expected at least ",
         av.dim(0), " rows (one positive per row of 'a' ", detail::shape_string(av.shape()), ")");
-  if (opts.temperature && opts.scale)
-    detail::raise<ValueError>(fn, "options 'temperature' (", *opts.temperature, ") and 'scale' (",
-                              *opts.scale, ") are both set, expected at most one");
-  double s_in = 1.0 / kDefaultInfoNceTemperature;
-  if (opts.temperature) {
-    const T tau = static_cast<T>(*opts.temperature);
-    if (!(tau > 0) || !std::isfinite(tau) || !std::isfinite(T(1) / tau))
-      detail::raise<ValueError>(fn, "option 'temperature' is ", *opts.temperature,
-                                ", expected a finite value > 0 whose inverse is finite");
-    s_in = 1.0 / *opts.temperature;
-  }
-  if (opts.scale) {
-    if (!(static_cast<T>(*opts.scale) > 0) || !std::isfinite(static_cast<T>(*opts.scale)))
-      detail::raise<ValueError>(fn, "option 'scale' is ", *opts.scale,
-                                ", expected a finite value > 0");
-    s_in = *opts.scale;
-  }
-  detail::check_reduction(fn, opts.reduction);
-  detail::check_block_size(fn, opts.block_size);
-
-  const T s = static_cast<T>(s_in);
+  const T s = detail::info_nce_scale<T>(fn, opts);
   const T w = opts.reduction == Reduction::mean ? T(1) / static_cast<T>(av.dim(0)) : T(1);
   InfoNceLossResult<T> out;
   out.grad_a = Tensor<T, 2>(av.shape());

@@ -60,14 +60,16 @@ struct SigLipTileSums {
   }
 };
 
-// G = dL/dz on the tile t of raw similarities S; returns the tile's sums.
+// G = dL/dz on the tile t of raw similarities S, whose positive pairs (label +1) are the global
+// indices [positives.first, positives.second) of the diagonal i == j (an empty range: every pair
+// is negative); returns the tile's sums.
 template <class T>
 SigLipTileSums siglip_tile(const Matrix<T>& S, const Tile& t, T s, T bias, T w,
-                           SigLipWorkspace<T>& ws) {
+                           SigLipWorkspace<T>& ws, std::pair<Index, Index> positives) {
   // y = -label z: z off the diagonal, -z on it; the pair's loss is softplus(y).
   ws.G = ((s * S.array()) + bias).matrix();
   auto Y = ws.G.array();
-  const auto [d0, d1] = diagonal_span(t);
+  const auto [d0, d1] = positives;
   for (Index i = d0; i < d1; ++i) ws.G(i - t.r0, i - t.c0) = -ws.G(i - t.r0, i - t.c0);
   ws.E = (-Y.abs()).exp().matrix();
   const auto E = ws.E.array();
@@ -97,7 +99,8 @@ void siglip_tiled(MatrixMap<const T> A, MatrixMap<const T> B, T s, T bias, T w, 
   std::vector<SigLipTileSums> parts(static_cast<std::size_t>(ceil_div(n, block)));
   for_each_tile<SigLipWorkspace<T>>(n, n, block, [&](const Tile& t, SigLipWorkspace<T>& ws) {
     tile_similarity<T>(A, B, t, ws.S);
-    parts[static_cast<std::size_t>(t.row_block)] += siglip_tile(ws.S, t, s, bias, w, ws);
+    parts[static_cast<std::size_t>(t.row_block)] +=
+        siglip_tile(ws.S, t, s, bias, w, ws, diagonal_span(t));
     tile_backward<T>(A, B, t, ws.G, s, gA, gB);
   });
   SigLipTileSums total;
@@ -113,7 +116,7 @@ void siglip_materialized(MatrixMap<const T> A, MatrixMap<const T> B, T s, T bias
   const Tile all{0, 0, 0, n, 0, n};
   SigLipWorkspace<T> ws;
   tile_similarity<T>(A, B, all, ws.S);  // [N, N]
-  siglip_finish(siglip_tile(ws.S, all, s, bias, w, ws), s, w, out);
+  siglip_finish(siglip_tile(ws.S, all, s, bias, w, ws, diagonal_span(all)), s, w, out);
   tile_backward<T>(A, B, all, ws.G, s, out.grad_a.as_matrix(), out.grad_b.as_matrix());
 }
 

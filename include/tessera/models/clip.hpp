@@ -124,12 +124,23 @@ class CLIP : public nn::Module<CLIP<T>> {
   // when the batches differ, and what the towers and the loss throw.
   template <TensorLike X, TensorLike I>
   T train_loss(const X& images, const I& ids, const contrastive::ClipLossOptions& opts = {}) {
+    return train_loss_with(images, ids, [&](const Tensor<T, 2>& a, const Tensor<T, 2>& b, T t) {
+      return contrastive::clip_loss(a, b, t, opts);
+    });
+  }
+
+  // train_loss with another loss of the L2-normalised embeddings: loss(a, b, t) -> a
+  // contrastive::ClipLossResult<T> (a [B, E] image and b [B, E] text embeddings, t the logit
+  // scale), whose gradients are backpropagated as they are (distributed::clip_train_loss passes
+  // the loss over every rank's batch).
+  template <TensorLike X, TensorLike I, class Loss>
+  T train_loss_with(const X& images, const I& ids, Loss&& loss) {
     constexpr std::string_view fn = "tessera::models::CLIP::train_loss";
     detail::check_training_pairs(fn, cview(images), cview(ids));
     auto img = visual.forward_train(images);
     auto txt = text.forward_train(ids);
     const Tensor<T, 2> a = l2_normalize(img.output), b = l2_normalize(txt.output);
-    const auto r = contrastive::clip_loss(a, b, logit_scale.value(), opts);
+    const contrastive::ClipLossResult<T> r = loss(a, b, logit_scale.value());
     detail::grad_of(logit_scale)() += r.grad_logit_scale;
     visual.backward(img.context, l2_normalize_backward(img.output, r.grad_a));
     text.backward(txt.context, l2_normalize_backward(txt.output, r.grad_b));

@@ -131,13 +131,24 @@ class SigLIP : public nn::Module<SigLIP<T>> {
   // first) and returns the loss. Throws ShapeError when the batches differ.
   template <TensorLike X, TensorLike I>
   T train_loss(const X& images, const I& ids, const contrastive::SigLipLossOptions& opts = {}) {
+    return train_loss_with(images, ids,
+                           [&](const Tensor<T, 2>& a, const Tensor<T, 2>& b, T t, T bias) {
+                             return contrastive::siglip_loss(a, b, t, bias, opts);
+                           });
+  }
+
+  // train_loss with another loss of the L2-normalised embeddings: loss(a, b, t, bias) -> a
+  // contrastive::SigLipLossResult<T>, whose gradients are backpropagated as they are
+  // (distributed::siglip_train_loss passes the loss over every rank's batch).
+  template <TensorLike X, TensorLike I, class Loss>
+  T train_loss_with(const X& images, const I& ids, Loss&& loss) {
     constexpr std::string_view fn = "tessera::models::SigLIP::train_loss";
     detail::check_training_pairs(fn, cview(images), cview(ids));
     auto img = visual.forward_train(images);
     auto txt = text.forward_train(ids);
     const Tensor<T, 2> a = l2_normalize(img.output), b = l2_normalize(txt.output);
-    const auto r = contrastive::siglip_loss(a, b, logit_scale.value.data()[0],
-                                            logit_bias.value.data()[0], opts);
+    const contrastive::SigLipLossResult<T> r =
+        loss(a, b, logit_scale.value.data()[0], logit_bias.value.data()[0]);
     detail::grad_of(logit_scale).data()[0] += r.grad_logit_scale;
     detail::grad_of(logit_bias).data()[0] += r.grad_logit_bias;
     visual.backward(img.context, l2_normalize_backward(img.output, r.grad_a));

@@ -58,3 +58,19 @@ function(tessera_input_targets src out_targets out_missing)
   set(${out_targets} ${targets} PARENT_SCOPE)
   set(${out_missing} ${missing} PARENT_SCOPE)
 endfunction()
+
+# tessera_mpiexec(<out>): the command that starts an MPI job of tessera's own tests and examples,
+# to be followed by ${MPIEXEC_NUMPROC_FLAG} <n> <program>. With Open MPI: more ranks than cores
+# allowed (--oversubscribe, no binding) and, when configured as root (CI), --allow-run-as-root.
+function(tessera_mpiexec out)
+  set(launch ${MPIEXEC_EXECUTABLE} ${MPIEXEC_PREFLAGS})
+  execute_process(COMMAND ${MPIEXEC_EXECUTABLE} --version OUTPUT_VARIABLE version ERROR_QUIET)
+  if(version MATCHES "Open MPI|OpenRTE")
+    list(APPEND launch --oversubscribe --bind-to none)
+    execute_process(COMMAND id -u OUTPUT_VARIABLE uid OUTPUT_STRIP_TRAILING_WHITESPACE)
+    if(uid STREQUAL "0")
+      list(APPEND launch --allow-run-as-root)
+    endif()
+  endif()
+  set(${out} ${launch} PARENT_SCOPE)
+endfunction()

@@ -9,7 +9,7 @@
 #include <string>
 #include <type_traits>
 
-namespace {
+namespace tessera_test {
 
 TEST(Umbrella, VersionAndConfiguration) {
   EXPECT_EQ(TESSERA_VERSION_MAJOR, 0);
@@ -140,4 +140,4 @@ TEST(Umbrella, ExposesContrastive) {
                 con::DualEncoder<float, tessera::nn::Linear<float>, tessera::nn::Linear<float>>>);
 }
 
-}  // namespace
+}  // namespace tessera_test

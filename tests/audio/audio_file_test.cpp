@@ -17,7 +17,7 @@
 #include "tessera/io/safetensors.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace audio_file_test {
 
 using tessera::Index;
 using tessera::IoError;
@@ -333,4 +333,4 @@ TYPED_TEST(AudioFileTest, BadTargetRateIsAValueError) {
                            "tessera::audio::read_audio", "ratio of 300", "[1/256, 256]");
 }
 
-}  // namespace
+}  // namespace audio_file_test

@@ -15,7 +15,7 @@
 #include "tessera/io/safetensors.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace fbank_test {
 
 using tessera::Index;
 using tessera::Shape;
@@ -324,4 +324,4 @@ TEST(KaldiMelBanks, RejectsBadArguments) {
                            "tessera::audio::kaldi_window", "'window_length' is 1");
 }
 
-}  // namespace
+}  // namespace fbank_test

@@ -17,7 +17,7 @@
 #include "tessera/io/safetensors.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace mel_spectrogram_test {
 
 using tessera::Index;
 using tessera::Shape;
@@ -391,4 +391,4 @@ TYPED_TEST(MelSpectrogramTest, PadModesExtendTheSignalAsTorchDoes) {
   }
 }
 
-}  // namespace
+}  // namespace mel_spectrogram_test

@@ -10,7 +10,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace resample_test {
 
 using tessera::Index;
 using tessera::Shape;
@@ -134,4 +134,4 @@ TYPED_TEST(ResampleTest, RejectsBadArguments) {
                            "at least one channel");
 }
 
-}  // namespace
+}  // namespace resample_test

@@ -13,7 +13,7 @@
 #include "contrastive_test_util.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace clip_loss_test {
 
 using tessera::Index;
 using tessera::ShapeError;
@@ -260,4 +260,4 @@ TEST(ClipLossErrors, Messages) {
   TESSERA_EXPECT_THROW_MSG(LogitScale<float>({.init = INFINITY}), ValueError, "'init' is inf");
 }
 
-}  // namespace
+}  // namespace clip_loss_test

@@ -16,7 +16,7 @@
 #include "contrastive_test_util.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace common_test {
 
 using tessera::Index;
 using tessera::ShapeError;
@@ -192,4 +192,4 @@ TEST(ContrastiveChecks, Messages) {
   EXPECT_NO_THROW(cd::check_finite<double>(fn, "t", 1e39));
 }
 
-}  // namespace
+}  // namespace common_test

@@ -12,7 +12,7 @@
 #include "tessera/nn/linear.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace dual_encoder_test {
 
 using tessera::Index;
 using tessera::ShapeError;
@@ -159,4 +159,4 @@ TEST(DualEncoderErrors, Messages) {
       "clip_loss", "'b'");
 }
 
-}  // namespace
+}  // namespace dual_encoder_test

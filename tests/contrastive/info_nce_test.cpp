@@ -12,7 +12,7 @@
 #include "contrastive_test_util.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace info_nce_test {
 
 using tessera::Index;
 using tessera::ShapeError;
@@ -242,4 +242,4 @@ TEST(InfoNceErrors, Messages) {
   TESSERA_EXPECT_THROW_MSG(info_nce_loss(a, a, {.block_size = 0}), ValueError, "'block_size' is 0");
 }
 
-}  // namespace
+}  // namespace info_nce_test

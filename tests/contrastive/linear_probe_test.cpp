@@ -11,7 +11,7 @@
 #include "contrastive_test_util.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace linear_probe_test {
 
 using tessera::Index;
 using tessera::IndexError;
@@ -155,4 +155,4 @@ TEST(LinearProbeErrors, Messages) {
   TESSERA_EXPECT_THROW_MSG(probe.loss_and_grad(x, y, NAN), ValueError, "'weight_decay' is nan");
 }
 
-}  // namespace
+}  // namespace linear_probe_test

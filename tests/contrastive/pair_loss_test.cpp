@@ -15,7 +15,7 @@
 #include "contrastive_test_util.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace pair_loss_test {
 
 using tessera::Index;
 using tessera::ShapeError;
@@ -323,4 +323,4 @@ TEST(PairLossErrors, Messages) {
                            "'block_size' is 0");
 }
 
-}  // namespace
+}  // namespace pair_loss_test

@@ -10,7 +10,7 @@
 #include "contrastive_test_util.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace projection_head_test {
 
 using tessera::Index;
 using tessera::ShapeError;
@@ -48,7 +48,9 @@ TEST(ProjectionHeadGrad, FiniteDifferences) {
     ProjectionHead<double> head({.in_features = 4, .embed_dim = 3, .bias = bias, .seed = 3});
     auto x = tt::random_rows<double>(5, 4, 511);
     const auto R = tt::random_rows<double>(5, 3, 512);
-    const auto f = [&] { return (tessera::test::owned_array(head.forward(x)) * R.as_array()).sum(); };
+    const auto f = [&] {
+      return (tessera::test::owned_array(head.forward(x)) * R.as_array()).sum();
+    };
     head.zero_grad();
     const auto fwd = head.forward_train(x);
     const auto gx = head.backward(x, fwd, R);
@@ -113,4 +115,4 @@ TEST(ProjectionHeadErrors, Messages) {
                            ShapeError, "'fwd.embedding' has shape [4, 2]", "expected [5, 2]");
 }
 
-}  // namespace
+}  // namespace projection_head_test

@@ -13,7 +13,7 @@
 #include "contrastive_test_util.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace siglip_loss_test {
 
 using tessera::Index;
 using tessera::ShapeError;
@@ -240,4 +240,4 @@ TEST(SigLipLossErrors, Messages) {
   TESSERA_EXPECT_THROW_MSG(LogitScaleBias<double>({.init_bias = NAN}), ValueError, "'init_bias'");
 }
 
-}  // namespace
+}  // namespace siglip_loss_test

@@ -13,7 +13,7 @@
 #include "contrastive_test_util.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace zero_shot_classifier_test {
 
 using tessera::Index;
 using tessera::ShapeError;
@@ -149,4 +149,4 @@ TEST(ZeroShotErrors, Messages) {
                            "accuracy", "'labels' has shape [1]", "expected [2]");
 }
 
-}  // namespace
+}  // namespace zero_shot_classifier_test

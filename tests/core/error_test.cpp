@@ -15,7 +15,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace error_test {
 
 using tessera::Index;
 using tessera::detail::check_shape_equal;
@@ -176,4 +176,4 @@ TEST(Error, CheckShapeEqualThrowsWithBothShapes) {
       "tessera::k: argument 'bias' has shape [], expected [1]");
 }
 
-}  // namespace
+}  // namespace error_test

@@ -18,7 +18,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace mask_test {
 
 using tessera::Index;
 using tessera::Mask;
@@ -404,4 +404,4 @@ TEST(MaskRows, MaskOfHigherRankThanTargetThrows) {
                            tessera::ShapeError, "h", "'mask'", "[]");
 }
 
-}  // namespace
+}  // namespace mask_test

@@ -8,7 +8,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace scratch_test {
 
 using tessera::Index;
 using tessera::detail::ScratchArena;
@@ -181,4 +181,4 @@ TEST_F(ScratchTest, ZeroSizeAndInvalidSizes) {
   EXPECT_EQ(arena.bytes_in_use(), 0u);
 }
 
-}  // namespace
+}  // namespace scratch_test

@@ -18,7 +18,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace tensor_test {
 
 using tessera::Index;
 using tessera::Shape;
@@ -1003,4 +1003,4 @@ TEST(Tensor, BoolAndIntegerScalars) {
   EXPECT_EQ(values(z), std::vector<std::int64_t>(4, 0));
 }
 
-}  // namespace
+}  // namespace tensor_test

@@ -5,7 +5,7 @@
 #include <atomic>
 #include <vector>
 
-namespace {
+namespace threading_test {
 
 using tessera::Index;
 
@@ -50,4 +50,4 @@ TEST(Threading, ParallelForCoversEveryIndexOnce) {
   tessera::set_num_threads(tessera::max_threads());
 }
 
-}  // namespace
+}  // namespace threading_test

@@ -17,7 +17,7 @@
 #include "nn/backward_test_util.hpp"
 
 namespace tessera::fusion {
-namespace {
+namespace bottleneck_fusion_backward_test {
 
 using test::random_tensor;
 
@@ -187,5 +187,5 @@ TEST(BottleneckFusionBackward, BadArgumentsAreNamedErrors) {
                            "tessera::fusion::BottleneckFusion::backward", "bottleneck");
 }
 
-}  // namespace
+}  // namespace bottleneck_fusion_backward_test
 }  // namespace tessera::fusion

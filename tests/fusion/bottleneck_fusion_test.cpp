@@ -14,7 +14,7 @@
 #include "tessera/fusion/late_fusion.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace bottleneck_fusion_test {
 
 using tessera::Index;
 using tessera::IndexError;
@@ -379,4 +379,4 @@ TYPED_TEST(BottleneckFusionTest, RejectsBadInputs) {
                            "argument 'state.bottleneck' has shape [2, 3, 8]", "[2, 4, 8]");
 }
 
-}  // namespace
+}  // namespace bottleneck_fusion_test

@@ -15,7 +15,7 @@
 #include "nn/backward_test_util.hpp"
 
 namespace tessera::fusion {
-namespace {
+namespace cross_modal_attention_backward_test {
 
 using test::random_tensor;
 
@@ -172,5 +172,5 @@ TEST(CrossModalAttentionBackward, BadArgumentsAreNamedErrors) {
                            "tessera::fusion::CrossModalAttention::backward", "'ctx'");
 }
 
-}  // namespace
+}  // namespace cross_modal_attention_backward_test
 }  // namespace tessera::fusion

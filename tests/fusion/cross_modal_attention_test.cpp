@@ -12,7 +12,7 @@
 #include "fusion_fixture.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace cross_modal_attention_test {
 
 using tessera::Index;
 using tessera::Mask;
@@ -257,4 +257,4 @@ TYPED_TEST(CrossModalAttentionTest, RejectsBadOptionsAndInputs) {
                            "expected [2, 5]");
 }
 
-}  // namespace
+}  // namespace cross_modal_attention_test

@@ -14,7 +14,7 @@
 #include "nn/backward_test_util.hpp"
 
 namespace tessera::fusion {
-namespace {
+namespace early_fusion_backward_test {
 
 using test::random_tensor;
 
@@ -141,5 +141,5 @@ TEST(EarlyFusionBackward, BadArgumentsAreNamedErrors) {
                            "tessera::fusion::EarlyFusion::backward", "modality_embedding.weight");
 }
 
-}  // namespace
+}  // namespace early_fusion_backward_test
 }  // namespace tessera::fusion

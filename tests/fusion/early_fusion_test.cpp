@@ -10,7 +10,7 @@
 #include "fusion/fusion_test_util.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace early_fusion_test {
 
 using tessera::Index;
 using tessera::Mask;
@@ -161,4 +161,4 @@ TYPED_TEST(EarlyFusionTest, RejectsBadOptionsAndInputs) {
       "argument 'key_padding_masks[1]' has shape [2, 5]", "expected [2, 3]");
 }
 
-}  // namespace
+}  // namespace early_fusion_test

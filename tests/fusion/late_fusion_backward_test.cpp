@@ -16,7 +16,7 @@
 #include "nn/backward_test_util.hpp"
 
 namespace tessera::fusion {
-namespace {
+namespace late_fusion_backward_test {
 
 using test::random_tensor;
 
@@ -176,5 +176,5 @@ TEST(LateFusionBackward, BadArgumentsAreNamedErrors) {
                            "tessera::fusion::LateFusion::backward", "encoders");
 }
 
-}  // namespace
+}  // namespace late_fusion_backward_test
 }  // namespace tessera::fusion

@@ -11,7 +11,7 @@
 #include "fusion/fusion_test_util.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace late_fusion_test {
 
 using tessera::Index;
 using tessera::Mask;
@@ -189,4 +189,4 @@ TYPED_TEST(LateFusionTest, RejectsBadOptionsAndInputs) {
                            "expected [2, 5]");
 }
 
-}  // namespace
+}  // namespace late_fusion_test

@@ -9,7 +9,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace colormap_test {
 
 using tessera::Index;
 using tessera::Tensor;
@@ -160,4 +160,4 @@ TYPED_TEST(ApplyColormap, BadRangesAreRejected) {
                            "'vmax'", "2 and 1", "vmin <= vmax");
 }
 
-}  // namespace
+}  // namespace colormap_test

@@ -14,7 +14,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace decode_test {
 
 using tessera::Index;
 using tessera::IoError;
@@ -313,4 +313,4 @@ TEST(DecodeTest, SizeErrors) {
   EXPECT_EQ(one.shape(), (tessera::Shape<3>{1, 1, 3}));
 }
 
-}  // namespace
+}  // namespace decode_test

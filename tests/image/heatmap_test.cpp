@@ -16,7 +16,7 @@
 #include "tessera/image/write.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace heatmap_test {
 
 using tessera::Index;
 using tessera::Shape;
@@ -503,4 +503,4 @@ TYPED_TEST(Heatmap, Errors) {
                            "16384");
 }
 
-}  // namespace
+}  // namespace heatmap_test

@@ -15,7 +15,7 @@
 #include "tessera/image/decode.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace resize_test {
 
 using tessera::Index;
 using tessera::ShapeError;
@@ -188,4 +188,4 @@ TEST(ResizeTest, Errors) {
                            "tessera::image::shorter_side_size", "'max_size'", "2", "3");
 }
 
-}  // namespace
+}  // namespace resize_test

@@ -17,7 +17,7 @@
 #include "tessera/image/decode.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace transforms_test {
 
 using tessera::Index;
 using tessera::Shape;
@@ -253,4 +253,4 @@ TYPED_TEST(TransformsTyped, Errors) {
                            "tessera::image::preprocess_batch", "'images'", "empty");
 }
 
-}  // namespace
+}  // namespace transforms_test

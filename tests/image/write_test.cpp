@@ -13,7 +13,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace write_test {
 
 using tessera::Index;
 using tessera::Tensor;
@@ -208,4 +208,4 @@ TEST(WriteErrors, UnwritablePath) {
                            "'path' is empty");
 }
 
-}  // namespace
+}  // namespace write_test

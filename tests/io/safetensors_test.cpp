@@ -17,7 +17,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace safetensors_test {
 
 namespace fs = std::filesystem;
 using tessera::Index;
@@ -584,4 +584,4 @@ TEST(Safetensors, ManyTensorsAndALargeOne) {
   EXPECT_LT(secs, 30.0);
 }
 
-}  // namespace
+}  // namespace safetensors_test

@@ -12,7 +12,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace state_dict_test {
 
 using tessera::Index;
 using tessera::Tensor;
@@ -356,4 +356,4 @@ TYPED_TEST(StateDictRoundTrip, RanksZeroToFourAndEmpty) {
   insert_get<T, 4>({1, 2, 3, 0});
 }
 
-}  // namespace
+}  // namespace state_dict_test

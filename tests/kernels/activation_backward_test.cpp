@@ -10,7 +10,7 @@
 #include "tessera/kernels/activation.hpp"
 
 namespace tessera {
-namespace {
+namespace activation_backward_test {
 
 constexpr Activation kAll[] = {Activation::identity,  Activation::relu, Activation::gelu,
                                Activation::gelu_tanh, Activation::silu, Activation::tanh,
@@ -100,5 +100,5 @@ TEST(ActivationBackward, BadArgumentsAreNamedErrors) {
       ValueError, "tessera::activation_backward", "partially overlaps");
 }
 
-}  // namespace
+}  // namespace activation_backward_test
 }  // namespace tessera

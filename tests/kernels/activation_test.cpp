@@ -14,7 +14,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace activation_test {
 
 using tessera::Activation;
 using tessera::Index;
@@ -329,4 +329,4 @@ TYPED_TEST(ActivationTest, RejectsOutOfTheWrongShape) {
                            "tessera::tanh:", "argument 'out'", "[2, 3]");
 }
 
-}  // namespace
+}  // namespace activation_test

@@ -12,7 +12,7 @@
 #include "fixture.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace attention_backward_test {
 
 using tessera::AttentionImpl;
 using tessera::Index;
@@ -629,4 +629,4 @@ TEST(AttentionBackwardReport, WorstFloatError) {
             << worst_error[0] << ", double " << worst_error[1] << std::endl;
 }
 
-}  // namespace
+}  // namespace attention_backward_test

@@ -10,7 +10,7 @@
 #include "fixture.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace attention_test {
 
 using tessera::AttentionImpl;
 using tessera::Index;
@@ -559,4 +559,4 @@ TYPED_TEST(AttentionKernelTest, RejectsBadShapes) {
                            tessera::ValueError, "'scale'", "finite");
 }
 
-}  // namespace
+}  // namespace attention_test

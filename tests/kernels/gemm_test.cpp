@@ -23,7 +23,7 @@
 #include "tessera/core/threading.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace gemm_test {
 
 using tessera::Activation;
 using tessera::GemmBlocking;
@@ -907,4 +907,4 @@ TYPED_TEST(GemmTest, InsideAnEnclosingParallelRegion) {
     }
 }
 
-}  // namespace
+}  // namespace gemm_test

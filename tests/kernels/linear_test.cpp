@@ -13,7 +13,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace linear_test {
 
 using tessera::Index;
 using tessera::LinearOptions;
@@ -646,4 +646,4 @@ TYPED_TEST(LinearTest, LinearRejectsWrongResidualAndPackedWeight) {
                            "tessera::linear:", "argument 'bias'", "[4]", "expected [3]");
 }
 
-}  // namespace
+}  // namespace linear_test

@@ -10,7 +10,7 @@
 #include "tessera/kernels/norm.hpp"
 
 namespace tessera {
-namespace {
+namespace norm_backward_test {
 
 struct Case {
   bool weight, bias;
@@ -140,5 +140,5 @@ TEST(LayerNormBackward, BadArgumentsAreNamedErrors) {
                            "tessera::layer_norm_backward", "'dx'", "'x'");
 }
 
-}  // namespace
+}  // namespace norm_backward_test
 }  // namespace tessera

@@ -15,7 +15,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace norm_test {
 
 using tessera::Index;
 using tessera::LayerNormOptions;
@@ -465,4 +465,4 @@ TYPED_TEST(NormTest, RejectsEpsThatIsNotPositiveAndFinite) {
   }
 }
 
-}  // namespace
+}  // namespace norm_test

@@ -15,7 +15,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace normalize_test {
 
 using tessera::Index;
 using tessera::L2NormalizeOptions;
@@ -228,4 +228,4 @@ TYPED_TEST(NormalizeTest, RejectsEpsThatIsNotPositiveAndFinite) {
   }
 }
 
-}  // namespace
+}  // namespace normalize_test

@@ -14,7 +14,7 @@
 #include "tessera/core/tensor.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace simd_test {
 
 namespace simd = tessera::simd;
 using tessera::Index;
@@ -189,8 +189,8 @@ TEST(Simd, ExpFastFloatIsWithinTwoUlpOverTheWholeRange) {
   EXPECT_LE(worst_tiny, 2.4e-38);
 
   const float inf = std::numeric_limits<float>::infinity();
-  std::vector<float> special = {-inf, inf, 0.0f, -0.0f, -120.0f, 100.0f, 1.0f,
-                                std::numeric_limits<float>::quiet_NaN()};
+  std::vector<float> special = {-inf,    inf,    0.0f, -0.0f,
+                                -120.0f, 100.0f, 1.0f, std::numeric_limits<float>::quiet_NaN()};
   special.resize(static_cast<std::size_t>(std::max<Index>(w, 8)), 0.5f);
   for (std::size_t at = 0; at < special.size(); at += static_cast<std::size_t>(w))
     simd::store(special.data() + at, simd::exp_fast(simd::load(special.data() + at)));
@@ -244,4 +244,4 @@ TYPED_TEST(SimdTest, ReduceSumAndReduceMax) {
   EXPECT_EQ(simd::reduce_max(all_ninf), -std::numeric_limits<T>::infinity());
 }
 
-}  // namespace
+}  // namespace simd_test

@@ -17,7 +17,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace softmax_test {
 
 using tessera::Index;
 using tessera::Mask;
@@ -627,4 +627,4 @@ TYPED_TEST(SoftmaxTest, RejectsMasksThatDoNotBroadcast) {
                            "broadcastable to [2, 3, 4]");
 }
 
-}  // namespace
+}  // namespace softmax_test

@@ -10,7 +10,7 @@
 #include "tessera/models/clip.hpp"
 
 namespace tessera::models {
-namespace {
+namespace clip_backward_test {
 
 using test::random_tensor;
 
@@ -160,5 +160,5 @@ TEST(ClipTrain, TrainLossMatchesCentralDifferencesInDouble) {
                            "tessera::models::CLIP::train_loss", "'images'", "no examples");
 }
 
-}  // namespace
+}  // namespace clip_backward_test
 }  // namespace tessera::models

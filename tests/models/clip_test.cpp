@@ -17,7 +17,7 @@
 #include "tessera/io/safetensors.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace clip_test {
 
 using tessera::Index;
 using tessera::Tensor;
@@ -460,4 +460,4 @@ TEST(Naming, PatternsMatchLayerNumbersAndTails) {
   EXPECT_FALSE(tessera::detail::apply_name_rule("logit_scale2", {"logit_scale", "s"}));
 }
 
-}  // namespace
+}  // namespace clip_test

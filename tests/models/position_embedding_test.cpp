@@ -11,7 +11,7 @@
 #include "tessera/io/safetensors.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace position_embedding_test {
 
 using tessera::Index;
 using tessera::Tensor;
@@ -90,4 +90,4 @@ TEST(PositionEmbedding, ErrorsNameTheArgument) {
                            "multiple of the patch size 8");
 }
 
-}  // namespace
+}  // namespace position_embedding_test

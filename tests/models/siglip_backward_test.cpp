@@ -6,7 +6,7 @@
 #include "tessera/models/siglip.hpp"
 
 namespace tessera::models {
-namespace {
+namespace siglip_backward_test {
 
 using test::random_tensor;
 
@@ -67,5 +67,5 @@ TEST(SigLipTrain, TrainLossMatchesCentralDifferencesInDouble) {
                            "tessera::models::SigLIP::train_loss", "'images'", "no examples");
 }
 
-}  // namespace
+}  // namespace siglip_backward_test
 }  // namespace tessera::models

@@ -21,7 +21,7 @@
 #include "tessera/models/vit.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace siglip_test {
 
 using tessera::Index;
 using tessera::Tensor;
@@ -437,4 +437,4 @@ TEST(Siglip, MapHeadOfOneTokenIsItsValueThroughTheMlp) {
                            "tessera::models::MAPHead::forward", "tokens", "[2, 3, 7]");
 }
 
-}  // namespace
+}  // namespace siglip_test

@@ -7,7 +7,7 @@
 #include "tessera/models/vision_transformer.hpp"
 
 namespace tessera::models {
-namespace {
+namespace vision_transformer_backward_test {
 
 using test::random_tensor;
 
@@ -106,5 +106,5 @@ TEST(VisionTransformerBackward, BadArgumentsAreNamedErrors) {
                            "tessera::models::VisionTransformer::forward", "'images'");
 }
 
-}  // namespace
+}  // namespace vision_transformer_backward_test
 }  // namespace tessera::models

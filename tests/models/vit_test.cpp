@@ -16,7 +16,7 @@
 #include "tessera/io/safetensors.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace vit_test {
 
 using tessera::Index;
 using tessera::Tensor;
@@ -159,4 +159,4 @@ TEST(Vit, OlderTorchvisionMlpNamesLoadToo) {
   for (Index i = 0; i < want.size(); ++i) EXPECT_NEAR(logits.data()[i], want.data()[i], 1e-10);
 }
 
-}  // namespace
+}  // namespace vit_test

@@ -10,7 +10,7 @@
 #include "tessera/nn/attention.hpp"
 
 namespace tessera::nn {
-namespace {
+namespace attention_backward_test {
 
 using test::random_tensor;
 
@@ -181,5 +181,5 @@ TEST(AttentionBackward, BadArgumentsAreNamedErrors) {
                            "'weight'", "[4, 4]", "[4, 5]");
 }
 
-}  // namespace
+}  // namespace attention_backward_test
 }  // namespace tessera::nn

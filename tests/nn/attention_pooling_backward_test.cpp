@@ -10,7 +10,7 @@
 #include "tessera/nn/attention_pooling.hpp"
 
 namespace tessera::nn {
-namespace {
+namespace attention_pooling_backward_test {
 
 using test::random_tensor;
 
@@ -130,5 +130,5 @@ TYPED_TEST(AttentionPoolingBackwardTyped, MatchesPyTorchAutograd) {
   test::expect_fixture_parameter_grads<T>(m, fx, "nn_attention_pooling");
 }
 
-}  // namespace
+}  // namespace attention_pooling_backward_test
 }  // namespace tessera::nn

@@ -14,7 +14,7 @@
 #include "tessera/io/safetensors.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace attention_pooling_test {
 
 using tessera::Index;
 using tessera::Mask;
@@ -368,9 +368,9 @@ TYPED_TEST(AttentionPoolingTest, MatchesPyTorch) {
   EXPECT_EQ(r.weights(1, 5), T(0));
 }
 
-}  // namespace
+}  // namespace attention_pooling_test
 
-namespace {
+namespace attention_pooling_test {
 
 // Parameters replaced by tensors of the wrong shape: forward throws a ShapeError naming the
 // parameter under its state-dict name.
@@ -410,4 +410,4 @@ TYPED_TEST(AttentionPoolingTest, NaNStepGivesNaNSequence) {
   }
 }
 
-}  // namespace
+}  // namespace attention_pooling_test

@@ -14,7 +14,7 @@
 #include "tessera/io/safetensors.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace attention_test {
 
 using tessera::Index;
 using tessera::Mask;
@@ -523,9 +523,9 @@ TYPED_TEST(AttentionTest, MatchesPyTorchAdditive) {
   check_fixture<TypeParam>("attention_scores_additive", AttentionScore::additive);
 }
 
-}  // namespace
+}  // namespace attention_test
 
-namespace {
+namespace attention_test {
 
 // Parameters replaced by tensors of the wrong shape: forward throws a ShapeError naming the
 // parameter under its state-dict name, for each score that reads one.
@@ -573,4 +573,4 @@ TYPED_TEST(AttentionTest, NaNQueryRowGivesNaNRow) {
   }
 }
 
-}  // namespace
+}  // namespace attention_test

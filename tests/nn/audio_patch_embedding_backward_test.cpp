@@ -7,7 +7,7 @@
 #include "tessera/nn/audio_patch_embedding.hpp"
 
 namespace tessera::nn {
-namespace {
+namespace audio_patch_embedding_backward_test {
 
 using test::random_tensor;
 
@@ -152,5 +152,5 @@ TEST(AudioPatchEmbeddingBackward, BadArgumentsAreNamedErrors) {
                            "tessera::nn::AudioPatchEmbedding::forward_train", "'conv1.weight'");
 }
 
-}  // namespace
+}  // namespace audio_patch_embedding_backward_test
 }  // namespace tessera::nn

@@ -9,7 +9,7 @@
 #include "fusion_fixture.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace audio_patch_embedding_test {
 
 using tessera::Index;
 using tessera::Shape;
@@ -147,4 +147,4 @@ TYPED_TEST(AudioPatchEmbeddingTest, RejectsBadOptionsAndSpectrograms) {
                            "[1, 8, 11]", "[1, 8, 10]");
 }
 
-}  // namespace
+}  // namespace audio_patch_embedding_test

@@ -11,7 +11,7 @@
 #include "tessera/nn/embedding.hpp"
 
 namespace tessera::nn {
-namespace {
+namespace embedding_backward_test {
 
 using test::random_tensor;
 
@@ -139,5 +139,5 @@ TYPED_TEST(EmbeddingBackwardTyped, MatchesPyTorchAutograd) {
   test::expect_fixture_parameter_grads<T>(m, fx, "nn_embedding");
 }
 
-}  // namespace
+}  // namespace embedding_backward_test
 }  // namespace tessera::nn

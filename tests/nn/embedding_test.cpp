@@ -14,16 +14,16 @@
 #include "tessera/io/safetensors.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace embedding_test {
 
 using tessera::Index;
-using tessera::test::owned_vector;
 using tessera::IndexError;
 using tessera::Shape;
 using tessera::ShapeError;
 using tessera::Tensor;
 using tessera::ValueError;
 using tessera::nn::Embedding;
+using tessera::test::owned_vector;
 
 template <class T>
 class EmbeddingTest : public ::testing::Test {};
@@ -279,4 +279,4 @@ TYPED_TEST(EmbeddingTest, MatchesPyTorch) {
   std::printf("[parity] embedding %s output: max abs error %.3g\n", type_name<T>(), max_err);
 }
 
-}  // namespace
+}  // namespace embedding_test

@@ -6,7 +6,7 @@
 #include "tessera/nn/feed_forward.hpp"
 
 namespace tessera::nn {
-namespace {
+namespace feed_forward_backward_test {
 
 using test::random_tensor;
 
@@ -50,5 +50,5 @@ TEST(FeedForwardBackward, BadArgumentsAreNamedErrors) {
                            "[2, 4]");
 }
 
-}  // namespace
+}  // namespace feed_forward_backward_test
 }  // namespace tessera::nn

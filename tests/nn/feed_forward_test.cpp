@@ -4,7 +4,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace feed_forward_test {
 
 using tessera::Index;
 using tessera::Tensor;
@@ -73,4 +73,4 @@ TYPED_TEST(FeedForwardTest, ForwardIntoEqualsForwardAndAllocatesOnce) {
   EXPECT_EQ(tessera::detail::scratch().live_frames(), 0);
 }
 
-}  // namespace
+}  // namespace feed_forward_test

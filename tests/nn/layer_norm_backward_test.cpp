@@ -6,7 +6,7 @@
 #include "tessera/nn/layer_norm.hpp"
 
 namespace tessera::nn {
-namespace {
+namespace layer_norm_backward_test {
 
 using test::random_tensor;
 
@@ -56,5 +56,5 @@ TEST(LayerNormModuleBackward, BadArgumentsAreNamedErrors) {
                            "tessera::nn::LayerNorm::backward", "'ctx'");
 }
 
-}  // namespace
+}  // namespace layer_norm_backward_test
 }  // namespace tessera::nn

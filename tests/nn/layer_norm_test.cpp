@@ -5,7 +5,7 @@
 #include "fixture.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace layer_norm_test {
 
 using tessera::Index;
 using tessera::Tensor;
@@ -60,4 +60,4 @@ TYPED_TEST(LayerNormModuleTest, ErrorsNameTheProblem) {
                            "tessera::nn::LayerNorm::forward", "[2, 5]", "last dimension of 4");
 }
 
-}  // namespace
+}  // namespace layer_norm_test

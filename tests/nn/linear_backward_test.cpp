@@ -6,7 +6,7 @@
 #include "tessera/nn/linear.hpp"
 
 namespace tessera::nn {
-namespace {
+namespace linear_backward_test {
 
 using test::random_tensor;
 
@@ -127,5 +127,5 @@ TEST(LinearBackward, BadArgumentsAreNamedErrors) {
                            "'weight'", "[2, 2]", "[2, 3]");
 }
 
-}  // namespace
+}  // namespace linear_backward_test
 }  // namespace tessera::nn

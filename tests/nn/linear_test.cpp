@@ -5,7 +5,7 @@
 #include "fixture.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace linear_test {
 
 using tessera::Index;
 using tessera::Shape;
@@ -70,4 +70,4 @@ TYPED_TEST(LinearModuleTest, ErrorsNameTheProblem) {
   EXPECT_EQ(lin.weight.value(1, 3), T(0));
 }
 
-}  // namespace
+}  // namespace linear_test

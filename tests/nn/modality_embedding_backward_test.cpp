@@ -10,7 +10,7 @@
 #include "backward_test_util.hpp"
 
 namespace tessera::nn {
-namespace {
+namespace modality_embedding_backward_test {
 
 using test::random_tensor;
 
@@ -97,5 +97,5 @@ TEST(ModalityEmbeddingBackward, BadArgumentsAreNamedErrors) {
                            "tessera::nn::ModalityEmbedding::backward", "'ctx'");
 }
 
-}  // namespace
+}  // namespace modality_embedding_backward_test
 }  // namespace tessera::nn

@@ -8,16 +8,16 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace modality_embedding_test {
 
 using tessera::Index;
-using tessera::test::owned_array;
 using tessera::IndexError;
 using tessera::Shape;
 using tessera::ShapeError;
 using tessera::Tensor;
 using tessera::ValueError;
 using tessera::nn::ModalityEmbedding;
+using tessera::test::owned_array;
 
 template <class T>
 class ModalityEmbeddingTest : public ::testing::Test {};
@@ -93,4 +93,4 @@ TYPED_TEST(ModalityEmbeddingTest, RejectsBadOptionsAndInputs) {
                            "argument 'modality_ids' holds -1", "position [1, 2]", "[0, 2)");
 }
 
-}  // namespace
+}  // namespace modality_embedding_test

@@ -6,7 +6,7 @@
 #include "tessera/nn/multihead_attention.hpp"
 
 namespace tessera::nn {
-namespace {
+namespace multihead_attention_backward_test {
 
 using test::random_tensor;
 
@@ -255,5 +255,5 @@ TEST(MultiheadAttentionBackward, BadArgumentsAreNamedErrors) {
                            "tessera::nn::MultiheadAttention::backward", "'ctx'");
 }
 
-}  // namespace
+}  // namespace multihead_attention_backward_test
 }  // namespace tessera::nn

@@ -12,7 +12,7 @@
 #include "fixture.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace multihead_attention_test {
 
 using tessera::Index;
 using tessera::Mask;
@@ -467,9 +467,9 @@ TYPED_TEST(MultiheadAttentionTest, StateDictNamesAndStrictLoading) {
                            "'attn.in_proj_bias'", "[23]", "[24]");
 }
 
-}  // namespace
+}  // namespace multihead_attention_test
 
-namespace {
+namespace multihead_attention_test {
 
 // Every parameter replaced by a tensor of the wrong shape: each entry point (forward on the
 // self- and cross-attention paths, attend, append_kv, prepack) throws a ShapeError naming itself
@@ -693,4 +693,4 @@ TYPED_TEST(MultiheadAttentionTest, DecodingIsBitIdenticalAcrossThreadCounts) {
   tessera::set_num_threads(tessera::max_threads());
 }
 
-}  // namespace
+}  // namespace multihead_attention_test

@@ -11,7 +11,7 @@
 #include "tessera/nn/transformer_encoder.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace parameter_test {
 
 using tessera::Index;
 using tessera::Tensor;
@@ -88,4 +88,4 @@ TYPED_TEST(ParameterTest, AFailedLoadFromAnRvalueKeepsEveryTensor) {
   EXPECT_TRUE(tessera::test::same_bits(target.weight.value, before));
 }
 
-}  // namespace
+}  // namespace parameter_test

@@ -7,7 +7,7 @@
 #include "tessera/nn/patch_embedding.hpp"
 
 namespace tessera::nn {
-namespace {
+namespace patch_embedding_backward_test {
 
 using test::random_tensor;
 
@@ -77,5 +77,5 @@ TEST(PatchEmbeddingBackward, BadArgumentsAreNamedErrors) {
                            "tessera::nn::PatchEmbedding::forward_train", "'images'");
 }
 
-}  // namespace
+}  // namespace patch_embedding_backward_test
 }  // namespace tessera::nn

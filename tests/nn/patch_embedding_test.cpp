@@ -9,7 +9,7 @@
 #include "fusion_fixture.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace patch_embedding_test {
 
 using tessera::Index;
 using tessera::Shape;
@@ -277,4 +277,4 @@ TYPED_TEST(PatchEmbeddingTest, RejectsBadImages) {
                            "'positional_embedding'", "[6, 8]", "[4, 8]");
 }
 
-}  // namespace
+}  // namespace patch_embedding_test

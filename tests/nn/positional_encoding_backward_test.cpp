@@ -10,7 +10,7 @@
 #include "tessera/nn/positional_encoding.hpp"
 
 namespace tessera::nn {
-namespace {
+namespace positional_encoding_backward_test {
 
 using test::random_tensor;
 
@@ -112,5 +112,5 @@ TEST(PositionalEncodingBackward, BadArgumentsAreNamedErrors) {
                            "tessera::nn::LearnedPositionalEmbedding::forward_train", "'weight'");
 }
 
-}  // namespace
+}  // namespace positional_encoding_backward_test
 }  // namespace tessera::nn

@@ -10,16 +10,16 @@
 #include "tessera/io/state_dict.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace positional_encoding_test {
 
 using tessera::Index;
-using tessera::test::owned_vector;
 using tessera::Shape;
 using tessera::ShapeError;
 using tessera::Tensor;
 using tessera::ValueError;
 using tessera::nn::LearnedPositionalEmbedding;
 using tessera::nn::SinusoidalPositionalEncoding;
+using tessera::test::owned_vector;
 
 template <class T>
 class PositionalEncodingTest : public ::testing::Test {};
@@ -276,4 +276,4 @@ TYPED_TEST(PositionalEncodingTest, ConcurrentForwardCallsAgree) {
   for (const auto& o : outs) EXPECT_TRUE(o.as_vector() == ref.as_vector());
 }
 
-}  // namespace
+}  // namespace positional_encoding_test

@@ -6,7 +6,7 @@
 #include "tessera/nn/token_embedding.hpp"
 
 namespace tessera::nn {
-namespace {
+namespace token_embedding_backward_test {
 
 using test::random_tensor;
 
@@ -56,5 +56,5 @@ TEST(TokenEmbeddingBackward, BadArgumentsAreNamedErrors) {
                            "tessera::nn::TokenEmbedding::forward_train");
 }
 
-}  // namespace
+}  // namespace token_embedding_backward_test
 }  // namespace tessera::nn

@@ -9,7 +9,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace token_embedding_test {
 
 using tessera::Index;
 using tessera::IndexError;
@@ -110,4 +110,4 @@ TYPED_TEST(TokenEmbeddingTest, RejectsBadOptionsAndIds) {
                            "position [1, 2]", "[0, 10)");
 }
 
-}  // namespace
+}  // namespace token_embedding_test

@@ -7,7 +7,7 @@
 #include "transformer_test_util.hpp"
 
 namespace tessera::nn {
-namespace {
+namespace transformer_backward_test {
 
 using test::random_tensor;
 
@@ -186,5 +186,5 @@ TEST(TransformerBackward, BadArgumentsAreNamedErrors) {
                            "tessera::nn::TransformerDecoderLayer::backward", "'grad_output'");
 }
 
-}  // namespace
+}  // namespace transformer_backward_test
 }  // namespace tessera::nn

@@ -4,7 +4,7 @@
 
 #include "transformer_test_util.hpp"
 
-namespace {
+namespace transformer_decoder_layer_test {
 
 using tessera::Index;
 using tessera::Mask;
@@ -226,4 +226,4 @@ TYPED_TEST(TransformerDecoderLayerTest, ForwardIntoRejectsBadOut) {
   EXPECT_EQ(cache.self_kv.length, 0);  // nothing was appended
 }
 
-}  // namespace
+}  // namespace transformer_decoder_layer_test

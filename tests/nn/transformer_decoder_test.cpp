@@ -4,7 +4,7 @@
 
 #include "transformer_test_util.hpp"
 
-namespace {
+namespace transformer_decoder_test {
 
 using tessera::Index;
 using tessera::Tensor;
@@ -93,7 +93,6 @@ TYPED_TEST(TransformerDecoderTest, StepRejectsForeignCache) {
                            "the cache has 0 layers");
 }
 
-
 TYPED_TEST(TransformerDecoderTest, ForwardIntoEqualsForwardAndRepeatsWithoutAllocating) {
   using T = TypeParam;
   Tensor<T, 3> tgt(2, 5, 8), memory(2, 3, 8);
@@ -114,9 +113,8 @@ TYPED_TEST(TransformerDecoderTest, ForwardIntoEqualsForwardAndRepeatsWithoutAllo
       expected = dec.layers[i].forward(expected, memory, fo);
     dec.norm.forward_into(expected, expected);
     EXPECT_TRUE(tessera::test::same_bits(dec.forward(tgt, memory, fo), expected));
-    tessera::test::expect_into_equals(tgt, expected, [&](const auto& in, auto& out) {
-      dec.forward_into(in, memory, out, fo);
-    });
+    tessera::test::expect_into_equals(
+        tgt, expected, [&](const auto& in, auto& out) { dec.forward_into(in, memory, out, fo); });
     tessera::test::expect_repeat_allocates_nothing([&] { (void)dec.forward(tgt, memory, fo); });
   }
   TransformerDecoder<T> dec({.layer = {.d_model = 8, .nhead = 2}, .num_layers = 2});
@@ -130,4 +128,4 @@ TYPED_TEST(TransformerDecoderTest, ForwardIntoEqualsForwardAndRepeatsWithoutAllo
                            "'out' overlaps argument 'memory'");
 }
 
-}  // namespace
+}  // namespace transformer_decoder_test

@@ -6,7 +6,7 @@
 
 #include "transformer_test_util.hpp"
 
-namespace {
+namespace transformer_encoder_layer_test {
 
 using tessera::Index;
 using tessera::Mask;
@@ -144,4 +144,4 @@ TYPED_TEST(TransformerEncoderLayerTest, ForwardIntoRejectsBadOut) {
                            "[2, 4, 8]", "[2, 3, 8]");
 }
 
-}  // namespace
+}  // namespace transformer_encoder_layer_test

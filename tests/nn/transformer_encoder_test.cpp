@@ -4,7 +4,7 @@
 
 #include "transformer_test_util.hpp"
 
-namespace {
+namespace transformer_encoder_test {
 
 using tessera::Tensor;
 using tessera::nn::TransformerEncoder;
@@ -45,7 +45,6 @@ TYPED_TEST(TransformerEncoderTest, RejectsZeroLayers) {
       tessera::ValueError, "tessera::nn::TransformerEncoder", "num_layers is 0");
 }
 
-
 TYPED_TEST(TransformerEncoderTest, ForwardIntoEqualsForwardAndRepeatsWithoutAllocating) {
   using T = TypeParam;
   Tensor<T, 3> x(2, 6, 8);
@@ -62,7 +61,8 @@ TYPED_TEST(TransformerEncoderTest, ForwardIntoEqualsForwardAndRepeatsWithoutAllo
          .final_norm = true});
     // The layers one after the other, each into a tensor of its own.
     Tensor<T, 3> expected = enc.layers[0].forward(x, fo);
-    for (std::size_t i = 1; i < enc.layers.size(); ++i) expected = enc.layers[i].forward(expected, fo);
+    for (std::size_t i = 1; i < enc.layers.size(); ++i)
+      expected = enc.layers[i].forward(expected, fo);
     enc.norm.forward_into(expected, expected);
     EXPECT_TRUE(tessera::test::same_bits(enc.forward(x, fo), expected));
     tessera::test::expect_into_equals(
@@ -76,4 +76,4 @@ TYPED_TEST(TransformerEncoderTest, ForwardIntoEqualsForwardAndRepeatsWithoutAllo
                            "[2, 6, 8]");
 }
 
-}  // namespace
+}  // namespace transformer_encoder_test

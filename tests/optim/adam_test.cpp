@@ -8,7 +8,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace adam_test {
 
 using tessera::Shape;
 using tessera::nn::Parameter;
@@ -121,4 +121,4 @@ TYPED_TEST(AdamTest, RejectsBadOptions) {
                            "'params'", "empty");
 }
 
-}  // namespace
+}  // namespace adam_test

@@ -8,7 +8,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace adamw_test {
 
 using tessera::Shape;
 using tessera::nn::Parameter;
@@ -135,4 +135,4 @@ TYPED_TEST(AdamWTest, RejectsBadOptions) {
                            "'params'", "empty");
 }
 
-}  // namespace
+}  // namespace adamw_test

@@ -9,7 +9,7 @@
 #include "tessera/optim/sgd.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace clip_grad_norm_test {
 
 using tessera::Shape;
 using tessera::nn::Parameter;
@@ -120,4 +120,4 @@ TYPED_TEST(ClipGradNormTest, RejectsBadArguments) {
   EXPECT_EQ(this->b.grad(0), T(12));  // nothing scaled
 }
 
-}  // namespace
+}  // namespace clip_grad_norm_test

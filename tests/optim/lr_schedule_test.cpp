@@ -10,7 +10,7 @@
 #include "tessera/optim/adamw.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace lr_schedule_test {
 
 using tessera::Shape;
 using tessera::nn::Parameter;
@@ -134,4 +134,4 @@ TEST(LrSchedules, RejectBadArguments) {
                            "'step'", "-1");
 }
 
-}  // namespace
+}  // namespace lr_schedule_test

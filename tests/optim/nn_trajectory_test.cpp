@@ -17,7 +17,7 @@
 #include "tessera/optim/param_group.hpp"
 
 namespace tessera {
-namespace {
+namespace nn_trajectory_test {
 
 template <class T>
 struct Mlp : nn::Module<Mlp<T>> {
@@ -97,5 +97,5 @@ TYPED_TEST(AdamWTrajectory, TwentyStepsMatchPyTorch) {
   }
 }
 
-}  // namespace
+}  // namespace nn_trajectory_test
 }  // namespace tessera

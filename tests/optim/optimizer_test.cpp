@@ -12,7 +12,7 @@
 #include "tessera/optim/sgd.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace optimizer_test {
 
 using tessera::Shape;
 using tessera::Tensor;
@@ -273,4 +273,4 @@ TYPED_TEST(OptimizerTest, LoadStateDictErrorsChangeNothing) {
   EXPECT_TRUE(fresh.state(0, 0).initialized);
 }
 
-}  // namespace
+}  // namespace optimizer_test

@@ -10,7 +10,7 @@
 #include "tessera/nn/module.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace param_group_test {
 
 using tessera::Shape;
 using tessera::nn::Parameter;
@@ -96,4 +96,4 @@ TYPED_TEST(ParamGroupTest, RejectsBadWeightDecay) {
       tessera::ValueError, "tessera::optim::open_clip_param_groups", "'weight_decay'", "inf");
 }
 
-}  // namespace
+}  // namespace param_group_test

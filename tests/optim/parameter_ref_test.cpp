@@ -10,7 +10,7 @@
 #include "tessera/optim/sgd.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace parameter_ref_test {
 
 using tessera::Index;
 using tessera::Shape;
@@ -134,4 +134,4 @@ TYPED_TEST(ParameterRefTest, WorksOnNnModulesAndKeepsPackedWeightsFresh) {
   EXPECT_NEAR(double(lin.forward(x)(0, 0)), double(before) - 2.0, 1e-5);
 }
 
-}  // namespace
+}  // namespace parameter_ref_test

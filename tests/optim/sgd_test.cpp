@@ -7,7 +7,7 @@
 
 #include "test_util.hpp"
 
-namespace {
+namespace sgd_test {
 
 using tessera::Shape;
 using tessera::nn::Parameter;
@@ -127,4 +127,4 @@ TYPED_TEST(SGDTest, RejectsBadOptions) {
                            fn, "'params'", "empty");
 }
 
-}  // namespace
+}  // namespace sgd_test

@@ -16,7 +16,7 @@
 #include "tessera/optim/sgd.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace training_state_test {
 
 using tessera::Shape;
 using tessera::Tensor;
@@ -212,4 +212,4 @@ TYPED_TEST(TrainingStateTest, Errors) {
   EXPECT_EQ(frozen.trainable.weight.value(0, 0), T(0));
 }
 
-}  // namespace
+}  // namespace training_state_test

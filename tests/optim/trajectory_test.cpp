@@ -22,7 +22,7 @@
 #include "tessera/optim/sgd.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace trajectory_test {
 
 using tessera::Index;
 using tessera::Shape;
@@ -182,4 +182,4 @@ TYPED_TEST(TrajectoryTest, MatchesPyTorch) {
   }
 }
 
-}  // namespace
+}  // namespace trajectory_test

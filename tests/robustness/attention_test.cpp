@@ -18,7 +18,7 @@
 #include "tessera/nn/multihead_attention.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace attention_test {
 
 using tessera::Index;
 using tessera::Mask;
@@ -184,4 +184,4 @@ TYPED_TEST(AttentionRobustness, PackedProjectionsNeverOutliveTheirWeights) {
   EXPECT_TRUE(any);
 }
 
-}  // namespace
+}  // namespace attention_test

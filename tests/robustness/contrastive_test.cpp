@@ -26,7 +26,7 @@
 #include "tessera/nn/linear.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace contrastive_test {
 
 using tessera::Index;
 using tessera::ShapeError;
@@ -370,4 +370,4 @@ TYPED_TEST(RobustContrastive, LinearProbeNamesItselfForAReplacedWeight) {
                            "tessera::contrastive::LinearProbe::predict", "parameter 'weight'");
 }
 
-}  // namespace
+}  // namespace contrastive_test

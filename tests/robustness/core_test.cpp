@@ -23,7 +23,7 @@
 #include "tessera/kernels/simd.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace core_test {
 
 using tessera::Index;
 using tessera::IndexError;
@@ -260,4 +260,4 @@ TEST(CoreRobustness, BuildRunsTheExpectedInstructionSet) {
   EXPECT_EQ(lanes, std::atol(want));
 }
 
-}  // namespace
+}  // namespace core_test

@@ -26,7 +26,7 @@
 #include "tessera/nn/linear.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace io_test {
 
 namespace fs = std::filesystem;
 using tessera::Index;
@@ -446,4 +446,4 @@ TEST(RobustIo, SaveRefusesANonUtf8NameWithAPrintableMessage) {
   EXPECT_TRUE(thrown);
 }
 
-}  // namespace
+}  // namespace io_test

@@ -27,7 +27,7 @@
 #include "tessera/kernels/softmax.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace kernels_test {
 
 using tessera::Activation;
 using tessera::Index;
@@ -201,9 +201,9 @@ TYPED_TEST(KernelsRobustness, NaNMakesTheNormRowNaN) {
 
 TYPED_TEST(KernelsRobustness, EveryActivationOfNaNIsNaN) {
   using T = TypeParam;
-  for (Activation act : {Activation::identity, Activation::relu, Activation::gelu,
-                         Activation::gelu_tanh, Activation::silu, Activation::tanh,
-                         Activation::quick_gelu})
+  for (Activation act :
+       {Activation::identity, Activation::relu, Activation::gelu, Activation::gelu_tanh,
+        Activation::silu, Activation::tanh, Activation::quick_gelu})
     for (Index n : kLengths) {
       Tensor<T, 1> x(n);
       x.setConstant(kNaN<T>);
@@ -662,4 +662,4 @@ TYPED_TEST(KernelsRobustness, EmptyShapesEverywhere) {
   EXPECT_EQ(tessera::logsumexp(empty)(), -kInf<T>);
 }
 
-}  // namespace
+}  // namespace kernels_test

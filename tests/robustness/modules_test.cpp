@@ -25,7 +25,7 @@
 #include "tessera/tessera.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace modules_test {
 
 using tessera::Activation;
 using tessera::Index;
@@ -727,4 +727,4 @@ TYPED_TEST(ModulesRobustness, DecoderStepNamesTheLayerCacheThatIsWrong) {
   }
 }
 
-}  // namespace
+}  // namespace modules_test

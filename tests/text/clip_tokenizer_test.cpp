@@ -20,7 +20,7 @@
 #include "tessera/text/unicode.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace clip_tokenizer_test {
 
 using tessera::Index;
 using tessera::IoError;
@@ -734,4 +734,4 @@ TEST(ClipTokenizerSharedData, CorruptRealGzip) {
                            "flipped.txt.gz");
 }
 
-}  // namespace
+}  // namespace clip_tokenizer_test

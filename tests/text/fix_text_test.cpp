@@ -14,7 +14,7 @@
 #include "tessera/text/text_cleaning.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace fix_text_test {
 
 using tessera::ValueError;
 using namespace tessera::text;
@@ -128,4 +128,4 @@ TEST(FixText, MatchesThePythonRestatementOnTrickyStrings) {
   EXPECT_GE(n, 30);
 }
 
-}  // namespace
+}  // namespace fix_text_test

@@ -15,7 +15,7 @@
 #include "tessera/text/text_cleaning.hpp"
 #include "test_util.hpp"
 
-namespace {
+namespace sentencepiece_tokenizer_test {
 
 using tessera::Index;
 using tessera::IoError;
@@ -140,4 +140,4 @@ TEST(SentencePieceTokenizerErrors, Messages) {
                            "[0, 100)");
 }
 
-}  // namespace
+}  // namespace sentencepiece_tokenizer_test

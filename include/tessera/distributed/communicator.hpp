@@ -219,6 +219,20 @@ class Request {
 #endif
   }
 
+  // Whether the operation has completed, without blocking (MPI_Test). Calling it also lets the
+  // MPI library move data: many transports progress large messages only inside MPI calls, so
+  // a long computation that overlaps a transfer should call it now and then.
+  bool test() {
+#ifdef TESSERA_WITH_MPI
+    if (req_ == MPI_REQUEST_NULL) return true;
+    int done = 0;
+    impl::check(MPI_Test(&req_, &done, MPI_STATUS_IGNORE), fn_, "MPI_Test");
+    return done != 0;
+#else
+    return true;
+#endif
+  }
+
  private:
   friend class Communicator;
   void release() noexcept {
@@ -243,6 +257,13 @@ class Request {
 // Waits for every request in order.
 inline void wait_all(std::span<Request> requests) {
   for (auto& r : requests) r.wait();
+}
+
+// Tests every request once (see Request::test); true when all have completed.
+inline bool test_all(std::span<Request> requests) {
+  bool all = true;
+  for (auto& r : requests) all = r.test() && all;
+  return all;
 }
 
 // A communicator: a group of ranks that exchange data. Communicator::world() is every process of

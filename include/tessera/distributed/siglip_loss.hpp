@@ -44,22 +44,37 @@ enum RingTag : int {
 };
 
 // Scores this rank's images A [n, D] against one text block Bo [m, D] (the rank's own when
-// `positives`), adding into gA [n, D] and gBo [m, D] and into `sums` in row-block order.
-template <class T>
+// `positives`), adding into gA [n, D] and gBo [m, D] and into `sums`, in a fixed order. The
+// block's columns go in slices of `block` texts, and progress() runs between slices, so the
+// messages in flight move while the tiles are computed.
+template <class T, class Progress>
 void siglip_block(MatrixMap<const T> A, MatrixMap<const T> Bo, bool positives, T s, T bias, T w,
                   Index block, MatrixMap<T> gA, MatrixMap<T> gBo,
-                  contrastive::detail::SigLipTileSums& sums) {
+                  contrastive::detail::SigLipTileSums& sums, Progress&& progress) {
   using namespace contrastive::detail;
-  const Index n = A.rows(), m = Bo.rows();
+  const Index n = A.rows(), m = Bo.rows(), d = A.cols();
   block = std::min(block, std::max<Index>({n, m, 1}));
-  std::vector<SigLipTileSums> parts(static_cast<std::size_t>(ceil_div(n, block)));
-  for_each_tile<SigLipWorkspace<T>>(n, m, block, [&](const Tile& t, SigLipWorkspace<T>& ws) {
-    tile_similarity<T>(A, Bo, t, ws.S);
-    const auto span = positives ? diagonal_span(t) : std::pair<Index, Index>{0, 0};
-    parts[static_cast<std::size_t>(t.row_block)] += siglip_tile(ws.S, t, s, bias, w, ws, span);
-    tile_backward<T>(A, Bo, t, ws.G, s, gA, gBo);
-  });
-  for (const auto& p : parts) sums += p;
+  for (Index c0 = 0; c0 < m; c0 += block) {
+    const Index cols = std::min(block, m - c0);
+    const MatrixMap<const T> B_slice(Bo.data() + c0 * d, cols, d);
+    MatrixMap<T> gB_slice(gBo.data() + c0 * d, cols, d);
+    std::vector<SigLipTileSums> parts(static_cast<std::size_t>(ceil_div(n, block)));
+    for_each_tile<SigLipWorkspace<T>>(n, cols, block, [&](const Tile& t, SigLipWorkspace<T>& ws) {
+      tile_similarity<T>(A, B_slice, t, ws.S);
+      // The positives are the pairs i == c0 + j of the rank's own block.
+      const Index i0 = std::max(t.r0, c0 + t.c0), i1 = std::min(t.r1, c0 + t.c1);
+      const auto span =
+          positives && i0 < i1 ? std::pair<Index, Index>{i0, i1} : std::pair<Index, Index>{0, 0};
+      Tile local = t;  // siglip_tile indexes its diagonal as (i - r0, i - c0)
+      local.c0 += c0;
+      local.c1 += c0;
+      parts[static_cast<std::size_t>(t.row_block)] +=
+          siglip_tile(ws.S, local, s, bias, w, ws, span);
+      tile_backward<T>(A, B_slice, t, ws.G, s, gA, gB_slice);
+    });
+    for (const auto& p : parts) sums += p;
+    progress();
+  }
 }
 
 }  // namespace impl
@@ -148,9 +163,15 @@ contrastive::SigLipLossResult<scalar_t<A>> siglip_loss(
   };
 
   SigLipTileSums sums;
+  // Lets MPI move the messages in flight between slices of the scoring.
+  const auto progress = [&] {
+    test_all(exchange);
+    test_all(grads_out);
+    test_all(grads_in);
+  };
   post_exchange(1, own, own);
   impl::siglip_block<T>(A_r, std::as_const(own).as_matrix(), /*positives=*/true, s, logit_bias, w,
-                        block, gA, gB, sums);
+                        block, gA, gB, sums, progress);
   for (int k = 1; k <= rounds_rightward; ++k) {
     wait_all(exchange);
     exchange.clear();
@@ -169,12 +190,12 @@ contrastive::SigLipLossResult<scalar_t<A>> siglip_loss(
     }
     gsend_r = Tensor<T, 2>(cur_r.shape());
     impl::siglip_block<T>(A_r, std::as_const(cur_r).as_matrix(), false, s, logit_bias, w, block, gA,
-                          gsend_r.as_matrix(), sums);
+                          gsend_r.as_matrix(), sums, progress);
     grads_out.push_back(comm.isend(cspan_of(gsend_r), origin(k), impl::kGradRightward));
     if (k <= rounds_leftward) {
       gsend_l = Tensor<T, 2>(cur_l.shape());
       impl::siglip_block<T>(A_r, std::as_const(cur_l).as_matrix(), false, s, logit_bias, w, block,
-                            gA, gsend_l.as_matrix(), sums);
+                            gA, gsend_l.as_matrix(), sums, progress);
       grads_out.push_back(comm.isend(cspan_of(gsend_l), origin(-k), impl::kGradLeftward));
     }
     wait_all(grads_in);

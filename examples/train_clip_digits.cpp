@@ -14,6 +14,11 @@
 //
 //   train_clip_digits [--epochs N] [--lr LR] [--vocab bpe_simple_vocab_16e6.txt.gz]
 //                     [--save state.safetensors]
+//   mpirun -np 2 train_clip_digits                       (data-parallel, built with MPI)
+//
+// Under mpirun each of the P ranks takes 1/P of every batch of 128 pairs; the loss is CLIP's over
+// the whole batch (distributed::clip_train_loss gathers the embeddings) and the gradients are
+// averaged (distributed::DataParallel), so P ranks take the same steps as one process, to rounding.
 //
 // The merge list ships with open_clip (and in ../shared/data beside this checkout); without it the
 // captions are split into words instead, with a message. --save writes the model and optimizer
@@ -33,6 +38,8 @@
 #include <vector>
 
 #include <tessera/contrastive/linear_probe.hpp>
+#include <tessera/distributed/data_parallel.hpp>
+#include <tessera/distributed/training.hpp>
 #include <tessera/models/clip.hpp>
 #include <tessera/optim/adamw.hpp>
 #include <tessera/optim/clip_grad_norm.hpp>
@@ -50,7 +57,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-constexpr Index kPixels = 64, kClasses = 10, kContext = 12;
+constexpr Index kPixels = 64, kClasses = 10, kContext = 12, kBatch = 128;
 
 struct Digits {
   std::vector<float> pixels;  // [n, 64], grey levels 0..16
@@ -181,6 +188,10 @@ double seconds_since(Clock::time_point t) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  tessera::distributed::Environment mpi(argc, argv);  // nothing to do without MPI
+  const auto comm = tessera::distributed::Communicator::world();
+  const int ranks = comm.size(), rank = comm.rank();
+  const bool lead = rank == 0;  // prints, evaluates and saves
   Index epochs = 40;
   double lr = 2e-3;
   fs::path merges = fs::path(TESSERA_SHARED_DATA_DIR) / "bpe_simple_vocab_16e6.txt.gz";
@@ -196,9 +207,10 @@ int main(int argc, char** argv) {
     else if (a == "--save" && i + 1 < argc)
       save = argv[++i];
     else {
-      std::fprintf(stderr,
-                   "usage: %s [--epochs N] [--lr LR] [--vocab merges.txt.gz] [--save file]\n",
-                   argv[0]);
+      if (lead)
+        std::fprintf(stderr,
+                     "usage: %s [--epochs N] [--lr LR] [--vocab merges.txt.gz] [--save file]\n",
+                     argv[0]);
       return 2;
     }
   }
@@ -244,17 +256,28 @@ int main(int argc, char** argv) {
             .output_dim = 32,
             .seed = 2};
   models::CLIP<float> clip(o);
-  std::printf(
-      "digits: %zu to train on, %zu held out; captions: %zu templates, tokenized by %s "
-      "(%lld distinct tokens)\n",
-      train.size(), test.size(), kTemplates.size(), captions.tokenizer.c_str(),
-      static_cast<long long>(captions.vocab_size));
-  std::printf(
-      "model: CLIP, image tower ViT 8x8/2 width 64 x 2 layers, text tower width 64 x 2 "
-      "layers, embeddings 32; %lld parameters; threads: %d\n",
-      static_cast<long long>(clip.num_parameters()), tessera::num_threads());
+  // Rank 0's initial weights on every rank, and the gradients averaged over the ranks.
+  tessera::distributed::DataParallel<float> ddp(comm, clip);
+  if (lead)
+    std::printf(
+        "digits: %zu to train on, %zu held out; captions: %zu templates, tokenized by %s "
+        "(%lld distinct tokens)\n",
+        train.size(), test.size(), kTemplates.size(), captions.tokenizer.c_str(),
+        static_cast<long long>(captions.vocab_size));
+  if (lead)
+    std::printf(
+        "model: CLIP, image tower ViT 8x8/2 width 64 x 2 layers, text tower width 64 x 2 "
+        "layers, embeddings 32; %lld parameters; threads: %d%s\n",
+        static_cast<long long>(clip.num_parameters()), tessera::num_threads(),
+        ranks > 1 ? (" per rank, " + std::to_string(ranks) + " ranks (MPI)").c_str() : "");
+  if (kBatch % ranks != 0) {
+    if (lead)
+      std::fprintf(stderr, "the batch of %lld pairs does not split into %d ranks\n",
+                   static_cast<long long>(kBatch), ranks);
+    return 2;
+  }
+  const Index shard = kBatch / ranks;  // this rank's pairs of each batch
 
-  constexpr Index kBatch = 128;
   const Index steps_per_epoch = static_cast<Index>(train.size()) / kBatch;
   auto groups = optim::open_clip_param_groups(clip, /*weight_decay=*/0.1);
   optim::AdamW<float> opt(groups, {.lr = lr, .beta1 = 0.9, .beta2 = 0.98, .eps = 1e-6});
@@ -272,30 +295,37 @@ int main(int argc, char** argv) {
     std::shuffle(shuffled.begin(), shuffled.end(), rng);
     double loss_sum = 0;
     for (Index s = 0; s < steps_per_epoch; ++s, ++step) {
-      const std::vector<Index> rows(shuffled.begin() + s * kBatch,
-                                    shuffled.begin() + (s + 1) * kBatch);
+      // Every rank draws the whole batch alike (the same generator) and keeps its shard.
+      const auto first = shuffled.begin() + s * kBatch + rank * shard;
+      const std::vector<Index> rows(first, first + shard);
       const Tensor<float, 4> images = images_of(digits, rows, mean, sd);
-      Tensor<Index, 2> ids(tessera::Shape<2>{kBatch, kContext});
+      Tensor<Index, 2> ids(tessera::Shape<2>{shard, kContext});
       for (Index i = 0; i < kBatch; ++i) {
-        const auto& c = captions.of(digits.labels[rows[i]], pick_template(rng));
-        std::copy(c.begin(), c.end(), ids[i].data());
+        const std::size_t t = pick_template(rng);
+        if (i / shard != rank) continue;
+        const auto& c = captions.of(digits.labels[rows[i % shard]], t);
+        std::copy(c.begin(), c.end(), ids[i % shard].data());
       }
       schedule.apply(opt, step);
       opt.zero_grad();
-      loss_sum += clip.train_loss(images, ids);
+      // The CLIP loss over the whole batch (every rank's pairs), then the averaged gradients.
+      loss_sum += tessera::distributed::clip_train_loss(comm, clip, images, ids);
+      ddp.average_gradients();
       optim::clip_grad_norm(opt, 1.0);
       opt.step();
     }
     const double elapsed = seconds_since(start), this_epoch = seconds_since(epoch_start);
-    std::printf(
-        "epoch %2lld/%lld  loss %.4f  %6.0f pairs/s  logit scale %5.1f  %5.1f s, about "
-        "%.0f s left\n",
-        static_cast<long long>(epoch), static_cast<long long>(epochs), loss_sum / steps_per_epoch,
-        steps_per_epoch * kBatch / this_epoch, clip.scale(), elapsed,
-        elapsed / epoch * (epochs - epoch));
+    if (lead)
+      std::printf(
+          "epoch %2lld/%lld  loss %.4f  %6.0f pairs/s  logit scale %5.1f  %5.1f s, about "
+          "%.0f s left\n",
+          static_cast<long long>(epoch), static_cast<long long>(epochs), loss_sum / steps_per_epoch,
+          steps_per_epoch * kBatch / this_epoch, clip.scale(), elapsed,
+          elapsed / epoch * (epochs - epoch));
     std::fflush(stdout);
   }
   const double train_seconds = seconds_since(start);
+  if (!lead) return 0;  // the ranks' models are the same: rank 0 evaluates
 
   // Zero-shot: each class the normalised mean of its prompts' normalised text embeddings.
   Tensor<Index, 2> prompt_ids(

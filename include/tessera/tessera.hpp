@@ -75,4 +75,11 @@
 #include "tessera/models/vision_transformer.hpp"
 #include "tessera/models/vit.hpp"
 #include "tessera/optim/training_state.hpp"
+// Data-parallel training over MPI (one process when built without tessera::mpi).
+#include "tessera/distributed/clip_loss.hpp"
+#include "tessera/distributed/communicator.hpp"
+#include "tessera/distributed/data_parallel.hpp"
+#include "tessera/distributed/info_nce.hpp"
+#include "tessera/distributed/siglip_loss.hpp"
+#include "tessera/distributed/training.hpp"
 #endif

@@ -144,6 +144,9 @@ TEST(DistributedLossErrors, EveryRankRaisesTheSameError) {
                                          {.reduction = is_last ? contrastive::Reduction::sum
                                                                : contrastive::Reduction::mean}),
                              ValueError, "'opts.reduction'", "the same value on every rank");
+    TESSERA_EXPECT_THROW_MSG(info_nce_loss(comm, a, b, {.block_size = is_last ? 3 : 2}), ValueError,
+                             "tessera::distributed::info_nce_loss", "'opts.block_size' is 3",
+                             "the same value on every rank");
   }
   TESSERA_EXPECT_THROW_MSG(clip_loss(comm, a, b, std::numeric_limits<double>::infinity()),
                            ValueError, "tessera::distributed::clip_loss", "'logit_scale' is inf");

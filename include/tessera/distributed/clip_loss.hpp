@@ -35,10 +35,9 @@ namespace tessera::distributed {
 // CLIP's loss of this rank's pairs (a_i, b_i), a and b [N_r, D], against every rank's, with
 // t = logit_scale. A collective: every rank of `comm` calls it. Throws, on every rank alike,
 // ShapeError when any rank's a and b differ in shape or are empty or the feature dimension
-// differs between ranks, ValueError when t, max_logit_scale or the reduction differ between
-// ranks (bit for bit), and what
-// contrastive::clip_loss throws for its options and t; CommunicationError when MPI fails. A NaN
-// t gives NaN everywhere.
+// differs between ranks, ValueError when t or an option (max_logit_scale, reduction, block size,
+// materialized) differs between ranks (bit for bit), and what contrastive::clip_loss throws for
+// its options and t; CommunicationError when MPI fails. A NaN t gives NaN everywhere.
 template <TensorLike A, TensorLike B>
 contrastive::ClipLossResult<scalar_t<A>> clip_loss(const Communicator& comm, const A& a, const B& b,
                                                    std::type_identity_t<scalar_t<A>> logit_scale,
@@ -53,7 +52,9 @@ contrastive::ClipLossResult<scalar_t<A>> clip_loss(const Communicator& comm, con
   const auto g = impl::gather_shapes(comm, fn, av, bv, /*same_rows=*/true,
                                      {{"logit_scale", static_cast<double>(logit_scale)},
                                       {"opts.max_logit_scale", opts.max_logit_scale},
-                                      {"opts.reduction", static_cast<double>(opts.reduction)}});
+                                      {"opts.reduction", static_cast<double>(opts.reduction)},
+                                      {"opts.block_size", static_cast<double>(opts.block_size)},
+                                      {"opts.materialized", opts.materialized ? 1.0 : 0.0}});
   if (std::isinf(logit_scale))
     tessera::detail::raise<ValueError>(fn, "argument 'logit_scale' is ", logit_scale,
                                        ", expected a finite value (the log of the scale)");

@@ -112,9 +112,13 @@ inline int& failure_size() {
   return s;
 }
 
-[[noreturn]] inline void terminate_job() {
+// Prints "tessera: rank R of P failed: <what>" and ends every rank of the job. `unwinding`: called
+// from a destructor while an exception propagates (which is not yet the current exception).
+[[noreturn]] inline void terminate_job(bool unwinding = false) {
   const int r = failure_rank(), p = failure_size();
-  std::string what = "an unknown exception, or std::terminate called without one";
+  std::string what = unwinding ? "an exception is propagating out of the scope of its "
+                                 "tessera::distributed::Environment"
+                               : "std::terminate was called without an active exception";
   if (auto e = std::current_exception()) {
     try {
       std::rethrow_exception(e);
@@ -170,7 +174,7 @@ class Environment {
     (void)argc;
     (void)argv;
 #endif
-    previous_ = std::set_terminate(&impl::terminate_job);
+    previous_ = std::set_terminate([] { impl::terminate_job(); });
   }
   Environment(const Environment&) = delete;
   Environment& operator=(const Environment&) = delete;
@@ -178,7 +182,7 @@ class Environment {
   ~Environment() {
     // Unwinding from an exception: the other ranks may be inside a collective this rank will
     // never enter; end them all instead of hanging in MPI_Finalize.
-    if (std::uncaught_exceptions() > 0) impl::terminate_job();
+    if (std::uncaught_exceptions() > 0) impl::terminate_job(/*unwinding=*/true);
     std::set_terminate(previous_);
 #ifdef TESSERA_WITH_MPI
     int finalised = 0;

@@ -28,7 +28,7 @@ namespace tessera::distributed {
 // InfoNCE of this rank's anchors a [N_r, D] (positives b [N_r, D], row for row) against every
 // rank's candidates. A collective. Throws, on every rank alike, ShapeError when a rank's a and b
 // differ in shape or are empty or the dimension differs between ranks, ValueError when the
-// options' scale, temperature or reduction differ between ranks, and what
+// options differ between ranks, and what
 // contrastive::info_nce_loss throws for its options. Unlike the single-process loss, each rank
 // brings exactly one candidate per anchor: extra negatives come from the other ranks.
 template <TensorLike A, TensorLike B>
@@ -46,7 +46,9 @@ contrastive::InfoNceLossResult<scalar_t<A>> info_nce_loss(
   const auto g = impl::gather_shapes(comm, fn, av, bv, /*same_rows=*/true,
                                      {{"opts.temperature", opts.temperature.value_or(nan)},
                                       {"opts.scale", opts.scale.value_or(nan)},
-                                      {"opts.reduction", static_cast<double>(opts.reduction)}});
+                                      {"opts.reduction", static_cast<double>(opts.reduction)},
+                                      {"opts.block_size", static_cast<double>(opts.block_size)},
+                                      {"opts.materialized", opts.materialized ? 1.0 : 0.0}});
   const T s = contrastive::detail::info_nce_scale<T>(fn, opts);
   const T w =
       opts.reduction == contrastive::Reduction::mean ? T(1) / static_cast<T>(g.total_a) : T(1);

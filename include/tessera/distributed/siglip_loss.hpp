@@ -82,7 +82,7 @@ void siglip_block(MatrixMap<const T> A, MatrixMap<const T> Bo, bool positives, T
 // SigLIP's loss of this rank's pairs (a_i, b_i), a and b [N_r, D], against every rank's, with
 // t = logit_scale and bias = logit_bias. A collective. Throws, on every rank alike, ShapeError
 // when a rank's a and b differ in shape or are empty or the dimension differs between ranks,
-// ValueError when t, bias or the reduction differ between ranks, and what
+// ValueError when t, bias or an option differ between ranks, and what
 // contrastive::siglip_loss throws for t, bias and its options; CommunicationError when MPI fails.
 // A NaN t or bias gives NaN everywhere.
 template <TensorLike A, TensorLike B>
@@ -100,7 +100,9 @@ contrastive::SigLipLossResult<scalar_t<A>> siglip_loss(
   const auto g = impl::gather_shapes(comm, fn, av, bv, /*same_rows=*/true,
                                      {{"logit_scale", static_cast<double>(logit_scale)},
                                       {"logit_bias", static_cast<double>(logit_bias)},
-                                      {"opts.reduction", static_cast<double>(opts.reduction)}});
+                                      {"opts.reduction", static_cast<double>(opts.reduction)},
+                                      {"opts.block_size", static_cast<double>(opts.block_size)},
+                                      {"opts.materialized", opts.materialized ? 1.0 : 0.0}});
   if (std::isinf(logit_scale) ||
       (!std::isnan(logit_scale) && !std::isfinite(std::exp(logit_scale))))
     tessera::detail::raise<ValueError>(

@@ -123,51 +123,40 @@ void loss_counters(benchmark::State& state, const PhaseSums& t, Index n_r, doubl
 // 1a. CLIP loss by all-gather.
 
 // The MPI calls distributed::clip_loss makes, in its order and sizes, without the arithmetic:
-// the shapes and 3 scalars (7 doubles per rank), a and b (N_r D floats each), the four vectors of
-// row and column statistics (N_r floats each) and the final sum of 2 doubles.
-void clip_comm_only(const Tensor<float, 2>& a, const Tensor<float, 2>& b, Tensor<float, 2>& a_all,
-                    Tensor<float, 2>& b_all, Tensor<float, 2>& stats) {
+// the shapes and 5 scalars (9 doubles per rank), b (N_r D floats), the column statistics (two
+// all-reduces of N floats), the texts' gradients (reduce-scatter of N D floats) and the final
+// sum of 2 doubles.
+void clip_comm_only(const Tensor<float, 2>& b, Tensor<float, 2>& b_all, Tensor<float, 2>& stats,
+                    Tensor<float, 2>& grad_b) {
   const auto& c = comm();
   const auto p = static_cast<std::size_t>(c.size());
-  const Index n_r = a.dim(0);
-  std::vector<double> mine(7, 1.0), all(7 * p);
-  c.all_gather(std::span<const double>(mine), std::span<double>(all), std::vector<Index>(p, 7));
-  const std::vector<Index> block(p, n_r * kDim), rows(p, n_r);
-  c.all_gather(cspan_of(a), span_of(a_all), block);
+  const Index n_r = b.dim(0);
+  std::vector<double> mine(9, 1.0), all(9 * p);
+  c.all_gather(std::span<const double>(mine), std::span<double>(all), std::vector<Index>(p, 9));
+  const std::vector<Index> block(p, n_r * kDim);
   c.all_gather(cspan_of(b), span_of(b_all), block);
-  // stats: [4, N], its first N_r of each row stand for this rank's statistics
-  for (Index k = 0; k < 4; ++k) {
-    const float* send = stats.data() + k * stats.dim(1);
-    std::vector<float> own(send, send + n_r);
-    c.all_gather(
-        std::span<const float>(own),
-        std::span<float>(stats.data() + k * stats.dim(1), static_cast<std::size_t>(stats.dim(1))),
-        rows);
-  }
+  const std::size_t n = static_cast<std::size_t>(stats.dim(1));
+  c.all_reduce_max(std::span<float>(stats.data(), n));
+  c.all_reduce_sum(std::span<float>(stats.data() + n, n));
+  c.reduce_scatter_sum(cspan_of(b_all), span_of(grad_b), block);
   double sums[2] = {1.0, 2.0};
   c.all_reduce_sum(std::span<double>(sums));
 }
 
-// The arithmetic distributed::clip_loss does on one rank, on gathered data already here: the
-// logsumexps of its rows and columns, then both gradient sweeps (loss_common.hpp's kernels).
-struct ClipComputeData {
-  Tensor<float, 2> a_all, b_all;             // [N, D]
-  td::impl::Vector<float> col_max, col_log;  // [N] (plausible statistics)
-};
-
-void clip_compute_only(const Tensor<float, 2>& a, const Tensor<float, 2>& b,
-                       const ClipComputeData& d, Index offset, float s, Index block) {
-  const auto A_r = a.as_matrix(), B_r = b.as_matrix();
-  const auto rows = td::impl::row_stats<float>(A_r, d.b_all.as_matrix(), offset, s, block);
-  const auto cols = td::impl::row_stats<float>(B_r, d.a_all.as_matrix(), offset, s, block);
-  Tensor<float, 2> ga(a.shape()), gb(b.shape());
-  const float half_w = 0.5f / static_cast<float>(d.a_all.dim(0));
-  double g1 = td::impl::row_gradient<float>(A_r, d.b_all.as_matrix(), offset, s, half_w, rows,
-                                            half_w, &d.col_max, &d.col_log, block, ga.as_matrix());
-  double g2 = td::impl::row_gradient<float>(B_r, d.a_all.as_matrix(), offset, s, half_w, cols,
-                                            half_w, &d.col_max, &d.col_log, block, gb.as_matrix());
-  benchmark::DoNotOptimize(g1);
-  benchmark::DoNotOptimize(g2);
+// The arithmetic distributed::clip_loss does on one rank, on gathered data already here: sweep 1
+// (its rows' logsumexps and its share of the columns') and sweep 2 (the gradients), with
+// loss_common.hpp's kernels.
+void clip_compute_only(const Tensor<float, 2>& a, const Tensor<float, 2>& b_all, Index offset,
+                       float s, Index block) {
+  const auto A_r = a.as_matrix();
+  td::impl::ColumnStats<float> cols;
+  const auto rows = td::impl::block_stats<float>(A_r, b_all.as_matrix(), offset, s, block, &cols);
+  cols.log = cols.log.array().log().matrix();  // (merged over the ranks in the real call)
+  Tensor<float, 2> ga(a.shape()), gb(b_all.shape());
+  const float half_w = 0.5f / static_cast<float>(b_all.dim(0));
+  double g = td::impl::block_gradient<float>(A_r, b_all.as_matrix(), offset, s, half_w, rows,
+                                             half_w, &cols, block, ga.as_matrix(), gb.as_matrix());
+  benchmark::DoNotOptimize(g);
   benchmark::DoNotOptimize(ga.data());
   benchmark::DoNotOptimize(gb.data());
   benchmark::ClobberMemory();
@@ -181,22 +170,14 @@ void BM_ClipLoss(benchmark::State& state) {
   const float t = std::log(1.0f / 0.07f);
   const float s = std::exp(t);
   const tessera::contrastive::ClipLossOptions opts{};
-  ClipComputeData d{unit_rows(n, 7), unit_rows(n, 8), {}, {}};
-  d.a_all.as_matrix().middleRows(offset, n_r) = a.as_matrix();
-  d.b_all.as_matrix().middleRows(offset, n_r) = b.as_matrix();
-  {  // every column's statistics from its true logsumexp, so exp() sees realistic values
-    const auto cols =
-        td::impl::row_stats<float>(std::as_const(d.b_all).as_matrix(),
-                                   std::as_const(d.a_all).as_matrix(), 0, s, opts.block_size);
-    d.col_max = cols.max;
-    d.col_log = cols.log;
-  }
-  Tensor<float, 2> a_all(Shape<2>{n, kDim}), b_all(Shape<2>{n, kDim}), stats(Shape<2>{4, n});
+  Tensor<float, 2> b_all = unit_rows(n, 8);
+  b_all.as_matrix().middleRows(offset, n_r) = b.as_matrix();
+  Tensor<float, 2> b_all_buf(Shape<2>{n, kDim}), stats(Shape<2>{2, n}), grad_b(b.shape());
   PhaseSums sum;
   float loss = td::clip_loss(c, a, b, t, opts).loss;  // warm-up: MPI's buffers, first touches
   for (auto _ : state) {
-    sum.comm += timed([&] { clip_comm_only(a, b, a_all, b_all, stats); });
-    sum.compute += timed([&] { clip_compute_only(a, b, d, offset, s, opts.block_size); });
+    sum.comm += timed([&] { clip_comm_only(b, b_all_buf, stats, grad_b); });
+    sum.compute += timed([&] { clip_compute_only(a, b_all, offset, s, opts.block_size); });
     const double total = timed([&] {
       const auto r = td::clip_loss(c, a, b, t, opts);
       loss = r.loss;
@@ -207,8 +188,10 @@ void BM_ClipLoss(benchmark::State& state) {
     state.SetIterationTime(total);
   }
   const double pm1 = static_cast<double>(p - 1);
-  const double recv = pm1 * (2.0 * n_r * kDim * 4 + 4.0 * n_r * 4 + 7 * 8) +
-                      (p > 1 ? 2 * 8 : 0);  // the final all-reduce: at least its 2 doubles
+  // b's blocks and the texts' gradient shares (N_r D floats from each other rank), the column
+  // statistics (2 N floats, ring all-reduce: about 2 (P - 1) / P of them each), the shapes.
+  const double recv =
+      p > 1 ? pm1 * (2.0 * n_r * kDim * 4 + 9 * 8) + 2.0 * pm1 / p * 2 * n * 4 + 2 * 8 : 0.0;
   loss_counters(state, sum, n_r, 4.0 * n_r * n * kDim * 2, recv);
   state.counters["loss"] = loss;
 }

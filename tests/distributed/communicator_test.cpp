@@ -46,6 +46,44 @@ TYPED_TEST(CommunicatorTyped, AllReduceSumsEveryRanksValues) {
   comm.all_reduce_sum(std::span<T>());  // nothing to do, on every rank
 }
 
+TYPED_TEST(CommunicatorTyped, MaxAndReduceScatter) {
+  using T = TypeParam;
+  const auto& comm = world();
+  const int p = comm.size(), r = comm.rank();
+  std::vector<T> x{static_cast<T>(r), static_cast<T>(-r), T(7)};
+  comm.all_reduce_max(std::span<T>(x));
+  EXPECT_EQ(x[0], static_cast<T>(p - 1));
+  EXPECT_EQ(x[1], T(0));
+  EXPECT_EQ(x[2], T(7));
+  // Rank q gets q + 1 sums; every rank sends (r + 1) * (index + 1).
+  std::vector<Index> counts;
+  for (int q = 0; q < p; ++q) counts.push_back(q + 1);
+  const auto total = static_cast<std::size_t>(p * (p + 1) / 2);
+  std::vector<T> send(total);
+  for (std::size_t i = 0; i < total; ++i) send[i] = static_cast<T>((r + 1) * (i + 1));
+  std::vector<T> mine(static_cast<std::size_t>(r + 1));
+  comm.reduce_scatter_sum(std::span<const T>(send), std::span<T>(mine), counts);
+  const auto first = static_cast<std::size_t>(r * (r + 1) / 2);
+  for (std::size_t k = 0; k < mine.size(); ++k)
+    EXPECT_EQ(mine[k], static_cast<T>(p * (p + 1) / 2) * static_cast<T>(first + k + 1));
+  std::vector<T> too_long(total + 1), wrong(mine.size() + 1);
+  TESSERA_EXPECT_THROW_MSG(
+      comm.reduce_scatter_sum(std::span<const T>(too_long), std::span<T>(mine), counts), ValueError,
+      "tessera::distributed::Communicator::reduce_scatter_sum", "'send' has");
+  TESSERA_EXPECT_THROW_MSG(
+      comm.reduce_scatter_sum(std::span<const T>(send), std::span<T>(wrong), counts), ValueError,
+      "'recv' has", "expected counts[");
+}
+
+TEST(Communicator, ADroppedCollectiveRequestCompletesInsteadOfAborting) {
+  const auto& comm = world();
+  std::vector<double> x(1000, 1.0);
+  {
+    auto pending = comm.iall_reduce_sum(std::span<double>(x));
+  }  // destroyed before wait(): it waits (a collective cannot be cancelled)
+  EXPECT_EQ(x[999], comm.size());
+}
+
 TYPED_TEST(CommunicatorTyped, BroadcastCopiesTheRootsData) {
   using T = TypeParam;
   const auto& comm = world();

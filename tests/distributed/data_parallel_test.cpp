@@ -69,6 +69,16 @@ TEST(DataParallel, RefusesModelsThatDifferBetweenRanksAndBadOptions) {
                              "tessera::distributed::DataParallel", last.c_str(),
                              "expected the same model on every rank");
   nn::Linear<float> b({.in_features = 4, .out_features = 2});
+  // Options that differ between ranks would mismatch the buckets' all-reduces.
+  if (comm.size() > 1) {
+    TESSERA_EXPECT_THROW_MSG(DataParallel<float>(comm, b, {.bucket_cap_mb = is_last ? 1e-9 : 25}),
+                             ValueError, "tessera::distributed::DataParallel", "'bucket_cap_mb'",
+                             last.c_str(), "the same value on every rank");
+    TESSERA_EXPECT_THROW_MSG(DataParallel<float>(comm, b, {.root = is_last ? 1 : 0}), ValueError,
+                             "'root' is 1", last.c_str());
+  }
+  // The communicator is held by reference: a temporary one does not compile.
+  static_assert(!std::is_constructible_v<DataParallel<float>, Communicator&&, nn::Linear<float>&>);
   TESSERA_EXPECT_THROW_MSG(DataParallel<float>(comm, b, {.bucket_cap_mb = 0}), ValueError,
                            "tessera::distributed::DataParallel", "'bucket_cap_mb' is 0");
   TESSERA_EXPECT_THROW_MSG(DataParallel<float>(comm, b, {.root = comm.size()}), ValueError,

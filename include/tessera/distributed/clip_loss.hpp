@@ -13,10 +13,12 @@
 //   r.grad_a;      // [N_r, D]
 //
 // How (open_clip's gather_features + local_loss, https://github.com/mlfoundations/open_clip):
-// every rank all-gathers every rank's a and b (2 N D values), computes the logsumexps of its own
-// rows of l and of its own columns (tiles of block x block, as contrastive::clip_loss), gathers
-// those (2 N scalars each way), and turns its rows and its columns into gradients. Per rank: four
-// N_r x N x D products, 1/P of the single-process work; memory O(N D + threads block^2).
+// every rank all-gathers every rank's b (N D values) and sweeps its own rows of l twice, in the
+// tiles of contrastive::clip_loss: first the rows' logsumexps and its share of the columns'
+// (merged over the ranks: two all-reduces of N scalars), then the gradients, each logit
+// recomputed bit for bit as the statistics saw it. Its image gradients are whole; its share of
+// every text's gradient is summed onto the text's owner (reduce-scatter, N D values). Per rank:
+// four N_r x N x D products, 1/P of the single-process work; memory O(N D + threads block^2).
 //
 // Training with data parallelism (PyTorch DDP, distributed::DataParallel), where parameter
 // gradients are AVERAGED over the ranks: the towers must be backpropagated with P times these
@@ -80,30 +82,32 @@ contrastive::ClipLossResult<scalar_t<A>> clip_loss(const Communicator& comm, con
       opts.reduction == contrastive::Reduction::mean ? T(1) / static_cast<T>(g.total_a) : T(1);
   const Index block = impl::effective_block(opts.block_size, opts.materialized);
 
-  const auto A_r = av.as_matrix(), B_r = bv.as_matrix();
-  const Tensor<T, 2> A_all = impl::gather_rows<T>(comm, A_r, g.rows_a, g.dim);
-  const Tensor<T, 2> B_all = impl::gather_rows<T>(comm, B_r, g.rows_b, g.dim);
-  // This rank's rows of l (images against every text) and its columns (texts against every
-  // image), then every rank's statistics of both.
-  const auto rows = impl::row_stats<T>(A_r, B_all.as_matrix(), g.offset_a, s, block);
-  const auto cols = impl::row_stats<T>(B_r, A_all.as_matrix(), g.offset_a, s, block);
-  const auto row_max = impl::gather_vector(comm, rows.max, g.rows_a);
-  const auto row_log = impl::gather_vector(comm, rows.log, g.rows_a);
-  const auto col_max = impl::gather_vector(comm, cols.max, g.rows_a);
-  const auto col_log = impl::gather_vector(comm, cols.log, g.rows_a);
+  const auto A_r = av.as_matrix();
+  const Tensor<T, 2> B_all = impl::gather_rows<T>(comm, bv.as_matrix(), g.rows_b, g.dim);
+  // Sweep 1: this rank's rows of l (its images against every text): the rows' logsumexps, and
+  // its share of every column's, merged over the ranks.
+  impl::ColumnStats<T> cols;
+  const auto rows = impl::block_stats<T>(A_r, B_all.as_matrix(), g.offset_a, s, block, &cols);
+  impl::combine_columns(comm, cols);
 
+  // Sweep 2: dL/dl_ij = w/2 (softmax over row i + softmax over column j) - w [i == j]; this
+  // rank's image gradients whole, its share of every text's, summed onto their owners.
   out.grad_a = Tensor<T, 2>(av.shape());
-  out.grad_b = Tensor<T, 2>(bv.shape());
+  Tensor<T, 2> grad_b_all(B_all.shape());
   out.scale = s;
   const T half_w = w / 2;
-  // dL/dl_ij = w/2 (softmax over row i + softmax over column j) - w [i == j]; sum G l counted
-  // over this rank's rows only, so the ranks' sums add up to the whole matrix's.
+  // The loss: this rank's rows' cross-entropies and its own columns' (a column's positive is on
+  // the row of the same index, this rank's too).
+  const auto own = [&](const impl::Vector<T>& v) {
+    return impl::Vector<T>(v.segment(g.offset_a, av.dim(0)));
+  };
   double sums[2] = {
-      static_cast<double>(half_w) * (impl::cross_entropy_sum(rows) + impl::cross_entropy_sum(cols)),
-      impl::row_gradient<T>(A_r, B_all.as_matrix(), g.offset_a, s, half_w, rows, half_w, &col_max,
-                            &col_log, block, out.grad_a.as_matrix())};
-  impl::row_gradient<T>(B_r, A_all.as_matrix(), g.offset_a, s, half_w, cols, half_w, &row_max,
-                        &row_log, block, out.grad_b.as_matrix());
+      static_cast<double>(half_w) *
+          (impl::cross_entropy_sum(rows.max, rows.positive, rows.log) +
+           impl::cross_entropy_sum(own(cols.max), rows.positive, own(cols.log))),
+      impl::block_gradient<T>(A_r, B_all.as_matrix(), g.offset_a, s, half_w, rows, half_w, &cols,
+                              block, out.grad_a.as_matrix(), grad_b_all.as_matrix())};
+  out.grad_b = impl::sum_own_rows(comm, grad_b_all, g.rows_b, g.dim);
   comm.all_reduce_sum(std::span<double>(sums));
   out.loss = static_cast<T>(sums[0]);
   out.grad_logit_scale = clamped ? T(0) : static_cast<T>(static_cast<double>(s) * sums[1]);

@@ -195,9 +195,10 @@ class Environment {
   std::terminate_handler previous_ = nullptr;
 };
 
-// A pending non-blocking operation (isend, irecv, iall_reduce_sum). wait() completes it; a
-// request destroyed before completing is cancelled and freed, so an error path never blocks on
-// it (the buffers it named must then not be read).
+// A pending non-blocking operation (isend, irecv, iall_reduce_sum). wait() completes it. A
+// point-to-point request destroyed before completing is cancelled and freed, so an error path
+// never blocks on it (the buffers it named must then not be read); a collective one cannot be
+// cancelled, and its destructor waits for it.
 class Request {
  public:
   Request() = default;
@@ -208,6 +209,7 @@ class Request {
 #ifdef TESSERA_WITH_MPI
       req_ = std::exchange(o.req_, MPI_REQUEST_NULL);
 #endif
+      collective_ = o.collective_;
       fn_ = o.fn_;
     }
     return *this;
@@ -244,7 +246,11 @@ class Request {
     if (req_ != MPI_REQUEST_NULL) {
       int finalised = 0;
       MPI_Finalized(&finalised);
-      if (!finalised) {
+      if (!finalised && collective_) {
+        // A non-blocking collective cannot be cancelled (MPI-3.1, section 5.12): it completes
+        // once every rank has posted it.
+        MPI_Wait(&req_, MPI_STATUS_IGNORE);
+      } else if (!finalised) {
         MPI_Cancel(&req_);
         MPI_Request_free(&req_);
       }
@@ -255,6 +261,7 @@ class Request {
 #ifdef TESSERA_WITH_MPI
   MPI_Request req_ = MPI_REQUEST_NULL;
 #endif
+  bool collective_ = false;
   std::string_view fn_ = "tessera::distributed::Request::wait";
 };
 
@@ -348,6 +355,48 @@ class Communicator {
 #endif
   }
 
+  // data = the element-wise maximum over the ranks, on every rank (MPI_Allreduce, MPI_MAX): exact,
+  // so the same on every rank.
+  template <class T>
+  void all_reduce_max(std::span<T> data) const {
+#ifdef TESSERA_WITH_MPI
+    constexpr std::string_view fn = "tessera::distributed::Communicator::all_reduce_max";
+    if (data.empty()) return;
+    impl::check(MPI_Allreduce(MPI_IN_PLACE, data.data(), impl::mpi_count(fn, "data", data.size()),
+                              impl::datatype<T>(), MPI_MAX, comm_),
+                fn, "MPI_Allreduce");
+#else
+    (void)data;
+#endif
+  }
+
+  // The ranks' `send` buffers summed element-wise, and block r of the sum delivered to rank r
+  // (MPI_Reduce_scatter): counts[r] elements each, in rank order; send holds their sum, recv
+  // counts[rank()]. Throws ValueError for sizes that do not match.
+  template <class T>
+  void reduce_scatter_sum(std::span<const T> send, std::span<T> recv,
+                          std::span<const Index> counts) const {
+    constexpr std::string_view fn = "tessera::distributed::Communicator::reduce_scatter_sum";
+    const auto n = checked_counts(fn, counts);
+    std::size_t total = 0;
+    for (int c : n) total += static_cast<std::size_t>(c);
+    if (send.size() != total)
+      tessera::detail::raise<ValueError>(fn, "argument 'send' has ", send.size(),
+                                         " elements, expected the sum of 'counts', ", total);
+    if (recv.size() != static_cast<std::size_t>(counts[static_cast<std::size_t>(rank_)]))
+      tessera::detail::raise<ValueError>(fn, "argument 'recv' has ", recv.size(),
+                                         " elements, expected counts[", rank_,
+                                         "] = ", counts[static_cast<std::size_t>(rank_)]);
+#ifdef TESSERA_WITH_MPI
+    if (total == 0) return;
+    impl::check(
+        MPI_Reduce_scatter(send.data(), recv.data(), n.data(), impl::datatype<T>(), MPI_SUM, comm_),
+        fn, "MPI_Reduce_scatter");
+#else
+    std::copy(send.begin(), send.end(), recv.begin());
+#endif
+  }
+
   // The same, started and left running (MPI_Iallreduce): `data` must stay alive and untouched
   // until the request's wait() returns.
   template <class T>
@@ -356,6 +405,7 @@ class Communicator {
 #ifdef TESSERA_WITH_MPI
     constexpr std::string_view fn = "tessera::distributed::Communicator::iall_reduce_sum";
     r.fn_ = fn;
+    r.collective_ = true;
     if (data.empty()) return r;
     impl::check(MPI_Iallreduce(MPI_IN_PLACE, data.data(), impl::mpi_count(fn, "data", data.size()),
                                impl::datatype<T>(), MPI_SUM, comm_, &r.req_),
@@ -401,20 +451,13 @@ class Communicator {
   template <class T>
   void all_gather(std::span<const T> send, std::span<T> recv, std::span<const Index> counts) const {
     constexpr std::string_view fn = "tessera::distributed::Communicator::all_gather";
-    if (counts.size() != static_cast<std::size_t>(size_))
-      tessera::detail::raise<ValueError>(fn, "argument 'counts' has ", counts.size(),
-                                         " entries, expected one per rank (", size_, ")");
+    const std::vector<int> n = checked_counts(fn, counts);
     std::size_t total = 0;
-    std::vector<int> n(counts.size()), offset(counts.size());
+    std::vector<int> offset(counts.size());
     for (std::size_t r = 0; r < counts.size(); ++r) {
-      if (counts[r] < 0)
-        tessera::detail::raise<ValueError>(fn, "argument 'counts' holds ", counts[r], " for rank ",
-                                           r, ", expected a count >= 0");
-      offset[r] = impl::mpi_count(fn, "the gathered buffer", total);
-      n[r] = impl::mpi_count(fn, "a rank's block", static_cast<std::size_t>(counts[r]));
-      total += static_cast<std::size_t>(counts[r]);
+      offset[r] = static_cast<int>(total);
+      total += static_cast<std::size_t>(n[r]);
     }
-    impl::mpi_count(fn, "the gathered buffer", total);
     if (send.size() != static_cast<std::size_t>(counts[static_cast<std::size_t>(rank_)]))
       tessera::detail::raise<ValueError>(fn, "argument 'send' has ", send.size(),
                                          " elements, expected counts[", rank_,
@@ -493,6 +536,25 @@ class Communicator {
       tessera::detail::raise<ValueError>(fn, "argument '", arg, "' is ", r,
                                          ", expected a rank in [0, ", size_, ")");
   }
+  // Per-rank counts as MPI's ints, after checking there is one per rank, each >= 0, and that
+  // their sum fits an int.
+  std::vector<int> checked_counts(std::string_view fn, std::span<const Index> counts) const {
+    if (counts.size() != static_cast<std::size_t>(size_))
+      tessera::detail::raise<ValueError>(fn, "argument 'counts' has ", counts.size(),
+                                         " entries, expected one per rank (", size_, ")");
+    std::vector<int> n(counts.size());
+    std::size_t total = 0;
+    for (std::size_t r = 0; r < counts.size(); ++r) {
+      if (counts[r] < 0)
+        tessera::detail::raise<ValueError>(fn, "argument 'counts' holds ", counts[r], " for rank ",
+                                           r, ", expected a count >= 0");
+      n[r] = impl::mpi_count(fn, "a rank's block", static_cast<std::size_t>(counts[r]));
+      total += static_cast<std::size_t>(counts[r]);
+    }
+    impl::mpi_count(fn, "the whole buffer", total);
+    return n;
+  }
+
   static void check_tag(std::string_view fn, int tag) {
     if (tag < 0)
       tessera::detail::raise<ValueError>(fn, "argument 'tag' is ", tag, ", expected a tag >= 0");

@@ -20,7 +20,9 @@
 // parameters first (they are the first whose gradients the backward finishes, as in DDP); each
 // bucket's MPI_Iallreduce is posted as soon as it is packed, so packing and reducing overlap.
 // tessera's backward has no per-parameter hooks, so the reduction starts when the backward ends
-// rather than during it. The model must not move while a DataParallel refers to it.
+// rather than during it. The model and the communicator must not move, nor end, while a
+// DataParallel refers to them. Construction (and broadcast_parameters) bumps every parameter's
+// version: call prepack() again afterwards.
 #pragma once
 
 #include <algorithm>
@@ -52,6 +54,7 @@ class DataParallel {
   DataParallel(const Communicator& comm, Module& module, const DataParallelOptions& options = {})
       : comm_(&comm), params_(optim::parameters(module)), options_(options) {
     constexpr std::string_view fn = "tessera::distributed::DataParallel";
+    check_same_options(fn);
     if (!(options.bucket_cap_mb > 0) || !(options.bucket_cap_mb < 1e9))
       tessera::detail::raise<ValueError>(fn, "option 'bucket_cap_mb' is ", options.bucket_cap_mb,
                                          ", expected a value in (0, 1e9)");
@@ -62,6 +65,11 @@ class DataParallel {
     make_buckets();
     broadcast_parameters();
   }
+
+  // The communicator is held by reference: it must outlive the DataParallel and stay in place.
+  template <class Module>
+  DataParallel(const Communicator&& comm, Module& module,
+               const DataParallelOptions& options = {}) = delete;
 
   // Copies rank root's parameter values to every rank again (after loading a checkpoint on the
   // root alone, say) and bumps their versions. A collective.
@@ -111,6 +119,23 @@ class DataParallel {
   std::size_t bucket_count() const noexcept { return buckets_.size(); }
 
  private:
+  // The options must agree between ranks (different buckets would mismatch the all-reduces).
+  void check_same_options(std::string_view fn) const {
+    const double mine[2] = {options_.bucket_cap_mb, static_cast<double>(options_.root)};
+    const auto p = static_cast<std::size_t>(comm_->size());
+    std::vector<double> all(2 * p);
+    const std::vector<Index> counts(p, 2);
+    comm_->all_gather(std::span<const double>(mine), std::span<double>(all), counts);
+    for (std::size_t r = 1; r < p; ++r)
+      for (std::size_t k = 0; k < 2; ++k)
+        if (!(all[2 * r + k] == all[k]) && !(all[2 * r + k] != all[2 * r + k] && all[k] != all[k]))
+          tessera::detail::raise<ValueError>(fn, "option '", k == 0 ? "bucket_cap_mb" : "root",
+                                             "' is ", all[2 * r + k], " on rank ", r, " and ",
+                                             all[k],
+                                             " on rank 0, expected the same value on "
+                                             "every rank");
+  }
+
   // Each rank's parameter count, element count and a hash of the names and shapes, compared.
   void check_same_module(std::string_view fn) const {
     std::uint64_t hash = 1469598103934665603ull;  // FNV-1a (Fowler, Noll, Vo)

@@ -8,11 +8,10 @@
 // Every rank returns the same loss and dL/ds, and the gradients of its own rows, dL/da_r and
 // dL/db_r [N_r, D] — equal, to rounding, to those rows of the single-process gradients.
 //
-// How: every rank all-gathers the anchors and the candidates (2 N D values), computes its
-// anchors' logsumexps over every candidate (block x block tiles), gathers those (2 N scalars),
-// and turns its anchors' rows and its candidates' columns of the logits into gradients (open_clip's
-// gather_features + local loss, with the column statistics gathered so that no gradient is sent
-// back). Per rank: four N_r x N x D products.
+// How (open_clip's gather_features + local loss): every rank all-gathers the candidates (N D
+// values), sweeps its anchors' rows of the logits twice in block x block tiles (logsumexps, then
+// gradients), and sums its share of every candidate's gradient onto the candidate's owner
+// (reduce-scatter, N D values). Per rank: three N_r x N x D products and one recomputation.
 //
 // With PyTorch-DDP-style training (gradients averaged over ranks), backpropagate P times these
 // embedding gradients (see distributed/clip_loss.hpp).
@@ -54,23 +53,20 @@ contrastive::InfoNceLossResult<scalar_t<A>> info_nce_loss(
       opts.reduction == contrastive::Reduction::mean ? T(1) / static_cast<T>(g.total_a) : T(1);
   const Index block = impl::effective_block(opts.block_size, opts.materialized);
 
-  const auto A_r = av.as_matrix(), B_r = bv.as_matrix();
-  const Tensor<T, 2> A_all = impl::gather_rows<T>(comm, A_r, g.rows_a, g.dim);
-  const Tensor<T, 2> B_all = impl::gather_rows<T>(comm, B_r, g.rows_b, g.dim);
-  const auto rows = impl::row_stats<T>(A_r, B_all.as_matrix(), g.offset_a, s, block);
-  const auto row_max = impl::gather_vector(comm, rows.max, g.rows_a);
-  const auto row_log = impl::gather_vector(comm, rows.log, g.rows_a);
+  const auto A_r = av.as_matrix();
+  const Tensor<T, 2> B_all = impl::gather_rows<T>(comm, bv.as_matrix(), g.rows_b, g.dim);
+  const auto rows = impl::block_stats<T>(A_r, B_all.as_matrix(), g.offset_a, s, block, nullptr);
 
   contrastive::InfoNceLossResult<T> out;
   out.grad_a = Tensor<T, 2>(av.shape());
-  out.grad_b = Tensor<T, 2>(bv.shape());
-  // dL/dl_ij = w (softmax over row i - [i == j]). The anchors' rows: G B; the candidates'
-  // columns: G^T A, each candidate j against every anchor i with anchor i's statistics.
-  double sums[2] = {static_cast<double>(w) * impl::cross_entropy_sum(rows),
-                    impl::row_gradient<T>(A_r, B_all.as_matrix(), g.offset_a, s, w, rows, T(0),
-                                          nullptr, nullptr, block, out.grad_a.as_matrix())};
-  impl::row_gradient<T>(B_r, A_all.as_matrix(), g.offset_a, s, T(0), rows, w, &row_max, &row_log,
-                        block, out.grad_b.as_matrix());
+  Tensor<T, 2> grad_b_all(B_all.shape());
+  // dL/dl_ij = w (softmax over row i - [i == j]): the anchors' gradients whole, this rank's share
+  // of every candidate's, summed onto their owners.
+  double sums[2] = {
+      static_cast<double>(w) * impl::cross_entropy_sum(rows.max, rows.positive, rows.log),
+      impl::block_gradient<T>(A_r, B_all.as_matrix(), g.offset_a, s, w, rows, T(0), nullptr, block,
+                              out.grad_a.as_matrix(), grad_b_all.as_matrix())};
+  out.grad_b = impl::sum_own_rows(comm, grad_b_all, g.rows_b, g.dim);
   comm.all_reduce_sum(std::span<double>(sums));
   out.loss = static_cast<T>(sums[0]);
   out.grad_scale = static_cast<T>(sums[1]);

@@ -4,10 +4,11 @@
 //
 // The gathered losses (CLIP, InfoNCE) follow open_clip's `gather_features` + local loss
 // (https://github.com/mlfoundations/open_clip, src/open_clip/loss.py): every rank gathers every
-// rank's embeddings and computes the loss terms of its own rows against the global batch. Here
-// each rank also computes its own rows' gradients in full (the column statistics it needs are
-// gathered too, a few scalars per example), so no gradient is sent back: the gradients a rank
-// returns are exactly those its rows get in the single-process loss over the concatenated batch.
+// rank's candidates (texts) and computes its own rows of the logits against the global batch, in
+// the single-process losses' tiles, twice (statistics, then gradients, each logit recomputed bit
+// for bit). The columns' statistics are merged over the ranks (two all-reduces of N scalars), and
+// each rank's share of the candidates' gradients is summed onto their owners (reduce-scatter), as
+// open_clip's gather_with_grad backward does.
 #pragma once
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <limits>
+#include <sstream>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -76,10 +78,21 @@ GatheredShapes gather_shapes(const Communicator& comm, std::string_view fn, cons
                                          " (rank 0's): every rank embeds into the same space");
     std::size_t i = 4;
     for (const auto& s : scalars) {
-      if (std::bit_cast<std::uint64_t>(at(r, i)) != std::bit_cast<std::uint64_t>(at(0, i)))
-        tessera::detail::raise<ValueError>(fn, "argument '", s.first, "' is ", at(r, i),
-                                           " on rank ", r, " and ", at(0, i),
+      if (std::bit_cast<std::uint64_t>(at(r, i)) != std::bit_cast<std::uint64_t>(at(0, i))) {
+        // Options are "opts.<name>"; an unset optional one travels as NaN.
+        const bool option = s.first.starts_with("opts.");
+        const auto show = [&](double v) {
+          std::ostringstream os;
+          if (option && std::isnan(v))
+            os << "unset";
+          else
+            os << v;
+          return os.str();
+        };
+        tessera::detail::raise<ValueError>(fn, option ? "option '" : "argument '", s.first, "' is ",
+                                           show(at(r, i)), " on rank ", r, " and ", show(at(0, i)),
                                            " on rank 0, expected the same value on every rank");
+      }
       ++i;
     }
     g.rows_a.push_back(ra);
@@ -105,19 +118,6 @@ Tensor<T, 2> gather_rows(const Communicator& comm, MatrixMap<const T> x,
   return out;
 }
 
-// A vector of one value per local row, gathered from every rank: [sum rows].
-template <class T>
-Vector<T> gather_vector(const Communicator& comm, const Vector<T>& v,
-                        const std::vector<Index>& rows) {
-  Index total = 0;
-  for (Index r : rows) total += r;
-  Vector<T> out(total);
-  comm.all_gather(std::span<const T>(v.data(), static_cast<std::size_t>(v.size())),
-                  std::span<T>(out.data(), static_cast<std::size_t>(out.size())),
-                  std::span<const Index>(rows));
-  return out;
-}
-
 // The logsumexp of each local row of the logits l = s X Y^T, as max + log (kept apart so the
 // large terms cancel first), and the positive's logit l_{i, offset + i}.
 template <class T>
@@ -125,16 +125,29 @@ struct RowStats {
   Vector<T> max, log, positive;
 };
 
-// X [n, D] this rank's rows, Y [M, D] every rank's; row i's positive is Y's row offset + i.
+// The logsumexp of every column of l over ALL ranks' rows, as max + log: each rank folds its
+// own rows into `max` and `sum` (sweep 1), then combine_columns() merges the ranks'.
 template <class T>
-RowStats<T> row_stats(MatrixMap<const T> X, MatrixMap<const T> Y, Index offset, T s, Index block) {
+struct ColumnStats {
+  Vector<T> max, log;
+};
+
+// Sweep 1 over this rank's block of the logits, X [n, D] (its rows) against Y [M, D] (every
+// rank's): the rows' logsumexps and positives (row i's positive is Y's row offset + i) and, when
+// `cols` is given, this rank's share of every column's (max and sum of exp, not yet logged).
+template <class T>
+RowStats<T> block_stats(MatrixMap<const T> X, MatrixMap<const T> Y, Index offset, T s, Index block,
+                        ColumnStats<T>* cols) {
   using namespace contrastive::detail;
   const Index n = X.rows(), m = Y.rows();
-  RowStats<T> st{Vector<T>::Constant(n, -std::numeric_limits<T>::infinity()), Vector<T>::Zero(n),
-                 Vector<T>::Zero(n)};
+  constexpr T inf = std::numeric_limits<T>::infinity();
+  RowStats<T> st{Vector<T>::Constant(n, -inf), Vector<T>::Zero(n), Vector<T>::Zero(n)};
+  if (cols) *cols = ColumnStats<T>{Vector<T>::Constant(m, -inf), Vector<T>::Zero(m)};
+  // The schedule never runs two tiles of one row block or one column block at once.
   for_each_tile<LogitTileWorkspace<T>>(n, m, block, [&](const Tile& t, LogitTileWorkspace<T>& ws) {
     tile_similarity<T>(X, Y, t, ws.S);
     fold_row_logsumexp(ws.S, s, st.max.data() + t.r0, st.log.data() + t.r0);
+    if (cols) fold_col_logsumexp(ws.S, s, cols->max.data() + t.c0, cols->log.data() + t.c0);
     // Local rows whose positive column offset + i lies in this tile.
     const Index i0 = std::max(t.r0, t.c0 - offset), i1 = std::min(t.r1, t.c1 - offset);
     for (Index i = i0; i < i1; ++i) st.positive[i] = s * ws.S(i - t.r0, offset + i - t.c0);
@@ -143,24 +156,42 @@ RowStats<T> row_stats(MatrixMap<const T> X, MatrixMap<const T> Y, Index offset, 
   return st;
 }
 
-// sum_i (max_i - positive_i) + log_i: each row's cross-entropy, summed in double.
+// Merges the ranks' shares of the column statistics, the same on every rank: the maximum is
+// exact (MPI_MAX), each rank rescales its sum of exp to it, and the sums are added
+// (MPI_SUM). `cols.log` holds the sums on entry, their logs on return.
 template <class T>
-double cross_entropy_sum(const RowStats<T>& st) {
-  return contrastive::detail::sum_double((st.max - st.positive).array() + st.log.array());
+void combine_columns(const Communicator& comm, ColumnStats<T>& cols) {
+  Vector<T> global_max = cols.max;
+  comm.all_reduce_max(std::span<T>(global_max.data(), static_cast<std::size_t>(global_max.size())));
+  for (Index j = 0; j < cols.max.size(); ++j)
+    cols.log[j] = cols.max[j] == -std::numeric_limits<T>::infinity()
+                      ? T(0)
+                      : cols.log[j] * std::exp(cols.max[j] - global_max[j]);
+  comm.all_reduce_sum(std::span<T>(cols.log.data(), static_cast<std::size_t>(cols.log.size())));
+  cols.max = global_max;
+  cols.log = cols.log.array().log().matrix();
 }
 
-// gX += s G Y for the local rows X [n, D] against Y [M, D] (every rank's), with
-//   G_ij = alpha softmax over the row (from `rows`, local) + beta softmax over the column
-//          (col_max, col_log: [M], every rank's) - (alpha + beta) [j == offset + i];
-// returns sum_ij G_ij (X Y^T)_ij in double, per row block and then in order (so the same for
-// any thread count). alpha = 0 leaves the row term out (`rows` unused), beta = 0 the column
-// term (col_max and col_log unused).
+// sum_i (max_i - positive_i) + log_i over the given rows, in double.
 template <class T>
-double row_gradient(MatrixMap<const T> X, MatrixMap<const T> Y, Index offset, T s, T alpha,
-                    const RowStats<T>& rows, T beta, const Vector<T>* col_max,
-                    const Vector<T>* col_log, Index block, MatrixMap<T> gX) {
+double cross_entropy_sum(const Vector<T>& max, const Vector<T>& positive, const Vector<T>& log) {
+  return contrastive::detail::sum_double((max - positive).array() + log.array());
+}
+
+// Sweep 2 over this rank's block of the logits (X [n, D] its rows, Y [M, D] every rank's):
+// gX += s G Y (this rank's rows, whole) and gY += s G^T X (every column, this rank's share) with
+//   G_ij = alpha softmax over row i (`rows`) + beta softmax over column j (`cols`, merged)
+//          - (alpha + beta) [j == offset + i];
+// the tiles are those of sweep 1, so every logit is recomputed bit for bit as its statistics
+// saw it (a softmax whose terms sum to 1 to rounding, on which the positive's G = p - 1
+// depends). Returns sum_ij G_ij (X Y^T)_ij in double, per row block and then in order (the
+// same for any thread count). beta = 0 leaves the column term out (`cols` unused).
+template <class T>
+double block_gradient(MatrixMap<const T> X, MatrixMap<const T> Y, Index offset, T s, T alpha,
+                      const RowStats<T>& rows, T beta, const ColumnStats<T>* cols, Index block,
+                      MatrixMap<T> gX, MatrixMap<T> gY) {
   using namespace contrastive::detail;
-  const Index n = X.rows(), m = Y.rows(), d = X.cols();
+  const Index n = X.rows(), m = Y.rows();
   block = std::min(block, std::max<Index>({n, m, 1}));
   std::vector<double> gs(static_cast<std::size_t>(ceil_div(n, block)), 0.0);
   for_each_tile<LogitTileWorkspace<T>>(n, m, block, [&](const Tile& t, LogitTileWorkspace<T>& ws) {
@@ -168,24 +199,33 @@ double row_gradient(MatrixMap<const T> X, MatrixMap<const T> Y, Index offset, T 
     ws.G.resize(ws.S.rows(), ws.S.cols());
     for (Index i = 0; i < ws.S.rows(); ++i) {
       const auto l = s * ws.S.row(i).array();
-      if (alpha != T(0))
-        ws.G.row(i).array() = alpha * ((l - rows.max[t.r0 + i]) - rows.log[t.r0 + i]).exp();
-      else
-        ws.G.row(i).setZero();
+      ws.G.row(i).array() = alpha * ((l - rows.max[t.r0 + i]) - rows.log[t.r0 + i]).exp();
       if (beta != T(0)) {
-        const auto cm = col_max->segment(t.c0, t.cols()).transpose().array();
-        const auto cl = col_log->segment(t.c0, t.cols()).transpose().array();
+        const auto cm = cols->max.segment(t.c0, t.cols()).transpose().array();
+        const auto cl = cols->log.segment(t.c0, t.cols()).transpose().array();
         ws.G.row(i).array() += beta * ((l - cm) - cl).exp();
       }
     }
     const Index i0 = std::max(t.r0, t.c0 - offset), i1 = std::min(t.r1, t.c1 - offset);
     for (Index i = i0; i < i1; ++i) ws.G(i - t.r0, offset + i - t.c0) -= alpha + beta;
     gs[static_cast<std::size_t>(t.row_block)] += sum_double(ws.G.array() * ws.S.array());
-    const TensorMap<const T, 2> g(ws.G.data(), Shape<2>{t.rows(), t.cols()});
-    matmul_into(g, row_range(Y.data(), d, t.c0, t.cols()), row_range(gX.data(), d, t.r0, t.rows()),
-                {.alpha = static_cast<double>(s), .accumulate = true});
+    tile_backward<T>(X, Y, t, ws.G, s, gX, gY);
   });
   return ordered_sum(gs);
+}
+
+// The rows of a gradient over every rank's rows [sum rows, dim] that belong to this rank, summed
+// over the ranks' shares (MPI_Reduce_scatter).
+template <class T>
+Tensor<T, 2> sum_own_rows(const Communicator& comm, const Tensor<T, 2>& shares,
+                          const std::vector<Index>& rows, Index dim) {
+  std::vector<Index> counts;
+  for (Index r : rows) counts.push_back(r * dim);
+  Tensor<T, 2> out(Shape<2>{rows[static_cast<std::size_t>(comm.rank())], dim});
+  comm.reduce_scatter_sum(
+      std::span<const T>(shares.data(), static_cast<std::size_t>(shares.size())),
+      std::span<T>(out.data(), static_cast<std::size_t>(out.size())), counts);
+  return out;
 }
 
 // The block size a loss's options ask for: the given one, or a single tile when materialized.

@@ -16,8 +16,9 @@
 // posted before the scoring of this one, so the two overlap. The gradient a rank computes for a
 // visiting text block is sent straight back to the rank that owns it, which adds the
 // contributions in a fixed order (results do not depend on timing). Per rank: (P - 1) N_r D text
-// values in, as many gradient values back, three N_r x N x D products, and memory for four text
-// blocks: O(N_r D), never the whole batch.
+// values in, as many gradient values back, three N_r x N x D products, and memory for a copy of
+// its own block, four visiting blocks and four gradient blocks (two going out, two coming in):
+// O(max_r N_r D), never the whole batch.
 //
 // With PyTorch-DDP-style training (gradients averaged over ranks), backpropagate P times these
 // embedding gradients (see distributed/clip_loss.hpp).

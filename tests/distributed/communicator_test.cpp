@@ -174,6 +174,9 @@ TEST(Communicator, WrapsAnyMpiCommunicator) {
   EXPECT_EQ(x[1], 2);
   Communicator moved = std::move(self);
   EXPECT_EQ(moved.size(), 1);
+  TESSERA_EXPECT_THROW_MSG(self.all_reduce_sum(std::span<double>(x)), CommunicationError,
+                           "tessera::distributed::Communicator::all_reduce_sum", "moved from");
+  TESSERA_EXPECT_THROW_MSG(self.barrier(), CommunicationError, "moved from");
 }
 #endif
 

@@ -336,6 +336,7 @@ class Communicator {
   // Waits until every rank has called it.
   void barrier() const {
 #ifdef TESSERA_WITH_MPI
+    check_usable("tessera::distributed::Communicator::barrier");
     impl::check(MPI_Barrier(comm_), "tessera::distributed::Communicator::barrier", "MPI_Barrier");
 #endif
   }
@@ -346,6 +347,7 @@ class Communicator {
   void all_reduce_sum(std::span<T> data) const {
 #ifdef TESSERA_WITH_MPI
     constexpr std::string_view fn = "tessera::distributed::Communicator::all_reduce_sum";
+    check_usable(fn);
     if (data.empty()) return;
     impl::check(MPI_Allreduce(MPI_IN_PLACE, data.data(), impl::mpi_count(fn, "data", data.size()),
                               impl::datatype<T>(), MPI_SUM, comm_),
@@ -361,6 +363,7 @@ class Communicator {
   void all_reduce_max(std::span<T> data) const {
 #ifdef TESSERA_WITH_MPI
     constexpr std::string_view fn = "tessera::distributed::Communicator::all_reduce_max";
+    check_usable(fn);
     if (data.empty()) return;
     impl::check(MPI_Allreduce(MPI_IN_PLACE, data.data(), impl::mpi_count(fn, "data", data.size()),
                               impl::datatype<T>(), MPI_MAX, comm_),
@@ -377,6 +380,7 @@ class Communicator {
   void reduce_scatter_sum(std::span<const T> send, std::span<T> recv,
                           std::span<const Index> counts) const {
     constexpr std::string_view fn = "tessera::distributed::Communicator::reduce_scatter_sum";
+    check_usable(fn);
     const auto n = checked_counts(fn, counts);
     std::size_t total = 0;
     for (int c : n) total += static_cast<std::size_t>(c);
@@ -404,6 +408,7 @@ class Communicator {
     Request r;
 #ifdef TESSERA_WITH_MPI
     constexpr std::string_view fn = "tessera::distributed::Communicator::iall_reduce_sum";
+    check_usable(fn);
     r.fn_ = fn;
     r.collective_ = true;
     if (data.empty()) return r;
@@ -421,6 +426,7 @@ class Communicator {
   template <class T>
   void broadcast(std::span<T> data, int root = 0) const {
     constexpr std::string_view fn = "tessera::distributed::Communicator::broadcast";
+    check_usable(fn);
     check_rank(fn, "root", root);
 #ifdef TESSERA_WITH_MPI
     if (data.empty()) return;
@@ -437,6 +443,7 @@ class Communicator {
     std::vector<std::int64_t> all(static_cast<std::size_t>(size_));
     all[static_cast<std::size_t>(rank_)] = n;
 #ifdef TESSERA_WITH_MPI
+    check_usable("tessera::distributed::Communicator::all_gather_counts");
     impl::check(
         MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, all.data(), 1, MPI_INT64_T, comm_),
         "tessera::distributed::Communicator::all_gather_counts", "MPI_Allgather");
@@ -451,6 +458,7 @@ class Communicator {
   template <class T>
   void all_gather(std::span<const T> send, std::span<T> recv, std::span<const Index> counts) const {
     constexpr std::string_view fn = "tessera::distributed::Communicator::all_gather";
+    check_usable(fn);
     const std::vector<int> n = checked_counts(fn, counts);
     std::size_t total = 0;
     std::vector<int> offset(counts.size());
@@ -482,6 +490,7 @@ class Communicator {
   template <class T>
   Request isend(std::span<const T> data, int dest, int tag) const {
     constexpr std::string_view fn = "tessera::distributed::Communicator::isend";
+    check_usable(fn);
     check_rank(fn, "dest", dest);
     check_tag(fn, tag);
     Request r;
@@ -502,6 +511,7 @@ class Communicator {
   template <class T>
   Request irecv(std::span<T> data, int source, int tag) const {
     constexpr std::string_view fn = "tessera::distributed::Communicator::irecv";
+    check_usable(fn);
     check_rank(fn, "source", source);
     check_tag(fn, tag);
     Request r;
@@ -536,6 +546,18 @@ class Communicator {
       tessera::detail::raise<ValueError>(fn, "argument '", arg, "' is ", r,
                                          ", expected a rank in [0, ", size_, ")");
   }
+  // A moved-from Communicator has no MPI communicator left: using it is an error, not a fatal
+  // MPI call on MPI_COMM_NULL.
+  void check_usable(std::string_view fn) const {
+#ifdef TESSERA_WITH_MPI
+    if (comm_ == MPI_COMM_NULL)
+      tessera::detail::raise<CommunicationError>(
+          fn, "this Communicator was moved from; expected one that still owns its communicator");
+#else
+    (void)fn;
+#endif
+  }
+
   // Per-rank counts as MPI's ints, after checking there is one per rank, each >= 0, and that
   // their sum fits an int.
   std::vector<int> checked_counts(std::string_view fn, std::span<const Index> counts) const {

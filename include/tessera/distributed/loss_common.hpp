@@ -36,8 +36,8 @@ using contrastive::detail::Vector;
 struct GatheredShapes {
   std::vector<Index> rows_a, rows_b;  // per rank
   Index dim = 0;
-  Index offset_a = 0, offset_b = 0;  // this rank's first row in the concatenation
-  Index total_a = 0, total_b = 0;
+  Index offset_a = 0;  // this rank's first row in the concatenation (a and b alike)
+  Index total_a = 0;
 };
 
 // Exchanges (rows, dim) of a and b and the loss's scalars between the ranks, then checks them;
@@ -97,9 +97,8 @@ GatheredShapes gather_shapes(const Communicator& comm, std::string_view fn, cons
     }
     g.rows_a.push_back(ra);
     g.rows_b.push_back(rb);
-    if (r < static_cast<std::size_t>(comm.rank())) g.offset_a += ra, g.offset_b += rb;
+    if (r < static_cast<std::size_t>(comm.rank())) g.offset_a += ra;
     g.total_a += ra;
-    g.total_b += rb;
   }
   g.dim = static_cast<Index>(at(0, 1));
   return g;

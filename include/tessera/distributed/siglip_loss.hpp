@@ -16,8 +16,8 @@
 // posted before the scoring of this one, so the two overlap. The gradient a rank computes for a
 // visiting text block is sent straight back to the rank that owns it, which adds the
 // contributions in a fixed order (results do not depend on timing). Per rank: (P - 1) N_r D text
-// values in, as many gradient values back, three N_r x N x D products, and memory for a copy of
-// its own block, four visiting blocks and four gradient blocks (two going out, two coming in):
+// values in, as many gradient values back, three N_r x N x D products, and memory for four
+// visiting blocks and four gradient blocks (two going out, two coming in):
 // O(max_r N_r D), never the whole batch.
 //
 // With PyTorch-DDP-style training (gradients averaged over ranks), backpropagate P times these
@@ -147,21 +147,19 @@ contrastive::SigLipLossResult<scalar_t<A>> siglip_loss(
 
   // The text blocks held in each direction (this round's and the one arriving), the gradients
   // being sent back for them, and those arriving for this rank's own block.
-  Tensor<T, 2> own(bv.shape());
-  own.as_matrix() = bv.as_matrix();
   Tensor<T, 2> cur_r, next_r, cur_l, next_l, gsend_r, gsend_l, grecv_r, grecv_l;
   std::vector<Request> exchange, grads_out, grads_in;
   // Posts round k's exchange: the block held after round k - 1 goes on, the next one comes in.
-  const auto post_exchange = [&](int k, const Tensor<T, 2>& held_r, const Tensor<T, 2>& held_l) {
+  const auto post_exchange = [&](int k, std::span<const T> held_r, std::span<const T> held_l) {
     if (k <= rounds_rightward) {
       next_r = Tensor<T, 2>(Shape<2>{rows_of(origin(k)), d});
       exchange.push_back(comm.irecv(span_of(next_r), left, impl::kTextRightward));
-      exchange.push_back(comm.isend(cspan_of(held_r), right, impl::kTextRightward));
+      exchange.push_back(comm.isend(held_r, right, impl::kTextRightward));
     }
     if (k <= rounds_leftward) {
       next_l = Tensor<T, 2>(Shape<2>{rows_of(origin(-k)), d});
       exchange.push_back(comm.irecv(span_of(next_l), right, impl::kTextLeftward));
-      exchange.push_back(comm.isend(cspan_of(held_l), left, impl::kTextLeftward));
+      exchange.push_back(comm.isend(held_l, left, impl::kTextLeftward));
     }
   };
 
@@ -172,15 +170,18 @@ contrastive::SigLipLossResult<scalar_t<A>> siglip_loss(
     test_all(grads_out);
     test_all(grads_in);
   };
+  // The rank's own texts go out as they are (a contiguous view of b).
+  const std::span<const T> own(bv.data(), static_cast<std::size_t>(bv.size()));
   post_exchange(1, own, own);
-  impl::siglip_block<T>(A_r, std::as_const(own).as_matrix(), /*positives=*/true, s, logit_bias, w,
-                        block, gA, gB, sums, progress);
+  impl::siglip_block<T>(A_r, bv.as_matrix(), /*positives=*/true, s, logit_bias, w, block, gA, gB,
+                        sums, progress);
   for (int k = 1; k <= rounds_rightward; ++k) {
     wait_all(exchange);
     exchange.clear();
     cur_r = std::move(next_r);
     if (k <= rounds_leftward) cur_l = std::move(next_l);
-    post_exchange(k + 1, cur_r, cur_l);  // the blocks just received go on while they are scored
+    post_exchange(k + 1, cspan_of(cur_r),
+                  cspan_of(cur_l));  // the blocks just received go on while they are scored
     // The previous round's gradients must have left before their buffers are reused.
     wait_all(grads_out);
     grads_out.clear();

@@ -4,16 +4,23 @@
 // accumulator by exp(m_old - m_new), adds P V, and divides by l once at the end. The Lq x Lk score
 // matrix never exists; the working memory is one packed copy of a head's K and V.
 //
-// Tiles: kRows query rows x kKeys keys. The score tile S = Q K^T is register-blocked as kRows x
-// (kKeys / W) packets (W lanes: 16 floats with AVX-512), with K packed transposed per head so each
-// step loads kKeys / W packets of K^T and broadcasts kRows query values. P V is blocked the same
-// way over the value columns, with V packed and padded to whole packets. With 32 vector registers
-// (AVX-512) that is 6 x 4 = 24 accumulators for each product, 10 loads per 24 FMAs; with 16
-// registers 4 x 4. The score tile's row maxima are taken while it is in registers; the
-// probabilities of all kRows rows are then formed together (simd::exp_fast, about 13 vector
+// Tiles: kRows query rows x kKeys keys per online-softmax step. The score tile S = Q K^T is
+// register-blocked as kRows x kScorePackets packets (W lanes: 16 floats with AVX-512, 8 with AVX2),
+// with K packed transposed per head so each step of D loads kScorePackets packets of K^T and
+// broadcasts kRows query values. P V is blocked the same way over the value columns, with V packed
+// and padded to whole packets.
+//   32 vector registers (AVX-512): 6 rows x 4 packets = 24 accumulators for each product, 10 loads
+//     per 24 FMAs; the whole 6 x 64 score tile stays in registers, where its row maxima are taken.
+//   16 registers (AVX2, SSE): 6 x 2 = 12 accumulators, 2 loads of K and a broadcast (15
+//     registers; 4 x 4 spilled and ran at 40-45 % of the FMA peak on a Zen 3 core). The 6 x 64
+//     tile is formed in four 16-key blocks stored to L1 (1.5 KiB), and the online softmax runs over
+//     all 64 keys at once: its per-row work (maxima, sums, the rescale) is paid once per 64 keys,
+//     not once per 16, which is what a 16-key step lost.
+// The probabilities of all kRows rows are formed together (simd::exp_fast, about 13 vector
 // instructions per packet where Eigen's exp takes about 20). The tile P (kRows x kKeys) lives in a
 // small buffer; K^T and V for a head are (D + Dv) x Lk values, reused by every query block of that
-// head.
+// head. Under a causal mask the score blocks past a row group's horizon are skipped, and P V runs
+// only over the keys the group's last row sees.
 //
 // Work is split across threads by (batch, head, block of 64 query rows); when that gives few
 // items (decoding one token over a long cache), each item's keys are split too and the partial
@@ -75,14 +82,39 @@ inline constexpr Index kDirectMaxRows = 4;     // at most this many queries: no 
 template <class T>
 using AlignedVector = std::vector<T, Eigen::aligned_allocator<T>>;
 
+// Tile shapes (see the top of this file). Each can be overridden at compile time
+// (-DTESSERA_FLASH_ROWS=...) for tuning on another machine.
+inline constexpr bool kFlashWideRegisterFile = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32;
 template <class T>
 struct FlashTile {
   static constexpr Index W = simd::width<T>;
-  // query rows per micro tile: 6 x 4 = 24 accumulators with 32 vector registers (AVX-512)
-  static constexpr Index kRows = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 6 : 4;
-  static constexpr Index kKeyPackets = 4;
-  static constexpr Index kKeys = kKeyPackets * W;  // keys per tile (64 floats with AVX-512)
-  static constexpr Index kValuePackets = 4;        // value columns per P V pass: 4 packets
+#ifdef TESSERA_FLASH_ROWS
+  static constexpr Index kRows = TESSERA_FLASH_ROWS;
+#else
+  static constexpr Index kRows = 6;  // query rows per micro tile
+#endif
+#ifdef TESSERA_FLASH_KEY_PACKETS
+  static constexpr Index kKeyPackets = TESSERA_FLASH_KEY_PACKETS;
+#else
+  static constexpr Index kKeyPackets = kFlashWideRegisterFile ? 4 : 8;
+#endif
+  static constexpr Index kKeys = kKeyPackets * W;  // keys per online-softmax step
+  // Packets of keys the score product keeps in registers at once: the whole tile (6 x 4 = 24
+  // accumulators) with 32 vector registers; with 16, 6 x 2 = 12 accumulators, 2 loads of K and a
+  // broadcast, and the tile is formed in kKeyPackets / kScorePackets blocks stored to L1.
+#ifdef TESSERA_FLASH_SCORE_PACKETS
+  static constexpr Index kScorePackets = TESSERA_FLASH_SCORE_PACKETS;
+#else
+  static constexpr Index kScorePackets = kFlashWideRegisterFile ? kKeyPackets : 2;
+#endif
+  static constexpr bool kScoresInRegisters = kScorePackets == kKeyPackets;
+  // Packets of value columns per P V pass: 6 x 4 accumulators with 32 registers, 6 x 2 with 16.
+#ifdef TESSERA_FLASH_VALUE_PACKETS
+  static constexpr Index kValuePackets = TESSERA_FLASH_VALUE_PACKETS;
+#else
+  static constexpr Index kValuePackets = kFlashWideRegisterFile ? 4 : 2;
+#endif
+  static_assert(kKeyPackets % kScorePackets == 0, "a tile is whole score blocks");
 };
 
 // Keys [key_begin, key_end) of one head: K packed transposed in panels of kKeys keys
@@ -123,18 +155,20 @@ struct PackedHead {
   }
 };
 
-// The score tile of R <= kRows query rows in registers: kKeyPackets packets per row.
-template <class T, int R>
+// A block of the score tile of R <= kRows query rows in registers: NP packets of keys per row
+// (kKeyPackets when the whole tile fits the registers).
+template <class T, int R, int NP = FlashTile<T>::kKeyPackets>
 struct ScoreTile {
-  simd::Packet<T> v[R][FlashTile<T>::kKeyPackets];
+  simd::Packet<T> v[R][NP];
 };
 
-// S[r][0..kKeys) = scale * sum_d q[r][d] * KT[d][0..kKeys) over one packed panel, left in
-// registers. With `visible`, row r sees only the first visible[r] keys of the tile (a causal
-// horizon): the others are set to -inf.
-template <class T, int R>
+// S[r][first..first + NP W) = scale * sum_d q[r][d] * KT[d][first..] over one packed panel
+// (rows of kKeys keys), left in registers. With `visible`, row r sees only the first visible[r]
+// keys of the tile (a causal horizon): the others are set to -inf.
+template <class T, int R, int NP = FlashTile<T>::kKeyPackets>
 EIGEN_STRONG_INLINE void score_product(const T* const* q, const T* kt, Index d, T scale,
-                                       const Index* visible, ScoreTile<T, R>& t) {
+                                       const Index* visible, ScoreTile<T, R, NP>& t,
+                                       Index first = 0) {
   using P = simd::Packet<T>;
   using Tile = FlashTile<T>;
   constexpr Index W = Tile::W;
@@ -142,35 +176,61 @@ EIGEN_STRONG_INLINE void score_product(const T* const* q, const T* kt, Index d, 
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-    for (int p = 0; p < Tile::kKeyPackets; ++p) acc[r][p] = simd::set1<T>(0);
+    for (int p = 0; p < NP; ++p) acc[r][p] = simd::set1<T>(0);
+  kt += first;
   for (Index c = 0; c < d; ++c) {
     const T* krow = kt + c * Tile::kKeys;
-    P kp[Tile::kKeyPackets];
+    P kp[NP];
 #pragma GCC unroll 16
-    for (int p = 0; p < Tile::kKeyPackets; ++p) kp[p] = simd::load(krow + p * W);
+    for (int p = 0; p < NP; ++p) kp[p] = simd::load(krow + p * W);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const P qv = simd::set1<T>(q[r][c]);
 #pragma GCC unroll 16
-      for (int p = 0; p < Tile::kKeyPackets; ++p) acc[r][p] = simd::fmadd(qv, kp[p], acc[r][p]);
+      for (int p = 0; p < NP; ++p) acc[r][p] = simd::fmadd(qv, kp[p], acc[r][p]);
     }
   }
   const P ps = simd::set1<T>(scale);
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-    for (int p = 0; p < Tile::kKeyPackets; ++p) acc[r][p] = simd::mul(acc[r][p], ps);
+    for (int p = 0; p < NP; ++p) acc[r][p] = simd::mul(acc[r][p], ps);
   if (visible) {
-    // Lane k of packet p is key p W + k: hidden where that index >= visible[r].
+    // Lane k of packet p is key first + p W + k: hidden where that index >= visible[r].
     namespace ei = Eigen::internal;
     const P ninf = simd::set1<T>(-std::numeric_limits<T>::infinity());
     for (int r = 0; r < R; ++r) {
       const P horizon = simd::set1<T>(static_cast<T>(visible[r]));
 #pragma GCC unroll 16
-      for (int p = 0; p < Tile::kKeyPackets; ++p)
-        acc[r][p] =
-            ei::pselect(ei::pcmp_lt(ei::plset<P>(static_cast<T>(p * W)), horizon), acc[r][p], ninf);
+      for (int p = 0; p < NP; ++p)
+        acc[r][p] = ei::pselect(ei::pcmp_lt(ei::plset<P>(static_cast<T>(first + p * W)), horizon),
+                                acc[r][p], ninf);
     }
+  }
+}
+
+// The whole score tile of R rows (kKeys keys) into s [R, kKeys], formed kScorePackets packets of
+// keys at a time: for register files too small to hold the tile. Under a causal horizon the
+// blocks that no row sees (the last row sees the most) are set to -inf without a product.
+template <class T, int R>
+EIGEN_STRONG_INLINE void score_tile_to(const T* const* q, const T* kt, Index d, T scale,
+                                       const Index* visible, T* s) {
+  using Tile = FlashTile<T>;
+  constexpr int NP = static_cast<int>(Tile::kScorePackets);
+  const Index seen = visible ? visible[R - 1] : Tile::kKeys;
+  for (Index first = 0; first < Tile::kKeys; first += NP * Tile::W) {
+    if (first >= seen) {
+      for (int r = 0; r < R; ++r)
+        std::fill(s + r * Tile::kKeys + first, s + r * Tile::kKeys + Tile::kKeys,
+                  -std::numeric_limits<T>::infinity());
+      break;
+    }
+    ScoreTile<T, R, NP> t;
+    score_product<T, R, NP>(q, kt, d, scale, visible, t, first);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int c = 0; c < NP; ++c) simd::store(s + r * Tile::kKeys + first + c * Tile::W, t.v[r][c]);
   }
 }
 
@@ -262,32 +322,51 @@ struct SoftmaxStep {
 };
 
 // A whole online-softmax step on a score tile that nothing but (optionally) a causal horizon
-// hides keys of, without the scores leaving registers: score product, row maxima, probabilities
-// into s, running state updated. Returns whether P V is needed.
+// hides keys of, without the scores leaving registers (or L1, where the tile is formed in
+// blocks): score product, row maxima, probabilities into s, running state updated. Returns how
+// many of the tile's keys P V needs (those some row sees; 0 when none does).
 template <class T, int R>
-EIGEN_STRONG_INLINE bool fused_tile(const T* const* q, const T* kt, Index d, T scale,
+EIGEN_STRONG_INLINE Index fused_tile(const T* const* q, const T* kt, Index d, T scale,
                                     const Index* visible, T* m, T* l, T* acc, Index acc_row, T* s) {
   using Tile = FlashTile<T>;
-  ScoreTile<T, R> t;
-  score_product<T, R>(q, kt, d, scale, visible, t);
+  using P = simd::Packet<T>;
   T tile_max[R];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) tile_max[r] = tile_row_max<T>(t.v[r]);
   SoftmaxStep<T, R> step;
-  if (!step.begin(tile_max, m)) {
-    std::fill(s, s + R * Tile::kKeys, T(0));
-    return false;
+  if constexpr (Tile::kScoresInRegisters) {
+    ScoreTile<T, R> t;
+    score_product<T, R>(q, kt, d, scale, visible, t);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) tile_max[r] = tile_row_max<T>(t.v[r]);
+    if (!step.begin(tile_max, m)) {
+      std::fill(s, s + R * Tile::kKeys, T(0));
+      return 0;
+    }
+    step.exponentiate([&](int r, int c) { return t.v[r][c]; }, s);
+  } else {
+    score_tile_to<T, R>(q, kt, d, scale, visible, s);
+    for (int r = 0; r < R; ++r) {
+      P row[Tile::kKeyPackets];
+#pragma GCC unroll 16
+      for (int c = 0; c < Tile::kKeyPackets; ++c)
+        row[c] = simd::load(s + r * Tile::kKeys + c * Tile::W);
+      tile_max[r] = tile_row_max<T>(row);
+    }
+    if (!step.begin(tile_max, m)) {
+      std::fill(s, s + R * Tile::kKeys, T(0));
+      return 0;
+    }
+    step.exponentiate([&](int r, int c) { return simd::load(s + r * Tile::kKeys + c * Tile::W); },
+                      s);
   }
-  step.exponentiate([&](int r, int c) { return t.v[r][c]; }, s);
   step.finish(m, l, acc, acc_row);
-  return true;
+  return visible ? visible[R - 1] : Tile::kKeys;
 }
 
-// O[r][cols] += sum_j P[r][j] * V[j][cols] for a slab of NP packets of columns from col0. NP is
-// a compile-time count so that the accumulators stay in registers.
+// O[r][cols] += sum_{j < keys} P[r][j] * V[j][cols] for a slab of NP packets of columns from
+// col0. NP is a compile-time count so that the accumulators stay in registers.
 template <class T, int R, int NP>
-EIGEN_STRONG_INLINE void pv_tile(const T* p_tile, const T* v, Index dv_pad, Index col0, T* o,
-                                 Index o_row) {
+EIGEN_STRONG_INLINE void pv_tile(const T* p_tile, const T* v, Index keys, Index dv_pad, Index col0,
+                                 T* o, Index o_row) {
   using P = simd::Packet<T>;
   using Tile = FlashTile<T>;
   constexpr Index W = Tile::W;
@@ -296,7 +375,7 @@ EIGEN_STRONG_INLINE void pv_tile(const T* p_tile, const T* v, Index dv_pad, Inde
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
     for (int p = 0; p < NP; ++p) acc[r][p] = simd::load(o + r * o_row + col0 + p * W);
-  for (Index j = 0; j < Tile::kKeys; ++j) {
+  for (Index j = 0; j < keys; ++j) {
     const T* vrow = v + j * dv_pad + col0;
     P vp[NP];
 #pragma GCC unroll 16
@@ -315,21 +394,21 @@ EIGEN_STRONG_INLINE void pv_tile(const T* p_tile, const T* v, Index dv_pad, Inde
 }
 
 template <class T, int R>
-void pv_block(const T* p_tile, const T* v, Index dv_pad, T* o) {
+void pv_block(const T* p_tile, const T* v, Index keys, Index dv_pad, T* o) {
   using Tile = FlashTile<T>;
   constexpr Index slab = Tile::kValuePackets * Tile::W;
   Index c0 = 0;
   for (; c0 + slab <= dv_pad; c0 += slab)
-    pv_tile<T, R, Tile::kValuePackets>(p_tile, v, dv_pad, c0, o, dv_pad);
+    pv_tile<T, R, Tile::kValuePackets>(p_tile, v, keys, dv_pad, c0, o, dv_pad);
   switch ((dv_pad - c0) / Tile::W) {
     case 3:
-      pv_tile<T, R, 3>(p_tile, v, dv_pad, c0, o, dv_pad);
+      pv_tile<T, R, 3>(p_tile, v, keys, dv_pad, c0, o, dv_pad);
       break;
     case 2:
-      pv_tile<T, R, 2>(p_tile, v, dv_pad, c0, o, dv_pad);
+      pv_tile<T, R, 2>(p_tile, v, keys, dv_pad, c0, o, dv_pad);
       break;
     case 1:
-      pv_tile<T, R, 1>(p_tile, v, dv_pad, c0, o, dv_pad);
+      pv_tile<T, R, 1>(p_tile, v, keys, dv_pad, c0, o, dv_pad);
       break;
     default:
       break;
@@ -416,7 +495,7 @@ struct PackedStep {
   const ApplyMasks& apply_masks;
 
   template <int R>
-  bool scores(const T* const* q, Index i0, Index j0, T* m, T* l, T* acc, T* s) const {
+  Index scores(const T* const* q, Index i0, Index j0, T* m, T* l, T* acc, T* s) const {
     using Tile = FlashTile<T>;
     const Index local = j0 - ph.key_begin;     // the block's offset in the packed range
     const T* kt = ph.kt.data() + local * p.d;  // panel local / kKeys
@@ -426,18 +505,14 @@ struct PackedStep {
     if (kind != TileKind::general)
       return fused_tile<T, R>(q, kt, p.d, p.scale, kind == TileKind::horizon ? visible : nullptr, m,
                               l, acc, ph.dv_pad, s);
-    ScoreTile<T, R> t;
-    score_product<T, R>(q, kt, p.d, p.scale, nullptr, t);
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-      for (int c = 0; c < Tile::kKeyPackets; ++c)
-        simd::store(s + r * Tile::kKeys + c * Tile::W, t.v[r][c]);
-    return online_softmax_tile<T, R>(p, s, i0, j0, valid, m, l, acc, ph.dv_pad, apply_masks);
+    score_tile_to<T, R>(q, kt, p.d, p.scale, nullptr, s);
+    return online_softmax_tile<T, R>(p, s, i0, j0, valid, m, l, acc, ph.dv_pad, apply_masks)
+               ? Tile::kKeys
+               : 0;
   }
   template <int R>
-  void pv(Index j0, const T* s, T* acc) const {
-    pv_block<T, R>(s, ph.v.data() + (j0 - ph.key_begin) * ph.dv_pad, ph.dv_pad, acc);
+  void pv(Index j0, const T* s, Index keys, T* acc) const {
+    pv_block<T, R>(s, ph.v.data() + (j0 - ph.key_begin) * ph.dv_pad, keys, ph.dv_pad, acc);
   }
 };
 
@@ -495,12 +570,12 @@ struct DirectStep {
   const ApplyMasks& apply_masks;
 
   template <int R>
-  bool scores(const T* const* q, Index i0, Index j0, T* m, T* l, T* acc, T*) const {
+  Index scores(const T* const* q, Index i0, Index j0, T* m, T* l, T* acc, T*) const {
     direct_tile<T, R>(p, b, h, q, i0, j0, key_end, m, l, acc, acc_row, apply_masks);
-    return false;
+    return 0;
   }
   template <int R>
-  void pv(Index, const T*, T*) const {}
+  void pv(Index, const T*, Index, T*) const {}
 };
 
 // Streams keys [key_begin, key_end) through the running softmax state of query rows
@@ -525,25 +600,25 @@ void flash_rows(const AttentionProblem<T>& p, Index b, Index h, Index i_begin, I
   Index lk_end = key_end;
   if (causal_skip) lk_end = std::min(lk_end, std::max<Index>(0, i_end + p.causal_offset));
   constexpr Index kGroups = (kFlashQueryBlock + Tile::kRows - 1) / Tile::kRows;
-  bool needs_pv[kGroups];
+  Index pv_keys[kGroups];  // keys of the block whose P V each group needs (0: none)
   const T* q[Tile::kRows];
   for (Index j0 = key_begin; j0 < lk_end; j0 += Tile::kKeys) {
     for (Index r0 = 0, g = 0; r0 < rows; r0 += Tile::kRows, ++g) {
       const Index i0 = i_begin + r0;
       const int R = static_cast<int>(std::min(Tile::kRows, rows - r0));
       // Rows whose horizon ends before this block see none of it.
-      needs_pv[g] = false;
+      pv_keys[g] = 0;
       if (causal_skip && i0 + R - 1 + p.causal_offset < j0) continue;
       for (int r = 0; r < R; ++r) q[r] = p.q.at(b, h) + (i0 + r) * p.q.row;
       with_rows<T>(R, [&](auto rc) {
-        needs_pv[g] = step.template scores<rc()>(q, i0, j0, m + r0, l + r0, acc + r0 * acc_row,
+        pv_keys[g] = step.template scores<rc()>(q, i0, j0, m + r0, l + r0, acc + r0 * acc_row,
                                                  probs + r0 * Tile::kKeys);
       });
     }
     for (Index r0 = 0, g = 0; r0 < rows; r0 += Tile::kRows, ++g) {
-      if (!needs_pv[g]) continue;
+      if (pv_keys[g] == 0) continue;
       with_rows<T>(static_cast<int>(std::min(Tile::kRows, rows - r0)), [&](auto rc) {
-        step.template pv<rc()>(j0, probs + r0 * Tile::kKeys, acc + r0 * acc_row);
+        step.template pv<rc()>(j0, probs + r0 * Tile::kKeys, pv_keys[g], acc + r0 * acc_row);
       });
     }
   }

@@ -146,11 +146,16 @@ ORT_SCRIPT = r"""
 const ort = require(process.argv[2] + "/node_modules/onnxruntime-node");
 (async () => {
   const [model, threads, minTime] = [process.argv[3], +process.argv[4], +process.argv[5]];
+  const shapes = JSON.parse(process.argv[6]);  // {input name: shape}
   const session = await ort.InferenceSession.create(model, {
       intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: "all",
       executionMode: "sequential"});
-  const data = Float32Array.from({length: 3 * 224 * 224}, (_, i) => Math.sin(i));
-  const feeds = {[session.inputNames[0]]: new ort.Tensor("float32", data, [1, 3, 224, 224])};
+  const feeds = {};
+  for (const [name, shape] of Object.entries(shapes)) {
+    const data = Float32Array.from({length: shape.reduce((a, b) => a * b, 1)},
+                                   (_, i) => Math.sin(i));
+    feeds[name] = new ort.Tensor("float32", data, shape);
+  }
   await session.run(feeds);  // warm-up
   const times = [];
   const start = process.hrtime.bigint();
@@ -197,17 +202,50 @@ def torch_tower_seconds(bench, threads, min_time):
     return float(out.strip().splitlines()[-1])
 
 
-def onnx_seconds(model, name, threads, onnx_dir, min_time):
+def onnx_seconds(model, name, threads, onnx_dir, min_time, inputs=None):
+    """ONNX Runtime's median time for `model` exported by torch.onnx.export; `inputs` maps input
+    names to shapes (default: one image, [1, 3, 224, 224])."""
+    inputs = inputs or {"images": [1, 3, 224, 224]}
     path = os.path.join("/tmp", f"tessera_compare_{name}.onnx")
     if not os.path.exists(path):
-        torch.onnx.export(model, torch.rand(1, 3, 224, 224), path, opset_version=14,
-                          input_names=["images"])
+        # Not under no_grad: there nn.TransformerEncoderLayer takes its fused inference path,
+        # which has no ONNX form.
+        torch.onnx.export(model, tuple(torch.rand(*s) for s in inputs.values()), path,
+                          opset_version=14, input_names=list(inputs))
     script = os.path.join("/tmp", "tessera_compare_ort.js")
     with open(script, "w") as f:
         f.write(ORT_SCRIPT)
     out = subprocess.run(["node", script, os.path.abspath(onnx_dir), path, str(threads),
-                          str(min_time)], check=True, capture_output=True, text=True).stdout
+                          str(min_time), json.dumps(inputs)],
+                         check=True, capture_output=True, text=True).stdout
     return json.loads(out)["median"]
+
+
+class UnfusedAttention(torch.nn.Module):
+    """softmax(q k^T / sqrt(D) [+ causal mask]) v as two MatMuls and a Softmax: what
+    torch.onnx.export makes of attention (opset 14 has no attention operator), so ONNX Runtime
+    runs it unfused on its MLAS products."""
+
+    def __init__(self, l, d, causal):
+        super().__init__()
+        self.scale = 1.0 / d ** 0.5
+        mask = torch.zeros(l, l)
+        if causal:
+            mask = mask.masked_fill(torch.ones(l, l, dtype=torch.bool).triu(1), float("-inf"))
+        self.register_buffer("mask", mask if causal else None)
+
+    def forward(self, q, k, v):
+        s = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+        if self.mask is not None:
+            s = s + self.mask
+        return torch.matmul(torch.softmax(s, dim=-1), v)
+
+
+def ort_version(onnx_dir):
+    if not onnx_dir:
+        return ""
+    with open(os.path.join(onnx_dir, "node_modules", "onnxruntime-node", "package.json")) as f:
+        return json.load(f)["version"]
 
 
 def compare_models(args):
@@ -215,11 +253,8 @@ def compare_models(args):
     ts = tessera_runs(args.bench_models, "BM_PeakFMA|BM_VitB16_Image|BM_ClipB32_Image|BM_VitB16_Load",
                       args.min_time)
     peak = max(v["GFLOPS"] for k, v in ts.items() if k.startswith("BM_PeakFMA"))
-    ort_version = ""
-    if args.onnx:
-        with open(os.path.join(args.onnx, "node_modules", "onnxruntime-node", "package.json")) as f:
-            ort_version = json.load(f)["version"]
-    print(f"PyTorch {torch.__version__}; ONNX Runtime {ort_version or '(not run: --onnx DIR)'}; "
+    print(f"PyTorch {torch.__version__}; "
+          f"ONNX Runtime {ort_version(args.onnx) or '(not run: --onnx DIR)'}; "
           f"tessera BM_PeakFMA {peak:.1f} GFLOPS a core; {threads_all} cores\n")
     header = (f"{'tower':<38}{'thr':>4}{'PyTorch ms':>11}{'ORT ms':>8}{'tessera ms':>11}"
               f"{'GFLOPS':>8}{'% peak':>8}{'× PyTorch':>10}{'× ORT':>7}")
@@ -401,7 +436,7 @@ def main():
     ap.add_argument("--bench-training", default="build/bench/bench_training",
                     help="path of tessera's bench_training binary")
     ap.add_argument("--repetitions", type=int, default=3,
-                    help="--training: repetitions of each tessera benchmark (median used)")
+                    help="repetitions of each tessera benchmark (median used)")
     args = ap.parse_args()
     if args.models:
         return compare_models(args)
@@ -412,7 +447,8 @@ def main():
 
     env = ", ".join(f"{v}={os.environ[v]!r}" for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                     if v in os.environ) or "OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE not set"
-    print(f"PyTorch {torch.__version__}, 1 thread; {env}")
+    print(f"PyTorch {torch.__version__}, 1 thread; {env}; "
+          f"ONNX Runtime {ort_version(args.onnx) or '(not run: --onnx DIR)'}, 1 thread")
 
     torch.rand(64, 64) @ torch.rand(64, 64)  # loads the BLAS
     blas = blas_in_use()
@@ -421,43 +457,57 @@ def main():
         print("warning: PyTorch runs on an unoptimised BLAS here; its figures are not representative")
     ts = tessera_runs(args.bench,
                       "BM_PeakFMA|BM_SDPA_Fused/.*L:(" + "|".join(map(str, lengths)) + ")/",
-                      args.min_time)
+                      args.min_time, args.repetitions)
     ts.update(tessera_runs(args.bench_layer,
-                           "BM_TransformerEncoderLayer(_Prepacked)?/", args.min_time))
+                           "BM_TransformerEncoderLayer(_Prepacked)?/", args.min_time,
+                           args.repetitions))
     # The best of the peak runs (each binary registers the chain count that fits its ISA's
     # registers; the highest is the real peak).
     peak = max(v["GFLOPS"] for k, v in ts.items() if k.startswith("BM_PeakFMA"))
     print(f"tessera BM_PeakFMA: {peak:.1f} GFLOPS\n")
 
-    header = f"{'shape':<40}{'PyTorch ms':>11}{'GFLOPS':>8}{'tessera ms':>12}{'GFLOPS':>8}" \
-             f"{'× PyTorch':>10}{'% peak':>8}"
-    print(header)
+    header = (f"{'shape':<36}{'PyTorch':>9}{'ORT':>8}{'tessera':>9}{'ms':>9}"
+              f"{'× PyTorch':>10}{'× ORT':>7}{'% peak':>8}")
+    print(header + "\n" + f"{'(GFLOPS)':<36}")
     print("-" * len(header))
 
-    def row(label, torch_s, flops, run):
+    def row(label, torch_s, ort_s, flops, run):
         t_ms = run["real_time"] if run["time_unit"] == "ms" else run["real_time"] / 1e6
         t_gf = run["GFLOPS"]  # the counter is already in GFLOPS
         p_gf = flops / torch_s / 1e9
-        print(f"{label:<40}{torch_s * 1e3:>11.2f}{p_gf:>8.1f}{t_ms:>12.2f}{t_gf:>8.1f}"
-              f"{t_gf / p_gf:>10.2f}{100 * t_gf / peak:>7.0f}%")
+        o_gf = flops / ort_s / 1e9 if ort_s == ort_s else float("nan")
+        print(f"{label:<36}{p_gf:>9.1f}{o_gf:>8.1f}{t_gf:>9.1f}{t_ms:>9.2f}"
+              f"{t_gf / p_gf:>10.2f}{t_gf / o_gf:>7.2f}{100 * t_gf / peak:>7.0f}%")
+
+    def ort_s(model, name, inputs):
+        if not args.onnx:
+            return float("nan")
+        return onnx_seconds(model, name, 1, args.onnx, args.min_time, inputs)
 
     for l in lengths:
-        for causal in (0, 1):
-            name = f"BM_SDPA_Fused/B:1/H:{HEADS}/L:{l}/D:{HEAD_DIM}/causal:{causal}"
-            if name not in ts:
-                continue
-            s = torch_sdpa(1, HEADS, l, HEAD_DIM, bool(causal), args.min_time)
-            row(f"SDPA B1 H8 L{l} D64" + (" causal" if causal else ""), s,
-                sdpa_flops(1, HEADS, l, HEAD_DIM, causal), ts[name])
+        for d in (HEAD_DIM, 2 * HEAD_DIM):
+            h = E // d
+            for causal in (0, 1):
+                name = f"BM_SDPA_Fused/B:1/H:{h}/L:{l}/D:{d}/causal:{causal}"
+                if name not in ts:
+                    continue
+                s = torch_sdpa(1, h, l, d, bool(causal), args.min_time)
+                o = ort_s(UnfusedAttention(l, d, causal), f"sdpa_h{h}_l{l}_d{d}_c{causal}",
+                          {n: [1, h, l, d] for n in ("q", "k", "v")})
+                row(f"SDPA B1 H{h} L{l} D{d}" + (" causal" if causal else ""), s, o,
+                    sdpa_flops(1, h, l, d, causal), ts[name])
     for b, l in [(1, x) for x in lengths] + [(8, 512)]:
         name = f"BM_TransformerEncoderLayer/B:{b}/L:{l}"
         if name not in ts:
             continue
         s = torch_layer(b, l, args.min_time)
-        row(f"EncoderLayer B{b} L{l} E512 F2048", s, layer_flops(b, l), ts[name])
+        layer = torch.nn.TransformerEncoderLayer(E, HEADS, FF, dropout=0.0,
+                                                 batch_first=True).eval()
+        o = ort_s(layer, f"layer_b{b}_l{l}", {"x": [b, l, E]})
+        row(f"EncoderLayer B{b} L{l} E512 F2048", s, o, layer_flops(b, l), ts[name])
         packed = f"BM_TransformerEncoderLayer_Prepacked/B:{b}/L:{l}"
         if packed in ts:
-            row(f"  (tessera weights prepacked)", s, layer_flops(b, l), ts[packed])
+            row(f"  (tessera weights prepacked)", s, o, layer_flops(b, l), ts[packed])
 
 
 if __name__ == "__main__":

@@ -224,6 +224,22 @@ TYPED_TEST(AttentionKernelTest, FusedEqualsReference) {
   add.setRandom(4, -3.0, 3.0);
   for (Index j = 0; j < 90; j += 7) add(1, 2, 5, j) = -INFINITY;
   check(q, k, v, {.mask = Mask::additive(add), .scale = 0.2}, "additive");
+  // The "masked" fill of many exporters is the lowest finite value, not -inf: a row masked by it
+  // everywhere attends uniformly (as PyTorch computes it), and finite scores beside it win.
+  Tensor<T, 4> lowest_fill(2, 3, 70, 90);
+  lowest_fill.setZero();
+  for (Index j = 0; j < 90; ++j) {
+    lowest_fill(0, 1, 7, j) = std::numeric_limits<T>::lowest();             // all of row 7
+    if (j % 3) lowest_fill(1, 0, 9, j) = std::numeric_limits<T>::lowest();  // two keys in three
+  }
+  check(q, k, v, {.mask = Mask::additive(lowest_fill)}, "additive, lowest() fill");
+  const auto uniform = tessera::scaled_dot_product_attention(
+      q, k, v, {.mask = Mask::additive(lowest_fill), .impl = AttentionImpl::fused});
+  for (Index e = 0; e < 16; ++e) {
+    double mean = 0;
+    for (Index j = 0; j < 90; ++j) mean += double(v(0, 1, j, e)) / 90;
+    EXPECT_NEAR(double(uniform(0, 1, 7, e)), mean, 1e-5) << "column " << e;
+  }
   // The fused path cannot hand out weights.
   tessera::Tensor<T, 4> out(2, 3, 70, 16), w(2, 3, 70, 90);
   tessera::TensorMap<T, 4> wv(w);

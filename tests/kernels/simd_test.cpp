@@ -204,6 +204,59 @@ TEST(Simd, ExpFastFloatIsWithinTwoUlpOverTheWholeRange) {
   EXPECT_TRUE(std::isnan(special[7])) << "exp_fast(NaN) gave " << special[7];
 }
 
+// exp2_nonpositive in float: at most 1 ulp from the correctly rounded 2^x wherever the result
+// is at least FLT_MIN (below it: 0), over every 97th float in [-130, 0]; -inf, NaN, 0 and the
+// flush boundary exactly.
+TEST(Simd, Exp2NonPositiveFloatIsWithinOneUlp) {
+  constexpr Index w = W<float>;
+  std::vector<float> x(static_cast<std::size_t>(w)), e(static_cast<std::size_t>(w));
+  double worst_ulp = 0, worst_at = 0;
+  Index checked = 0;
+  for (std::uint32_t b = 0; b <= 0x43020000u; b += 97) {  // -0 ... -130
+    const std::uint32_t bits = 0x80000000u | b;
+    float v;
+    std::memcpy(&v, &bits, sizeof v);
+    std::fill(x.begin(), x.end(), v);
+    simd::store(e.data(), simd::exp2_nonpositive(simd::load(x.data())));
+    for (Index i = 1; i < w; ++i) ASSERT_EQ(std::memcmp(&e[i], &e[0], sizeof(float)), 0);
+    const double want = std::exp2(static_cast<double>(v));
+    if (v < -126.0f) {
+      ASSERT_EQ(e[0], 0.0f) << "exp2_nonpositive(" << v << ")";
+      continue;
+    }
+    const float wf = static_cast<float>(want);
+    const double ulp = double(std::nextafter(wf, std::numeric_limits<float>::infinity())) - wf;
+    const double err = std::fabs(double(e[0]) - want) / ulp;
+    if (err > worst_ulp) worst_ulp = err, worst_at = v;
+    ++checked;
+  }
+  EXPECT_GT(checked, 10000000);
+  EXPECT_LE(worst_ulp, 1.0) << "at x = " << worst_at;
+
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> special = {-inf,    0.0f,    -0.0f, -1.0f,
+                                -126.0f, -126.5f, -0.5f, std::numeric_limits<float>::quiet_NaN()};
+  special.resize(static_cast<std::size_t>(std::max<Index>(w, 8)), -0.25f);
+  for (std::size_t at = 0; at < special.size(); at += static_cast<std::size_t>(w))
+    simd::store(special.data() + at, simd::exp2_nonpositive(simd::load(special.data() + at)));
+  EXPECT_EQ(special[0], 0.0f) << "2^-inf";
+  EXPECT_EQ(special[1], 1.0f) << "2^0";
+  EXPECT_EQ(special[2], 1.0f) << "2^-0";
+  EXPECT_EQ(special[3], 0.5f) << "2^-1";
+  EXPECT_EQ(special[4], std::numeric_limits<float>::min()) << "2^-126";
+  EXPECT_EQ(special[5], 0.0f) << "2^-126.5 is flushed";
+  EXPECT_NEAR(special[6], 0.70710678f, 6e-8f) << "2^-0.5";
+  EXPECT_TRUE(std::isnan(special[7])) << "2^NaN gave " << special[7];
+}
+
+// In double exp2_nonpositive is exp(x ln 2).
+TEST(Simd, Exp2NonPositiveDoubleIsExpOfXLn2) {
+  const auto x = lanes<double>(46, -700, 0);
+  const auto a = unpack<double>(simd::exp2_nonpositive(simd::load(x.data())));
+  for (std::size_t i = 0; i < x.size(); ++i)
+    EXPECT_NEAR(a[i], std::exp2(x[i]), 2e-13 * std::exp2(x[i])) << "at " << x[i];  // x ln 2 rounded
+}
+
 // In double exp_fast is exp(): the same bits.
 TEST(Simd, ExpFastDoubleIsExp) {
   for (std::uint64_t seed = 40; seed < 45; ++seed) {

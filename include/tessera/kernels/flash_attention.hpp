@@ -35,12 +35,15 @@
 // maximum or sum NaN, and the row's output NaN; a NaN value reaches the output through P V. A row
 // whose every key is masked out still gives zeros, whatever its query holds.
 //
-// Where the time goes (float, AVX-512, D = 64, L = 1024, perf): the score tiles with the online
-// softmax fused into them about 57 %, the P V tiles about 36 % (the two products do the same
-// FMAs, so the softmax is about a fifth), packing, the final division and scheduling the rest.
-// Larger head dims spend more time in the products per exp. Masked keys reach the exp as -inf;
-// exp_fast flushes what would be subnormal results to zero, because producing one costs a
-// microcode assist (it made causal attention run at half speed).
+// Where the time goes (float, AVX-512, D = 64, L = 1024, perf record): the 6-row score tiles
+// 49 % (two thirds their product, one third the online softmax: row maxima and sums with their
+// horizontal reductions, the exps, the rescaling), the 6-row P V tiles 37 %, the 4-row group
+// that ends each 64-row block 6 %, packing K and V 2 %, the final division 1 %. The two products
+// do the same FMAs, yet P V takes 37 % against the score product's 32 %; query blocks of 36, 48
+// and 96 rows (TESSERA_FLASH_QUERY_BLOCK), which change what shares L1 with it, were no faster.
+// Larger head dims spend more time in the products per exp. Masked keys reach the exp as -inf; it
+// flushes what would be subnormal results to zero, because producing one costs a microcode assist
+// (it made causal attention run at half speed).
 //
 // The per-row logsumexp (m + log l) is what a backward pass needs to recompute the tiles; it is
 // returned through AttentionProblem::lse when requested.

@@ -10,6 +10,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <tessera/kernels/attention.hpp>
 #include <vector>
@@ -84,9 +85,13 @@ void BM_Ggml_FlashAttnExt(benchmark::State& state) {
       ggml_flash_attn_ext(ctx, q, k, v, mask, 1.0f / std::sqrt(static_cast<float>(D)), 0.0f, 0.0f);
   ggml_cgraph* graph = ggml_new_graph(ctx);
   ggml_build_forward_expand(graph, out);
+  // The work buffer is ours (its size depends on the build's SIMD width), planned once.
+  ggml_cplan plan = ggml_graph_plan(graph, 1, nullptr);
+  std::vector<std::uint8_t> work(plan.work_size);
+  plan.work_data = work.data();
   for (auto _ : state) {
-    if (ggml_graph_compute_with_ctx(ctx, graph, 1) != GGML_STATUS_SUCCESS) {
-      state.SkipWithError("ggml_graph_compute_with_ctx failed");
+    if (ggml_graph_compute(graph, &plan) != GGML_STATUS_SUCCESS) {
+      state.SkipWithError("ggml_graph_compute failed");
       break;
     }
     benchmark::DoNotOptimize(out->data);

@@ -142,9 +142,9 @@ EIGEN_STRONG_INLINE P exp_fast(const P& x_in) {
 //   a near-minimax fit in relative error on [-1/2, 1/2], coefficients rounded to float); 2^x =
 //   2^r 2^n, with vscalefps (AVX-512) or by building 2^n in the exponent bits.
 // Results below 2^-126 (FLT_MIN) are flushed to 0, as exp_fast does, for the same reason: a
-// subnormal result costs a microcode assist. Error at most 1 ulp elsewhere (measured in
-// simd_test); 2^-inf = 0, NaN stays NaN. For x > 0 the result is unspecified. Double packets
-// (and scalar builds) compute exp(x ln 2) with exp() above.
+// subnormal result costs a microcode assist. Error at most 1 ulp elsewhere with FMA, 1.2 ulp
+// without (measured in simd_test); 2^-inf = 0, NaN stays NaN. For x > 0 the result is unspecified.
+// Double packets (and scalar builds) compute exp(x ln 2) with exp() above.
 template <class P>
 EIGEN_STRONG_INLINE P exp2_nonpositive(const P& x_in) {
   using T = typename Eigen::internal::unpacket_traits<P>::type;

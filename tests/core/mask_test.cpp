@@ -310,32 +310,6 @@ TYPED_TEST(MaskRowsTest, ApplyRangeReadsTheRightColumns) {
   EXPECT_EQ(y[2], T(40));
 }
 
-// An additive mask applied in other units (the fused attention kernel keeps float scores in log2
-// units): values times `unit`, where a finite value that would overflow stays finite (the lowest
-// finite value, the usual "masked" fill, must keep a fully masked row's weights uniform), -inf
-// and NaN stay what they are; a boolean mask ignores the unit.
-TYPED_TEST(MaskRowsTest, ApplyRangeInOtherUnits) {
-  using T = TypeParam;
-  constexpr T lowest = std::numeric_limits<T>::lowest(), inf = std::numeric_limits<T>::infinity();
-  const Index target[] = {1, 5};
-  const T x[5] = {1, 2, 3, 4, 5};
-  T y[5];
-  Tensor<T, 2> add{{T(-2), lowest, -inf, std::numeric_limits<T>::quiet_NaN(), T(0.5)}};
-  const MaskRows a(Mask::additive(add), target, "fn", "mask");
-  a.apply_range(0, 0, x, y, 5, T(1.5));
-  EXPECT_EQ(y[0], T(1) + T(-3));
-  EXPECT_EQ(y[1], lowest);  // 2 + lowest * 1.5 overflows: lowest, not -inf
-  EXPECT_EQ(y[2], -inf);
-  EXPECT_TRUE(std::isnan(y[3]));
-  EXPECT_EQ(y[4], T(5) + T(0.75));
-  Tensor<bool, 2> keep{{true, false, true, false, true}};
-  const MaskRows b(Mask::allowed(keep), target, "fn", "mask");
-  b.apply_range(0, 0, x, y, 5, T(1.5));
-  EXPECT_EQ(y[0], T(1));
-  EXPECT_EQ(y[1], -inf);
-  EXPECT_EQ(y[4], T(5));
-}
-
 // Every broadcast pattern of a rank-1..3 mask against targets of rank 1..4,
 // checked element by element against NumPy's broadcasting rule, for each kind
 // and dtype.

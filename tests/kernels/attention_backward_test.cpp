@@ -449,6 +449,36 @@ TYPED_TEST(AttentionBackwardTest, PublicApiMatchesDetailAndFormula) {
                                      tessera::test::tol<T>()));
 }
 
+// Rows masked by lowest() everywhere, or whose only finite key is lowest(): the fused forward's
+// lse is the reference's (about -FLT_MAX, not a rescaled value), and so are the gradients. (For
+// the row masked everywhere both paths give each key P = exp(S - lse) = 1, not 1 / Lk: at that
+// magnitude lse = m + log(l) rounds to m.)
+TYPED_TEST(AttentionBackwardTest, LowestFillRowsMatchTheReference) {
+  using T = TypeParam;
+  const Index B = 1, H = 2, Lq = 9, Lk = 70, D = 8, Dv = 8;
+  Setup<T> s(B, H, Lq, Lk, D, Dv, 31);
+  Tensor<T, 4> add(B, H, Lq, Lk);
+  add.setZero();
+  for (Index j = 0; j < Lk; ++j) {
+    add(0, 0, 2, j) = std::numeric_limits<T>::lowest();                       // everywhere
+    add(0, 1, 3, j) = j == 5 ? std::numeric_limits<T>::lowest() : -INFINITY;  // key 5 alone
+  }
+  const tessera::SDPAOptions fused{.mask = Mask::additive(add), .impl = AttentionImpl::fused};
+  const tessera::SDPAOptions ref{.mask = Mask::additive(add), .impl = AttentionImpl::reference};
+  const auto fa = tessera::scaled_dot_product_attention_train(s.q, s.k, s.v, fused);
+  const auto fr = tessera::scaled_dot_product_attention_train(s.q, s.k, s.v, ref);
+  for (Index i = 0; i < fa.lse.size(); ++i)
+    EXPECT_TRUE(tessera::test::close(fa.lse.data()[i], fr.lse.data()[i], tessera::test::tol<T>(),
+                                     tessera::test::tol<T>()))
+        << i << ": " << fa.lse.data()[i] << " vs " << fr.lse.data()[i];
+  const auto a = tessera::scaled_dot_product_attention_backward(s.q, s.k, s.v, fa.output, fa.lse,
+                                                                s.dout, fused);
+  const auto b =
+      tessera::scaled_dot_product_attention_backward(s.q, s.k, s.v, fr.output, fr.lse, s.dout, ref);
+  expect_grads_near(Grads<T>{a.grad_query, a.grad_key, a.grad_value},
+                    Grads<T>{b.grad_query, b.grad_key, b.grad_value}, grad_tol<T>(), "lowest()");
+}
+
 // MultiheadAttention's layout: heads side by side in [B, L, H * hd] buffers (head h = columns
 // [h hd, (h + 1) hd)), read and written in place.
 TYPED_TEST(AttentionBackwardTest, StridedHeadsSideBySide) {

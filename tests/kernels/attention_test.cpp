@@ -240,6 +240,32 @@ TYPED_TEST(AttentionKernelTest, FusedEqualsReference) {
     for (Index j = 0; j < 90; ++j) mean += double(v(0, 1, j, e)) / 90;
     EXPECT_NEAR(double(uniform(0, 1, 7, e)), mean, 1e-5) << "column " << e;
   }
+  // Masks and scores near the float range: the fused kernel keeps them in natural units, so a
+  // mask of -3e38 on three keys still beats lowest() on the others, and scores of +-2.6e38 stay
+  // finite (scaled by log2 e they would not).
+  Tensor<T, 4> near_range(2, 3, 70, 90);
+  near_range.setConstant(std::numeric_limits<T>::lowest());
+  for (Index j = 0; j < 3; ++j) near_range(0, 0, 4, j) = T(-3e38);
+  for (Index i = 0; i < 70; ++i) near_range(1, 2, i, i % 90) = T(0);
+  check(q, k, v, {.mask = Mask::additive(near_range)}, "additive, -3e38 against lowest()");
+  for (Index e = 0; e < 16; ++e) {
+    const double mean3 = (double(v(0, 0, 0, e)) + v(0, 0, 1, e) + v(0, 0, 2, e)) / 3;
+    EXPECT_NEAR(double(tessera::scaled_dot_product_attention(
+                    q, k, v, {.mask = Mask::additive(near_range), .impl = AttentionImpl::fused})(
+                    0, 0, 4, e)),
+                mean3, 1e-5)
+        << "column " << e;
+  }
+  for (Index L : {1, 8}) {  // the direct (decoding) and the packed path
+    Tensor<T, 4> hq(1, 1, L, 1), hk(1, 1, 3, 1), hv(1, 1, 3, 1);
+    hq.setConstant(T(1.6e19));
+    hq(0, 0, 0, 0) = T(-1.6e19);
+    hk(0, 0, 0, 0) = T(1.6e19);
+    hk(0, 0, 1, 0) = T(1.5e19);
+    hk(0, 0, 2, 0) = T(1.55e19);
+    for (Index j = 0; j < 3; ++j) hv(0, 0, j, 0) = T(j + 1);
+    check(hq, hk, hv, {.scale = 1.0}, "scores near FLT_MAX, Lq=" + std::to_string(L));
+  }
   // The fused path cannot hand out weights.
   tessera::Tensor<T, 4> out(2, 3, 70, 16), w(2, 3, 70, 90);
   tessera::TensorMap<T, 4> wv(w);

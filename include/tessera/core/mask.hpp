@@ -209,20 +209,12 @@ class MaskRows {
   void apply(Index r, const T* x, T* out, Index n) const {
     apply_range(r, 0, x, out, n);
   }
-  // The same for columns [col0, col0 + n) of row r; x and out point at column col0. An additive
-  // mask is added times `unit`: scores kept in other units than the mask's (log2 units in the
-  // fused attention kernel) take it in theirs.
+  // The same for columns [col0, col0 + n) of row r; x and out point at column col0.
   template <class T>
-  void apply_range(Index r, Index col0, const T* x, T* out, Index n, T unit = T(1)) const {
+  void apply_range(Index r, Index col0, const T* x, T* out, Index n) const {
     const Index off = row_offset(r) + col0 * col_stride_;
     const Index cs = col_stride_;
     constexpr T ninf = -std::numeric_limits<T>::infinity();
-    // A finite mask value stays finite in the new unit (-FLT_MAX, the usual "masked" fill, would
-    // otherwise become -inf, and a row masked by it everywhere would lose its uniform weights).
-    const auto in_unit = [unit](T v) {
-      const T a = v * unit;
-      return std::isinf(a) && !std::isinf(v) ? std::copysign(std::numeric_limits<T>::max(), a) : a;
-    };
     switch (mask_.dtype()) {
       case Mask::DType::boolean: {
         const bool* m = static_cast<const bool*>(mask_.data()) + off;
@@ -232,12 +224,12 @@ class MaskRows {
       }
       case Mask::DType::f32: {
         const float* m = static_cast<const float*>(mask_.data()) + off;
-        for (Index j = 0; j < n; ++j) out[j] = x[j] + in_unit(static_cast<T>(m[j * cs]));
+        for (Index j = 0; j < n; ++j) out[j] = x[j] + static_cast<T>(m[j * cs]);
         break;
       }
       case Mask::DType::f64: {
         const double* m = static_cast<const double*>(mask_.data()) + off;
-        for (Index j = 0; j < n; ++j) out[j] = x[j] + in_unit(static_cast<T>(m[j * cs]));
+        for (Index j = 0; j < n; ++j) out[j] = x[j] + static_cast<T>(m[j * cs]);
         break;
       }
     }

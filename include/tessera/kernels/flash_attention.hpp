@@ -16,14 +16,12 @@
 //     tile is formed in four 16-key blocks stored to L1 (1.5 KiB), and the online softmax runs over
 //     all 64 keys at once: its per-row work (maxima, sums, the rescale) is paid once per 64 keys,
 //     not once per 16, which is what a 16-key step lost.
-// The probabilities of all kRows rows are formed together. In float the scores are kept in log2
-// units (scale times log2 e, applied once in the product) and the exponential is a bare 2^x for
-// x <= 0 (simd::exp2_nonpositive: 10 vector instructions a packet with AVX-512, 15 with AVX2,
-// where exp_fast takes 14 and 21: 3-5 % of the kernel's time); the logsumexp it returns is in
-// natural units. The tile P (kRows x kKeys) lives in a small buffer; K^T and V for a head are (D +
-// Dv) x Lk values, reused by every query block of that head. Under a causal mask the score blocks
-// past a row group's horizon are skipped, and P V runs only over the keys the group's last row
-// sees.
+// The probabilities of all kRows rows are formed together; in float e^x is taken as 2^(x log2 e)
+// for x <= 0 (see flash_exp: 11 vector instructions a packet with AVX-512 where exp_fast takes
+// 14, 3-4 % of the kernel's time). The tile P (kRows x kKeys) lives in a small buffer; K^T and V
+// for a head are (D + Dv) x Lk values, reused by every query block of that head. Under a causal
+// mask the score blocks past a row group's horizon are skipped, and P V runs only over the keys the
+// group's last row sees.
 //
 // Work is split across threads by (batch, head, block of 64 query rows); when that gives few
 // items (decoding one token over a long cache), each item's keys are split too and the partial
@@ -112,35 +110,31 @@ struct FlashTile {
   static constexpr Index kValuePackets = kFlashWideRegisterFile ? 4 : 2;
 #endif
   static_assert(kKeyPackets % kScorePackets == 0, "a tile is whole score blocks");
-  // Float packets keep scores, maxima and the masks added to them in log2 units (the scale
-  // multiplied by log2 e once, in the product), so that the exponential is a bare 2^x
-  // (simd::exp2_nonpositive); other types keep natural units and simd::exp_fast. kUnit is what a
-  // natural-unit score is multiplied by.
-  static constexpr bool kLog2 = std::is_same_v<T, float> && W > 1;
-  static constexpr T kUnit = kLog2 ? T(1.44269504088896340736) : T(1);
 };
 
-// The running softmax's exponential: 2^x or e^x as FlashTile<T>::kLog2 says (x <= 0 or NaN).
+// The running softmax's exponential e^x of x = s - m <= 0 (or NaN, or -inf). Float packets take
+// it as 2^(x log2 e) (simd::exp2_nonpositive: with the multiply, 11 vector instructions a packet
+// with AVX-512 and 16 with AVX2, where exp_fast takes 14 and 21). Scores, maxima and masks stay
+// in natural units: scaled by log2 e in the product instead (one multiply fewer), scores and
+// additive masks beyond FLT_MAX / log2 e = 2.4e38 would overflow to infinities.
 template <class T>
 EIGEN_ALWAYS_INLINE simd::Packet<T> flash_exp(const simd::Packet<T>& x) {
-  if constexpr (FlashTile<T>::kLog2)
-    return simd::exp2_nonpositive(x);
+  if constexpr (std::is_same_v<T, float> && simd::width < T >> 1)
+    return simd::exp2_nonpositive(simd::mul(x, simd::set1<T>(T(1.44269504088896340736))));
   else
     return simd::exp_fast(x);
 }
 
-// Applies a problem's masks to a tile of one query row's scores: keys [j0, j0 + n), additive
-// masks in the scores' units (FlashTile<T>::kUnit in the fused forward, 1 elsewhere).
+// Applies a problem's masks to a tile of one query row's scores: keys [j0, j0 + n).
 template <class T>
 struct MaskApplier {
   const AttentionProblem<T>& p;
   Index head;  // batch * heads + head
-  T unit = T(1);
   void operator()(Index i, Index j0, Index n, T* srow) const {
     const Index cols = std::min(n, p.mask_lk - j0);
     if (cols <= 0) return;
     for (const MaskRows* m : p.masks)
-      if (m) m->apply_range(head * p.lq + i, j0, srow, srow, cols, unit);
+      if (m) m->apply_range(head * p.lq + i, j0, srow, srow, cols);
   }
 };
 
@@ -572,13 +566,12 @@ struct PackedStep {
     const Index local = j0 - ph.key_begin;     // the block's offset in the packed range
     const T* kt = ph.kt.data() + local * p.d;  // panel local / kKeys
     const Index valid = std::min(Tile::kKeys, ph.key_end - j0);
-    const T scale = p.scale * Tile::kUnit;
     Index visible[R];
     const TileKind kind = classify_tile<T, R>(p, i0, j0, valid, visible);
     if (kind != TileKind::general)
-      return fused_tile<T, R>(q, kt, p.d, scale, kind == TileKind::horizon ? visible : nullptr, m,
+      return fused_tile<T, R>(q, kt, p.d, p.scale, kind == TileKind::horizon ? visible : nullptr, m,
                               l, acc, ph.dv_pad, s);
-    score_tile_to<T, R>(q, kt, p.d, scale, nullptr, s);
+    score_tile_to<T, R>(q, kt, p.d, p.scale, nullptr, s);
     return online_softmax_tile<T, R>(p, s, i0, j0, valid, m, l, acc, ph.dv_pad, apply_masks)
                ? Tile::kKeys
                : 0;
@@ -602,7 +595,6 @@ void direct_tile(const AttentionProblem<T>& p, Index b, Index h, const T* const*
   alignas(64) T s[Tile::kRows * Tile::kKeys];
   const Index valid = std::min(Tile::kKeys, j_end - j0);
   const Index d_vec = p.d / W * W, dv_vec = p.dv / W * W;
-  const T scale = p.scale * Tile::kUnit;
   const T* kh = p.k.at(b, h);
   for (Index j = 0; j < valid; ++j) {
     const T* kr = kh + (j0 + j) * p.k.row;
@@ -615,7 +607,7 @@ void direct_tile(const AttentionProblem<T>& p, Index b, Index h, const T* const*
     for (int r = 0; r < R; ++r) {
       T dot = simd::reduce_sum(a[r]);
       for (Index c = d_vec; c < p.d; ++c) dot += q[r][c] * kr[c];
-      s[r * Tile::kKeys + j] = dot * scale;
+      s[r * Tile::kKeys + j] = dot * p.scale;
     }
   }
   for (int r = 0; r < R; ++r)
@@ -717,7 +709,7 @@ void flash_write_row(const AttentionProblem<T>& p, Index b, Index h, Index i, T 
   Index c = 0;
   for (; c + W <= p.dv; c += W) simd::store(out + c, simd::mul(simd::load(acc + c), pinv));
   for (; c < p.dv; ++c) out[c] = acc[c] * inv;
-  if (p.lse) p.lse[(b * p.heads + h) * p.lq + i] = m / FlashTile<T>::kUnit + std::log(l);
+  if (p.lse) p.lse[(b * p.heads + h) * p.lq + i] = m + std::log(l);
 }
 
 // Work items (with their key ranges) that keep this many threads busy.
@@ -793,7 +785,7 @@ void attention_fused(const AttentionProblem<T>& p) {
       T* state = splits > 1 ? partial.data() + (item * splits + s) * state_size : own.data();
       T *m = state, *l = state + QR, *acc = state + 2 * QR;
       const Index i_begin = qb * QB, i_end = std::min(p.lq, i_begin + QB);
-      const MaskApplier<T> masks{p, t, FlashTile<T>::kUnit};
+      const MaskApplier<T> masks{p, t};
       if (direct) {
         flash_rows(p, b, h, i_begin, i_end, kb, ke, dv_pad, m, l, acc, probs.data(),
                    DirectStep<T, MaskApplier<T>>{p, b, h, ke, dv_pad, masks});
@@ -834,7 +826,7 @@ void attention_fused(const AttentionProblem<T>& p) {
         for (Index s = 0; s < splits; ++s) {
           const T* st = first + s * state_size;
           if (st[QR + r] == T(0)) continue;  // this range saw no visible key
-          const T f = FlashTile<T>::kLog2 ? std::exp2(st[r] - m) : std::exp(st[r] - m);
+          const T f = std::exp(st[r] - m);
           l += st[QR + r] * f;
           const T* a = st + 2 * QR + r * dv_pad;
           for (Index c = 0; c < p.dv; ++c) merged[c] += a[c] * f;

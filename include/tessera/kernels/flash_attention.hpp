@@ -63,6 +63,19 @@
 
 namespace tessera::detail {
 
+// Applies a problem's masks to a tile of one query row's scores: keys [j0, j0 + n).
+template <class T>
+struct MaskApplier {
+  const AttentionProblem<T>& p;
+  Index head;  // batch * heads + head
+  void operator()(Index i, Index j0, Index n, T* srow) const {
+    const Index cols = std::min(n, p.mask_lk - j0);
+    if (cols <= 0) return;
+    for (const MaskRows* m : p.masks)
+      if (m) m->apply_range(head * p.lq + i, j0, srow, srow, cols);
+  }
+};
+
 #ifdef TESSERA_FLASH_QUERY_BLOCK
 inline constexpr Index kFlashQueryBlock = TESSERA_FLASH_QUERY_BLOCK;
 #else
@@ -113,9 +126,10 @@ struct FlashTile {
 
 // The running softmax's exponential e^x of x = s - m <= 0 (or NaN, or -inf). Float packets take
 // it as 2^(x log2 e) (simd::exp2_nonpositive: with the multiply, 11 vector instructions a packet
-// with AVX-512 and 16 with AVX2, where exp_fast takes 14 and 21). Scores, maxima and masks stay
-// in natural units: scaled by log2 e in the product instead (one multiply fewer), scores and
-// additive masks beyond FLT_MAX / log2 e = 2.4e38 would overflow to infinities.
+// with AVX-512 and 16 with AVX2, where exp_fast takes 14 and 21). The factor log2 e is applied
+// here, not folded into the scores' scale: scores, maxima and additive masks stay in natural
+// units, where values up to FLT_MAX keep their meaning (times log2 e, those beyond 2.4e38 would
+// overflow to infinities).
 template <class T>
 EIGEN_ALWAYS_INLINE simd::Packet<T> flash_exp(const simd::Packet<T>& x) {
   if constexpr (std::is_same_v<T, float> && 1 < simd::width<T>)
@@ -123,19 +137,6 @@ EIGEN_ALWAYS_INLINE simd::Packet<T> flash_exp(const simd::Packet<T>& x) {
   else
     return simd::exp_fast(x);
 }
-
-// Applies a problem's masks to a tile of one query row's scores: keys [j0, j0 + n).
-template <class T>
-struct MaskApplier {
-  const AttentionProblem<T>& p;
-  Index head;  // batch * heads + head
-  void operator()(Index i, Index j0, Index n, T* srow) const {
-    const Index cols = std::min(n, p.mask_lk - j0);
-    if (cols <= 0) return;
-    for (const MaskRows* m : p.masks)
-      if (m) m->apply_range(head * p.lq + i, j0, srow, srow, cols);
-  }
-};
 
 // Keys [key_begin, key_end) of one head: K packed transposed in panels of kKeys keys
 // ([n_pad / kKeys][D][kKeys], keys contiguous within a panel) and V packed ([n_pad, Dv_pad]), both

@@ -134,10 +134,10 @@ EIGEN_STRONG_INLINE P exp_fast(const P& x_in) {
   }
 }
 
-// 2^x for x <= 0 (and -inf, NaN), in float packets: the softmax exponential when the scores are
-// kept in log2 units (multiplied by log2 e once, in the product), as in the fused attention
-// kernel. Without the natural-log reduction and the upper clamp it takes 10 vector instructions
-// with AVX-512 and 15 with AVX2, where exp_fast takes 14 and 21.
+// 2^x for x <= 0 (and -inf, NaN), in float packets: the fused attention kernel's softmax
+// exponential, e^x = 2^(x log2 e) for x = s - max <= 0. Without the natural-log reduction and the
+// upper clamp it takes 10 vector instructions with AVX-512 and 15 with AVX2, where exp_fast takes
+// 14 and 21.
 //   x = n + r, n = round(x), |r| <= 1/2; 2^r by a degree-6 polynomial (Horner, one FMA a step;
 //   a near-minimax fit in relative error on [-1/2, 1/2], coefficients rounded to float); 2^x =
 //   2^r 2^n, with vscalefps (AVX-512) or by building 2^n in the exponent bits.

@@ -11,6 +11,17 @@ if(TESSERA_MARCH)
 elseif(TESSERA_NATIVE)
   target_link_libraries(tessera_dev INTERFACE tessera::native)
 endif()
+# TESSERA_TEST_COMPILED: the tests, benchmarks and examples link tessera::compiled (the kernels
+# from the library, at the level chosen at run time or forced with TESSERA_CPU_CAPABILITY)
+# instead of compiling them header-only.
+option(TESSERA_TEST_COMPILED "Build tessera's own tests, benchmarks and examples in the compiled mode" OFF)
+if(TESSERA_TEST_COMPILED)
+  if(NOT TARGET tessera::compiled)
+    message(FATAL_ERROR "TESSERA_TEST_COMPILED needs TESSERA_BUILD_COMPILED")
+  endif()
+  target_link_libraries(tessera_dev INTERFACE tessera::compiled)
+  message(STATUS "tessera: tests, benchmarks and examples in the compiled mode (tessera::compiled)")
+endif()
 if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
   # Designated initialisers that leave members at their defaults are how options are passed.
   target_compile_options(tessera_dev INTERFACE -Wall -Wextra -Wpedantic -Wno-missing-field-initializers)

@@ -21,10 +21,12 @@ set(prefix ${WORK_DIR}/prefix)
 set(consumer ${TESSERA_SOURCE_DIR}/tests/install/consumer)
 
 if(MODE STREQUAL "find_package")
-  # Configure tessera alone (no tests/benchmarks/examples) and install it into the prefix.
+  # Configure tessera alone (no tests/benchmarks/examples), build and install it into the prefix.
   run(${CMAKE_COMMAND} -S ${TESSERA_SOURCE_DIR} -B ${WORK_DIR}/tessera-build -G ${GENERATOR}
       -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_INSTALL_PREFIX=${prefix}
       -DTESSERA_BUILD_TESTS=OFF -DTESSERA_BUILD_BENCHMARKS=OFF -DTESSERA_BUILD_EXAMPLES=OFF)
+  # The build is tessera::compiled's library (the rest is headers).
+  run(${CMAKE_COMMAND} --build ${WORK_DIR}/tessera-build --parallel 3)
   run(${CMAKE_COMMAND} --install ${WORK_DIR}/tessera-build)
   if(NOT EXISTS ${prefix}/include/tessera/tessera.hpp)
     message(FATAL_ERROR "install did not place include/tessera/tessera.hpp under ${prefix}")
@@ -38,5 +40,17 @@ elseif(MODE STREQUAL "add_subdirectory")
 else()
   message(FATAL_ERROR "MODE must be find_package or add_subdirectory, got '${MODE}'")
 endif()
-run(${CMAKE_COMMAND} --build ${WORK_DIR}/consumer-build)
+run(${CMAKE_COMMAND} --build ${WORK_DIR}/consumer-build --parallel 3)
 run(${WORK_DIR}/consumer-build/consumer)
+run(${WORK_DIR}/consumer-build/consumer_compiled)
+# Every level this CPU has, forced (a level it lacks is an error, which the consumer reports).
+foreach(level default avx2 avx512)
+  execute_process(COMMAND ${CMAKE_COMMAND} -E env TESSERA_CPU_CAPABILITY=${level}
+                          ${WORK_DIR}/consumer-build/consumer_compiled
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(rc EQUAL 0)
+    message(STATUS "${out}")
+  elseif(NOT err MATCHES "which this CPU \\(or its operating system\\) lacks")
+    message(FATAL_ERROR "consumer_compiled with TESSERA_CPU_CAPABILITY=${level} failed (${rc}):\n${out}\n${err}")
+  endif()
+endforeach()

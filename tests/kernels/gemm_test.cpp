@@ -907,4 +907,27 @@ TYPED_TEST(GemmTest, InsideAnEnclosingParallelRegion) {
     }
 }
 
+// A default-constructed PackedMatrix holds no panels: an error, not a read through null.
+TYPED_TEST(GemmTest, EmptyPackedMatrixIsAnError) {
+  using T = TypeParam;
+  const PackedMatrix<T> empty;
+  EXPECT_TRUE(empty.empty());
+  std::vector<T> a(4 * 8, T(1)), c(4 * 8);
+  GemmProblem<T> g{.m = 4, .n = 8, .k = 8, .a = a.data(), .lda = 8, .c = c.data(), .ldc = 8};
+  g.packed_b = &empty;
+  TESSERA_EXPECT_THROW_MSG(tessera::gemm(g), tessera::ValueError,
+                           "tessera::gemm: packed_b is empty (a default-constructed PackedMatrix)");
+  // A packed matrix knows the width of its slivers: this build's (or the dispatched level's).
+  std::vector<T> b(8 * 8, T(1));
+  const PackedMatrix<T> packed(b.data(), 8, false, 8, 8);
+#ifdef TESSERA_COMPILED
+  EXPECT_EQ(packed.sliver_width() % (tessera::kernel_float_lanes() * 4 / Index(sizeof(T))), 0);
+#else
+  EXPECT_EQ(packed.sliver_width(), Index(GemmBlocking<T>::NR));
+#endif
+  g.packed_b = &packed;
+  tessera::gemm(g);
+  EXPECT_EQ(c[0], T(8));
+}
+
 }  // namespace gemm_test

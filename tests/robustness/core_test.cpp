@@ -20,6 +20,7 @@
 #include "tessera/core/mask.hpp"
 #include "tessera/core/scratch.hpp"
 #include "tessera/core/tensor.hpp"
+#include "tessera/kernels/dispatch.hpp"
 #include "tessera/kernels/simd.hpp"
 #include "test_util.hpp"
 
@@ -252,9 +253,10 @@ TEST(CoreRobustness, FinitenessIsCheckedInTheComputeType) {
 // the float packet width each level must run (4: SSE2 baseline, 8: AVX2, 16: AVX-512), so a
 // level that silently built for another ISA fails here.
 TEST(CoreRobustness, BuildRunsTheExpectedInstructionSet) {
-  const Index lanes = tessera::simd::width<float>;
-  std::printf("float packet: %ld lanes, double packet: %ld lanes\n", static_cast<long>(lanes),
-              static_cast<long>(tessera::simd::width<double>));
+  // In the compiled mode, the width of the level the kernels were dispatched to.
+  const Index lanes = tessera::kernel_float_lanes();
+  std::printf("kernels at level %s: float packet of %ld lanes\n",
+              std::string(tessera::cpu_capability()).c_str(), static_cast<long>(lanes));
   const char* want = std::getenv("TESSERA_EXPECT_FLOAT_LANES");
   if (!want) GTEST_SKIP() << "TESSERA_EXPECT_FLOAT_LANES not set; this build runs " << lanes;
   EXPECT_EQ(lanes, std::atol(want));

@@ -21,6 +21,7 @@
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/core/threading.hpp"
+#include "tessera/kernels/dispatch.hpp"
 
 namespace tessera {
 
@@ -96,7 +97,7 @@ inline void check_activation(std::string_view fn, std::string_view arg, Activati
 
 // out = act(x) over n contiguous elements; out may alias x. act must be valid (check_activation).
 template <class T>
-void activate(Activation act, const T* x, T* out, Index n) {
+void activate_impl(Activation act, const T* x, T* out, Index n) {
   using Arr = Eigen::Array<T, Eigen::Dynamic, 1>;
   Eigen::Map<const Arr> a(x, n);
   Eigen::Map<Arr> y(out, n);
@@ -125,12 +126,21 @@ void activate(Activation act, const T* x, T* out, Index n) {
   }
 }
 
+// activate_impl, or in the compiled mode its build for the level chosen at run time.
+template <class T>
+void activate(Activation act, const T* x, T* out, Index n) {
+  if constexpr (kDispatched<T>)
+    kernels<T>().activate(act, x, out, n);
+  else
+    activate_impl(act, x, out, n);
+}
+
 // dx = dy * act'(x) over n contiguous elements (x: the activation's input); dx may alias dy.
 // The derivatives are PyTorch's backward formulas (torch/csrc/autograd/FunctionsManual.cpp,
 // aten GeluBackward): relu' is 0 at x = 0 and where x is NaN the gradient is dy, as
 // threshold_backward gives (the forward's output is NaN there, so the loss is NaN already).
 template <class T>
-void activate_backward(Activation act, const T* x, const T* dy, T* dx, Index n) {
+void activate_backward_impl(Activation act, const T* x, const T* dy, T* dx, Index n) {
   using Arr = Eigen::Array<T, Eigen::Dynamic, 1>;
   Eigen::Map<const Arr> a(x, n), g(dy, n);
   Eigen::Map<Arr> out(dx, n);
@@ -172,6 +182,15 @@ void activate_backward(Activation act, const T* x, const T* dy, T* dx, Index n) 
       break;
     }
   }
+}
+
+// activate_backward_impl, or in the compiled mode its build for the level chosen at run time.
+template <class T>
+void activate_backward(Activation act, const T* x, const T* dy, T* dx, Index n) {
+  if constexpr (kDispatched<T>)
+    kernels<T>().activate_backward(act, x, dy, dx, n);
+  else
+    activate_backward_impl(act, x, dy, dx, n);
 }
 
 }  // namespace detail

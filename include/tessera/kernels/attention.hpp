@@ -46,7 +46,7 @@ namespace detail {
 inline constexpr Index kAttentionQueryBlock = 64;
 
 template <class T>
-void attention_reference(const AttentionProblem<T>& p) {
+void attention_reference_impl(const AttentionProblem<T>& p) {
   using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using CMap = Eigen::Map<const Mat, 0, Eigen::OuterStride<>>;
   using MMap = Eigen::Map<Mat, 0, Eigen::OuterStride<>>;
@@ -87,6 +87,15 @@ void attention_reference(const AttentionProblem<T>& p) {
       }
     }
   });
+}
+
+// attention_reference_impl, or in the compiled mode its build for the level chosen at run time.
+template <class T>
+void attention_reference(const AttentionProblem<T>& p) {
+  if constexpr (kDispatched<T>)
+    kernels<T>().attention_reference(p);
+  else
+    attention_reference_impl(p);
 }
 
 // Runs the problem on the fused kernel when it can (no weights requested), else the reference.

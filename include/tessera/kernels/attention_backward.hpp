@@ -520,14 +520,24 @@ void attention_backward_fused_with(const AttentionBackwardProblem<T>& bp) {
 
 // The fused backward on the faster tile products (measured in bench_attention_backward).
 template <class T>
-void attention_backward_fused(const AttentionBackwardProblem<T>& bp) {
+void attention_backward_fused_impl(const AttentionBackwardProblem<T>& bp) {
   attention_backward_fused_with<T, AttentionTileGemm::tessera>(bp);
+}
+
+// attention_backward_fused_impl, or in the compiled mode its build for the level chosen at run
+// time.
+template <class T>
+void attention_backward_fused(const AttentionBackwardProblem<T>& bp) {
+  if constexpr (kDispatched<T>)
+    kernels<T>().attention_backward_fused(bp);
+  else
+    attention_backward_fused_impl(bp);
 }
 
 // The logsumexp of every row of the problem's masked, scaled scores, into p.lse (which must be
 // set): blocks of query rows at a time, for the reference forward, which does not write it.
 template <class T>
-void attention_lse_reference(const AttentionProblem<T>& p) {
+void attention_lse_reference_impl(const AttentionProblem<T>& p) {
   using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using CMap = Eigen::Map<const Mat, 0, Eigen::OuterStride<>>;
   if (p.batch == 0 || p.heads == 0 || p.lq == 0) return;
@@ -553,10 +563,19 @@ void attention_lse_reference(const AttentionProblem<T>& p) {
   });
 }
 
+// attention_lse_reference_impl, or in the compiled mode its build for the level chosen at run time.
+template <class T>
+void attention_lse_reference(const AttentionProblem<T>& p) {
+  if constexpr (kDispatched<T>)
+    kernels<T>().attention_lse_reference(p);
+  else
+    attention_lse_reference_impl(p);
+}
+
 // The backward with each head's Lq x Lk probabilities materialised (Eigen products): for tests
 // and as a fallback. The same formulas as the fused path, P = exp(S - lse).
 template <class T>
-void attention_backward_reference(const AttentionBackwardProblem<T>& bp) {
+void attention_backward_reference_impl(const AttentionBackwardProblem<T>& bp) {
   using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using CMap = Eigen::Map<const Mat, 0, Eigen::OuterStride<>>;
   using MMap = Eigen::Map<Mat, 0, Eigen::OuterStride<>>;
@@ -612,6 +631,16 @@ void attention_backward_reference(const AttentionBackwardProblem<T>& bp) {
         if (lse[i] == ninf) dQ.row(i).setZero();
     }
   });
+}
+
+// attention_backward_reference_impl, or in the compiled mode its build for the level chosen at run
+// time.
+template <class T>
+void attention_backward_reference(const AttentionBackwardProblem<T>& bp) {
+  if constexpr (kDispatched<T>)
+    kernels<T>().attention_backward_reference(bp);
+  else
+    attention_backward_reference_impl(bp);
 }
 
 // Runs the backward on the fused kernel, or on the reference with AttentionImpl::reference.

@@ -58,6 +58,7 @@
 #include "tessera/core/tensor.hpp"
 #include "tessera/core/threading.hpp"
 #include "tessera/kernels/attention_problem.hpp"
+#include "tessera/kernels/dispatch.hpp"
 #include "tessera/kernels/simd.hpp"
 #include "tessera/kernels/softmax.hpp"
 
@@ -751,7 +752,7 @@ bool attention_empty(const AttentionProblem<T>& p) {
 // each item leaves its partial (m, l, acc) in a buffer, and a second pass merges the ranges:
 // m = max_s m_s, l = sum_s l_s exp(m_s - m), acc = sum_s acc_s exp(m_s - m).
 template <class T>
-void attention_fused(const AttentionProblem<T>& p) {
+void attention_fused_impl(const AttentionProblem<T>& p) {
   constexpr Index QB = kFlashQueryBlock;
   constexpr T ninf = -std::numeric_limits<T>::infinity();
   if (attention_empty(p)) return;
@@ -835,6 +836,15 @@ void attention_fused(const AttentionProblem<T>& p) {
       }
     }
   });
+}
+
+// attention_fused_impl, or in the compiled mode its build for the level chosen at run time.
+template <class T>
+void attention_fused(const AttentionProblem<T>& p) {
+  if constexpr (kDispatched<T>)
+    kernels<T>().attention_fused(p);
+  else
+    attention_fused_impl(p);
 }
 
 }  // namespace tessera::detail

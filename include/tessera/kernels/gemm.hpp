@@ -46,6 +46,7 @@
 #include "tessera/core/tensor.hpp"
 #include "tessera/core/threading.hpp"
 #include "tessera/kernels/activation.hpp"
+#include "tessera/kernels/dispatch.hpp"
 #include "tessera/kernels/simd.hpp"
 
 #ifdef _OPENMP
@@ -269,6 +270,16 @@ bool gemm_has_epilogue(const GemmEpilogue<T>& e) {
 
 }  // namespace detail
 
+namespace detail {
+// The compiled library's entry to PackedMatrix's packing (KernelTable::pack_matrix).
+struct PackedMatrixAccess {
+  template <class T>
+  static void pack(PackedMatrix<T>& m, const T* b, Index ldb, bool trans, Index k, Index n) {
+    m.pack(b, ldb, trans, k, n);
+  }
+};
+}  // namespace detail
+
 // op(b) ([k, n]) packed once into the GEMM's slivers, for a right-hand operand that is reused
 // across many products (a layer's weight: b = W^T for y = x W^T). Immutable once built; it does
 // not follow later changes to the matrix it was packed from.
@@ -280,7 +291,40 @@ class PackedMatrix {
   PackedMatrix() = default;
   // Packs op(b): b is [k, n] with row stride ldb, or, with trans, [n, k] (a weight W gives
   // op(b) = W^T with trans = true and ldb = k).
-  PackedMatrix(const T* b, Index ldb, bool trans, Index k, Index n) : k_(k), n_(n) {
+  //
+  // The slivers are as wide as the GEMM's tile on the instruction set the packing runs with; in
+  // the compiled mode (kernels/dispatch.hpp) that is the level chosen at run time, the same as the
+  // products that read it.
+  PackedMatrix(const T* b, Index ldb, bool trans, Index k, Index n) {
+    if constexpr (detail::kDispatched<T>)
+      detail::kernels<T>().pack_matrix(*this, b, ldb, trans, k, n);
+    else
+      pack(b, ldb, trans, k, n);
+  }
+  // Packs a weight W [n, k] (PyTorch's Linear layout) as op(b) = W^T.
+  template <TensorLike Wt>
+  static PackedMatrix from_weight(const Wt& w) {
+    static_assert(rank_v<Wt> == 2, "PackedMatrix::from_weight takes a matrix [out, in]");
+    const auto v = cview(w);
+    return PackedMatrix(v.data(), v.dim(1), true, v.dim(1), v.dim(0));
+  }
+
+  Index rows() const noexcept { return k_; }  // k
+  Index cols() const noexcept { return n_; }  // n
+  bool empty() const noexcept { return data_ == nullptr; }
+  // Columns per packed sliver (the GEMM tile's NR on the instruction set that packed it).
+  Index sliver_width() const noexcept { return nr_; }
+  // The packed panel of column block jc and row block pc.
+  const T* panel(Index jc, Index pc) const noexcept {
+    return data_.get() + offsets_[static_cast<std::size_t>(jc * blocks(k_, Blk::KC) + pc)];
+  }
+
+ private:
+  friend struct detail::PackedMatrixAccess;
+  void pack(const T* b, Index ldb, bool trans, Index k, Index n) {
+    k_ = k;
+    n_ = n;
+    nr_ = Blk::NR;
     const Index njc = blocks(n, Blk::NC), npc = blocks(k, Blk::KC);
     offsets_.resize(static_cast<std::size_t>(njc * npc));
     Index total = 0;
@@ -306,28 +350,11 @@ class PackedMatrix {
         });
       }
   }
-  // Packs a weight W [n, k] (PyTorch's Linear layout) as op(b) = W^T.
-  template <TensorLike Wt>
-  static PackedMatrix from_weight(const Wt& w) {
-    static_assert(rank_v<Wt> == 2, "PackedMatrix::from_weight takes a matrix [out, in]");
-    const auto v = cview(w);
-    return PackedMatrix(v.data(), v.dim(1), true, v.dim(1), v.dim(0));
-  }
-
-  Index rows() const noexcept { return k_; }  // k
-  Index cols() const noexcept { return n_; }  // n
-  bool empty() const noexcept { return data_ == nullptr; }
-  // The packed panel of column block jc and row block pc.
-  const T* panel(Index jc, Index pc) const noexcept {
-    return data_.get() + offsets_[static_cast<std::size_t>(jc * blocks(k_, Blk::KC) + pc)];
-  }
-
- private:
   static Index blocks(Index n, Index b) { return (n + b - 1) / b; }
   struct Deleter {
     void operator()(T* p) const { detail::aligned_delete(p); }
   };
-  Index k_ = 0, n_ = 0;
+  Index k_ = 0, n_ = 0, nr_ = 0;
   std::vector<Index> offsets_;
   std::shared_ptr<T> data_{nullptr, Deleter{}};
 };
@@ -496,22 +523,23 @@ void gemm_small(const GemmProblem<T>& p) {
 
 }  // namespace detail
 
-// Runs one product on tessera's threads (serially inside an enclosing parallel region or when the
-// product is small). Tiny products and those with fewer than MR rows of a (a matrix-vector
-// product, one decoding step) against an unpacked b go through Eigen instead of packing.
-//
-// Built with TESSERA_USE_BLAS (CMake option of the same name, which also defines EIGEN_USE_BLAS
-// and links a BLAS), every product whose b is not prepacked goes to Eigen's product and from
-// there to the BLAS's ?gemm, with the epilogue applied afterwards.
 #ifdef TESSERA_USE_BLAS
 inline constexpr bool kGemmUsesBlas = true;
 #else
 inline constexpr bool kGemmUsesBlas = false;
 #endif
 
+namespace detail {
+
 template <class T>
-void gemm(const GemmProblem<T>& p) {
-  detail::check_activation("tessera::gemm", "epilogue.activation", p.epilogue.activation);
+void gemm_impl(const GemmProblem<T>& p) {
+  check_activation("tessera::gemm", "epilogue.activation", p.epilogue.activation);
+  if (p.packed_b && p.packed_b->empty())
+    raise<ValueError>("tessera::gemm", "packed_b is empty (a default-constructed PackedMatrix)");
+  if (p.packed_b && p.packed_b->sliver_width() != GemmBlocking<T>::NR)
+    raise<ValueError>("tessera::gemm", "packed_b has slivers of ", p.packed_b->sliver_width(),
+                      " columns, expected ", GemmBlocking<T>::NR,
+                      ": it was packed by code built for another instruction set");
   if (p.m == 0 || p.n == 0) return;
   const double work =
       static_cast<double>(p.m) * static_cast<double>(p.n) * static_cast<double>(p.k);
@@ -523,7 +551,27 @@ void gemm(const GemmProblem<T>& p) {
 #ifdef _OPENMP
   if (!omp_in_parallel() && work >= 64.0 * 64.0 * 64.0) threads = num_threads();
 #endif
-  detail::gemm_run(p, threads);
+  gemm_run(p, threads);
+}
+
+}  // namespace detail
+
+// Runs one product on tessera's threads (serially inside an enclosing parallel region or when the
+// product is small). Tiny products and those with fewer than MR rows of a (a matrix-vector
+// product, one decoding step) against an unpacked b go through Eigen instead of packing.
+//
+// Built with TESSERA_USE_BLAS (CMake option of the same name, which also defines EIGEN_USE_BLAS
+// and links a BLAS), every product whose b is not prepacked goes to Eigen's product and from
+// there to the BLAS's ?gemm, with the epilogue applied afterwards.
+// In the compiled mode the product runs in the library, on the instruction set chosen at run time
+// (kernels/dispatch.hpp). Throws ValueError when packed_b is empty, or was packed for slivers of
+// another width (by code compiled for another instruction set).
+template <class T>
+void gemm(const GemmProblem<T>& p) {
+  if constexpr (detail::kDispatched<T>)
+    detail::kernels<T>().gemm(p);
+  else
+    detail::gemm_impl(p);
 }
 
 }  // namespace tessera

@@ -113,8 +113,8 @@ void scale_into(const T* x, T* y, Index n, T s) {
 }
 
 template <class T>
-void layer_norm_row(const T* x, T* y, Index n, T eps, const T* w, const T* b,
-                    bool may_rescale = true) {
+void layer_norm_row_impl(const T* x, T* y, Index n, T eps, const T* w, const T* b,
+                         bool may_rescale = true) {
   using Arr = Eigen::Array<T, Eigen::Dynamic, 1>;
   Eigen::Map<const Arr> xa(x, n);
   const T shift = x[0];
@@ -126,15 +126,25 @@ void layer_norm_row(const T* x, T* y, Index n, T eps, const T* w, const T* b,
     const T s = rescale_factor(x, n);
     if (s != 0) {
       scale_into(x, y, n, s);
-      layer_norm_row(y, y, n, eps * s * s, w, b, false);
+      layer_norm_row_impl(y, y, n, eps * s * s, w, b, false);
       return;
     }
   }
   affine_row(x, y, n, shift, mean_d, T(1) / std::sqrt(var + eps), w, b);
 }
 
+// layer_norm_row_impl, or in the compiled mode its build for the level chosen at run time.
 template <class T>
-void rms_norm_row(const T* x, T* y, Index n, T eps, const T* w, bool may_rescale = true) {
+void layer_norm_row(const T* x, T* y, Index n, T eps, const T* w, const T* b,
+                    bool may_rescale = true) {
+  if constexpr (kDispatched<T>)
+    kernels<T>().layer_norm_row(x, y, n, eps, w, b, may_rescale);
+  else
+    layer_norm_row_impl(x, y, n, eps, w, b, may_rescale);
+}
+
+template <class T>
+void rms_norm_row_impl(const T* x, T* y, Index n, T eps, const T* w, bool may_rescale = true) {
   using Arr = Eigen::Array<T, Eigen::Dynamic, 1>;
   Eigen::Map<const Arr> xa(x, n);
   const T ms = xa.square().sum() / T(n);
@@ -142,7 +152,7 @@ void rms_norm_row(const T* x, T* y, Index n, T eps, const T* w, bool may_rescale
     const T s = rescale_factor(x, n);  // rms_norm(x; eps) = rms_norm(s x; s^2 eps)
     if (s != 0) {
       scale_into(x, y, n, s);
-      rms_norm_row(y, y, n, eps * s * s, w, false);
+      rms_norm_row_impl(y, y, n, eps * s * s, w, false);
       return;
     }
   }
@@ -155,6 +165,15 @@ void rms_norm_row(const T* x, T* y, Index n, T eps, const T* w, bool may_rescale
     ya = xa * scale;
 }
 
+// rms_norm_row_impl, or in the compiled mode its build for the level chosen at run time.
+template <class T>
+void rms_norm_row(const T* x, T* y, Index n, T eps, const T* w, bool may_rescale = true) {
+  if constexpr (kDispatched<T>)
+    kernels<T>().rms_norm_row(x, y, n, eps, w, may_rescale);
+  else
+    rms_norm_row_impl(x, y, n, eps, w, may_rescale);
+}
+
 // The backward of layer_norm_row for one row: dx from dy, and dy * xhat, dy added into gw, gb
 // (each optional). With xhat = (x - mean) rstd and g = dy * w (dy without a weight):
 //   dx = rstd (g - mean(g) - xhat mean(g xhat))
@@ -163,8 +182,8 @@ void rms_norm_row(const T* x, T* y, Index n, T eps, const T* w, bool may_rescale
 // the forward rescaled (its sum of squares overflowed) is rescaled here too:
 // d/dx layer_norm(x; eps) = s * (d/dy layer_norm)(s x; s^2 eps). `tmp` holds n values.
 template <class T>
-void layer_norm_backward_row(const T* x, const T* dy, T* dx, Index n, T eps, const T* w, T* gw,
-                             T* gb, T* tmp) {
+void layer_norm_backward_row_impl(const T* x, const T* dy, T* dx, Index n, T eps, const T* w, T* gw,
+                                  T* gb, T* tmp) {
   using Arr = Eigen::Array<T, Eigen::Dynamic, 1>;
   T s = 1;
   const T* xr = x;
@@ -200,6 +219,16 @@ void layer_norm_backward_row(const T* x, const T* dy, T* dx, Index n, T eps, con
   const T a = out.sum() / T(n);
   const T b = (out * xhat).sum() / T(n);
   out = (out - a - xhat * b) * (rstd * s);
+}
+
+// layer_norm_backward_row_impl, or in the compiled mode its build for the level chosen at run time.
+template <class T>
+void layer_norm_backward_row(const T* x, const T* dy, T* dx, Index n, T eps, const T* w, T* gw,
+                             T* gb, T* tmp) {
+  if constexpr (kDispatched<T>)
+    kernels<T>().layer_norm_backward_row(x, dy, dx, n, eps, w, gw, gb, tmp);
+  else
+    layer_norm_backward_row_impl(x, dy, dx, n, eps, w, gw, gb, tmp);
 }
 
 // Rows per block of a norm's backward: blocks are cut from the row count alone, so the weight

@@ -22,6 +22,7 @@
 #include "tessera/core/mask.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/core/threading.hpp"
+#include "tessera/kernels/dispatch.hpp"
 #include "tessera/kernels/simd.hpp"
 
 namespace tessera {
@@ -136,7 +137,7 @@ T infinite_row_max(const T* x, Index n, T m) {
 // One row of softmax; y may alias x. A finite maximum needs no check: a NaN in the row makes the
 // sum NaN and with it every output.
 template <class T>
-void softmax_row(const T* x, T* y, Index n) {
+void softmax_row_impl(const T* x, T* y, Index n) {
   const T m = row_max(x, n);
   if (std::isinf(m)) {
     // -inf: an empty or fully masked row; +inf gives inf - inf, NaN, as in PyTorch.
@@ -148,9 +149,18 @@ void softmax_row(const T* x, T* y, Index n) {
   scale_row(y, n, T(1) / s);
 }
 
+// softmax_row_impl, or in the compiled mode its build for the level chosen at run time.
+template <class T>
+void softmax_row(const T* x, T* y, Index n) {
+  if constexpr (kDispatched<T>)
+    kernels<T>().softmax_row(x, y, n);
+  else
+    softmax_row_impl(x, y, n);
+}
+
 // One row of log-softmax; y may alias x.
 template <class T>
-void log_softmax_row(const T* x, T* y, Index n) {
+void log_softmax_row_impl(const T* x, T* y, Index n) {
   const T m = row_max(x, n);
   if (std::isinf(m)) {
     const T mm = infinite_row_max(x, n, m);
@@ -161,13 +171,31 @@ void log_softmax_row(const T* x, T* y, Index n) {
   shift_row(x, y, n, m, std::log(s));
 }
 
+// log_softmax_row_impl, or in the compiled mode its build for the level chosen at run time.
+template <class T>
+void log_softmax_row(const T* x, T* y, Index n) {
+  if constexpr (kDispatched<T>)
+    kernels<T>().log_softmax_row(x, y, n);
+  else
+    log_softmax_row_impl(x, y, n);
+}
+
 // logsumexp of one row: -inf for an empty or fully masked row, +inf for a row holding +inf
 // (e^inf dominates the sum), NaN for a row holding NaN.
 template <class T>
-T logsumexp_row(const T* x, Index n) {
+T logsumexp_row_impl(const T* x, Index n) {
   const T m = row_max(x, n);
   if (std::isinf(m)) return infinite_row_max(x, n, m);
   return m + std::log(exp_shifted<T>(x, nullptr, n, m));
+}
+
+// logsumexp_row_impl, or in the compiled mode its build for the level chosen at run time.
+template <class T>
+T logsumexp_row(const T* x, Index n) {
+  if constexpr (kDispatched<T>)
+    return kernels<T>().logsumexp_row(x, n);
+  else
+    return logsumexp_row_impl(x, n);
 }
 
 // out has x's shape, and is either x itself or disjoint from it: each row is written after its

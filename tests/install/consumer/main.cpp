@@ -27,8 +27,15 @@ int main() {
       std::printf("consumer: loaded weights give a different output\n");
       return 1;
     }
-  std::printf("consumer: tessera %d.%d.%d works (softmax row 0 = %.4f %.4f %.4f)\n",
-              TESSERA_VERSION_MAJOR, TESSERA_VERSION_MINOR, TESSERA_VERSION_PATCH, p(0, 0), p(0, 1),
-              p(0, 2));
+#ifdef TESSERA_COMPILED
+  const char* mode = "compiled";
+#else
+  const char* mode = "header-only";
+#endif
+  std::printf(
+      "consumer: tessera %d.%d.%d works, %s, kernels at level %s (softmax row 0 = %.4f %.4f "
+      "%.4f)\n",
+      TESSERA_VERSION_MAJOR, TESSERA_VERSION_MINOR, TESSERA_VERSION_PATCH, mode,
+      std::string(tessera::cpu_capability()).c_str(), p(0, 0), p(0, 1), p(0, 2));
   return 0;
 }

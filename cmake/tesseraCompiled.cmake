@@ -1,0 +1,73 @@
+# tessera::compiled: the compiled mode (include/tessera/kernels/dispatch.hpp). A static library
+# holding the dispatched kernels once per instruction-set level, and the dispatcher that picks
+# one at run time. Linking it defines TESSERA_COMPILED for the consumer, whose translation units
+# then call into the library instead of compiling the kernels.
+#
+# Levels: on x86-64 with GCC or Clang and binutils (objcopy, nm): default (the x86-64 baseline,
+# SSE2), avx2 (AVX2 + FMA) and avx512 (AVX-512 F, CD, BW, DQ, VL); elsewhere one level, default,
+# with the compiler's default flags.
+#
+# src/isa_kernels.cpp is compiled once per level. The inline and template functions it
+# instantiates (tessera's, Eigen's, the standard library's) would otherwise be merged across
+# levels and with the consumer's by the linker, which keeps one copy of each: an AVX-512 copy
+# could then run on a CPU without AVX-512, or a baseline copy inside the AVX-512 kernels. So each
+# level's object has every symbol it defines renamed with a suffix of its level
+# (cmake/tesseraIsolateObject.cmake), except its entry point and function-local static data (the
+# thread count, Eigen's settings, scratch buffers: state the levels and the consumer share).
+set(TESSERA_COMPILED_LEVELS default)
+set(tessera_flags_default "")
+if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$" AND CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang"
+   AND CMAKE_OBJCOPY AND CMAKE_NM)
+  set(TESSERA_COMPILED_LEVELS default avx2 avx512)
+  set(tessera_flags_default -march=x86-64 -mtune=generic)
+  set(tessera_flags_avx2 -march=x86-64 -mtune=generic -mavx2 -mfma)
+  set(tessera_flags_avx512 -march=x86-64 -mtune=generic -mavx2 -mfma -mavx512f -mavx512cd
+                           -mavx512bw -mavx512dq -mavx512vl)
+  set(tessera_isolate ON)
+else()
+  set(tessera_isolate OFF)
+endif()
+message(STATUS "tessera: tessera::compiled holds the levels ${TESSERA_COMPILED_LEVELS}")
+
+set(tessera_level_objects "")
+set(tessera_level_definitions "")
+foreach(level ${TESSERA_COMPILED_LEVELS})
+  add_library(tessera_isa_${level} OBJECT ${CMAKE_CURRENT_SOURCE_DIR}/src/isa_kernels.cpp)
+  target_link_libraries(tessera_isa_${level} PRIVATE tessera::tessera)
+  target_compile_definitions(tessera_isa_${level} PRIVATE TESSERA_ISA_LEVEL=${level})
+  target_compile_options(tessera_isa_${level} PRIVATE ${tessera_flags_${level}})
+  set_target_properties(tessera_isa_${level} PROPERTIES POSITION_INDEPENDENT_CODE ON)
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+    target_compile_options(tessera_isa_${level} PRIVATE -Wno-ignored-attributes)
+  endif()
+  if(tessera_isolate)
+    set(out ${CMAKE_CURRENT_BINARY_DIR}/tessera_isa_${level}_isolated${CMAKE_CXX_OUTPUT_EXTENSION})
+    add_custom_command(OUTPUT ${out}
+      COMMAND ${CMAKE_COMMAND} -DNM=${CMAKE_NM} -DOBJCOPY=${CMAKE_OBJCOPY}
+              -DINPUT=$<TARGET_OBJECTS:tessera_isa_${level}> -DOUTPUT=${out}
+              -DKEEP=tessera_isa_kernels_${level} -DSUFFIX=.tessera_${level}
+              -P ${CMAKE_CURRENT_SOURCE_DIR}/cmake/tesseraIsolateObject.cmake
+      DEPENDS tessera_isa_${level} $<TARGET_OBJECTS:tessera_isa_${level}>
+              ${CMAKE_CURRENT_SOURCE_DIR}/cmake/tesseraIsolateObject.cmake
+      COMMENT "tessera: isolating the symbols of the ${level} kernels"
+      VERBATIM)
+    list(APPEND tessera_level_objects ${out})
+  else()
+    list(APPEND tessera_level_objects $<TARGET_OBJECTS:tessera_isa_${level}>)
+  endif()
+  if(NOT level STREQUAL "default")
+    string(TOUPPER ${level} upper)
+    list(APPEND tessera_level_definitions TESSERA_HAVE_${upper})
+  endif()
+endforeach()
+
+add_library(tessera_compiled STATIC ${CMAKE_CURRENT_SOURCE_DIR}/src/dispatch.cpp ${tessera_level_objects})
+add_library(tessera::compiled ALIAS tessera_compiled)
+if(tessera_isolate)
+  set_source_files_properties(${tessera_level_objects} PROPERTIES EXTERNAL_OBJECT TRUE GENERATED TRUE)
+endif()
+set_target_properties(tessera_compiled PROPERTIES EXPORT_NAME compiled OUTPUT_NAME tessera_compiled
+                                                  POSITION_INDEPENDENT_CODE ON)
+target_link_libraries(tessera_compiled PUBLIC tessera::tessera)
+target_compile_definitions(tessera_compiled PUBLIC TESSERA_COMPILED PRIVATE ${tessera_level_definitions})
+target_compile_options(tessera_compiled PRIVATE ${tessera_flags_default})

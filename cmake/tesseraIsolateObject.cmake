@@ -1,0 +1,57 @@
+# cmake -DNM=... -DOBJCOPY=... -DINPUT=<object> -DOUTPUT=<object> -DKEEP=<symbol> -DSUFFIX=<suffix>
+#       -P tesseraIsolateObject.cmake
+# Copies INPUT to OUTPUT with every symbol INPUT defines renamed to <name><SUFFIX> (references inside the
+# object follow), except KEEP and function-local static data (_ZZ..., guards _ZGVZ..., not code), which
+# stay shared with the rest of the program. See cmake/tesseraCompiled.cmake for why.
+foreach(v NM OBJCOPY INPUT OUTPUT KEEP SUFFIX)
+  if(NOT DEFINED ${v})
+    message(FATAL_ERROR "tesseraIsolateObject.cmake: -D${v}=... is required")
+  endif()
+endforeach()
+execute_process(COMMAND ${NM} --defined-only --format=posix ${INPUT}
+                RESULT_VARIABLE rc OUTPUT_VARIABLE listing ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "${NM} failed on ${INPUT}: ${err}")
+endif()
+string(REPLACE "\n" ";" lines "${listing}")
+set(map "")
+set(renamed 0)
+set(found_keep OFF)
+foreach(line ${lines})
+  # posix format: name type value [size]
+  if(NOT line MATCHES "^([^ ]+) ([A-Za-z]) ")
+    continue()
+  endif()
+  set(name ${CMAKE_MATCH_1})
+  set(type ${CMAKE_MATCH_2})
+  # Function-local statics and their guards are data (types B D G R S V u); what else is local to
+  # a function (a lambda's call operator _ZZ...clE..., a local class's destructor) is code, or
+  # the COMDAT signature of code, and is renamed like all code.
+  if(name MATCHES "^(_ZZ|_ZGVZ)" AND type MATCHES "^[BDGRSVu]$")
+    set(shared ON)
+  else()
+    set(shared OFF)
+  endif()
+  # Local symbols stay as they are, but for the signatures of COMDAT groups (type n, e.g. the
+  # C5/D5 groups of constructors and destructors): the linker keeps one group per signature, so
+  # a signature shared with another level would drop this level's copy.
+  # (Type u, lowercase too, is a unique global, e.g. a class template's static data member.)
+  if(type MATCHES "^[a-z]$" AND NOT type MATCHES "^[nu]$")
+    continue()
+  endif()
+  if(name STREQUAL KEEP)
+    set(found_keep ON)
+  elseif(NOT shared)
+    string(APPEND map "${name} ${name}${SUFFIX}\n")
+    math(EXPR renamed "${renamed} + 1")
+  endif()
+endforeach()
+if(NOT found_keep)
+  message(FATAL_ERROR "${INPUT} does not define ${KEEP}")
+endif()
+file(WRITE ${OUTPUT}.map "${map}")
+execute_process(COMMAND ${OBJCOPY} --redefine-syms=${OUTPUT}.map ${INPUT} ${OUTPUT}
+                RESULT_VARIABLE rc ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "${OBJCOPY} failed on ${INPUT}: ${err}")
+endif()

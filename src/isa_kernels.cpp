@@ -31,6 +31,8 @@ using namespace tessera::detail;
 template <class T>
 KernelTable<T> table() {
   return {
+      .gemm_mr = GemmBlocking<T>::MR,
+      .gemm_nr = GemmBlocking<T>::NR,
       .gemm = &gemm_impl<T>,
       .pack_matrix = &PackedMatrixAccess::pack<T>,
       .attention_reference = &attention_reference_impl<T>,

@@ -28,6 +28,8 @@ Index lanes_of(std::string_view level) { return level == "avx512" ? 16 : level =
 TEST(Dispatch, HeaderOnlyRunsWhatTheCompilerFlagsGive) {
   EXPECT_EQ(tessera::cpu_capability(), tessera::detail::compiled_capability());
   EXPECT_EQ(tessera::kernel_float_lanes(), tessera::simd::width<float>);
+  EXPECT_EQ(tessera::gemm_tile<float>().mr, tessera::GemmBlocking<float>::MR);
+  EXPECT_EQ(tessera::gemm_tile<double>().nr, tessera::GemmBlocking<double>::NR);
 #if defined(__x86_64__)
   EXPECT_EQ(tessera::kernel_float_lanes(), lanes_of(tessera::cpu_capability()));
 #endif
@@ -59,6 +61,10 @@ TEST(Dispatch, CompiledRunsTheRequestedOrTheBestLevel) {
   EXPECT_TRUE(cpu_supports(level));
 #if defined(__x86_64__)
   EXPECT_EQ(tessera::kernel_float_lanes(), lanes_of(level));
+  // The GEMM tile of the level: two packets wide, 12 rows with AVX-512's 32 registers, else 6.
+  EXPECT_EQ(tessera::gemm_tile<float>().nr, 2 * lanes_of(level));
+  EXPECT_EQ(tessera::gemm_tile<double>().nr, lanes_of(level));
+  EXPECT_EQ(tessera::gemm_tile<float>().mr, level == "avx512" ? 12 : 6);
 #endif
 }
 

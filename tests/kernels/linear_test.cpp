@@ -531,7 +531,6 @@ TYPED_TEST(LinearTest, ResidualIsAddedAfterTheActivation) {
 // bias, activation and residual, through linear and linear_into.
 TYPED_TEST(LinearTest, PackedWeightEqualsUnpacked) {
   using T = TypeParam;
-  using B = tessera::GemmBlocking<T>;
   std::uint64_t seed = 700;
   for (const LinearSize& s : kLinearSizes)
     for (bool epilogue : {false, true}) {
@@ -558,8 +557,8 @@ TYPED_TEST(LinearTest, PackedWeightEqualsUnpacked) {
         EXPECT_TRUE(products_close(
             got.data(), ref_linear<T>(x.data(), w.data(), nullptr, s.rows, s.in, s.out)));
       }
-      const bool same_path =
-          !tessera::kGemmUsesBlas && s.rows >= B::MR && s.rows * s.in * s.out >= 32 * 32 * 32;
+      const bool same_path = !tessera::kGemmUsesBlas && s.rows >= tessera::gemm_tile<T>().mr &&
+                             s.rows * s.in * s.out >= 32 * 32 * 32;
       for (Index i = 0; i < got.size(); ++i) {
         if (same_path) {
           ASSERT_EQ(got.data()[i], want.data()[i]) << "flat index " << i;

@@ -43,6 +43,7 @@ struct AttentionBackwardProblem;
 // function of the same name (the `_impl` behind it), compiled for one instruction set.
 template <class T>
 struct KernelTable {
+  Index gemm_mr, gemm_nr;  // the GEMM's register tile at this level (GemmBlocking<T>::MR, NR)
   void (*gemm)(const GemmProblem<T>&);
   void (*pack_matrix)(PackedMatrix<T>&, const T* b, Index ldb, bool trans, Index k, Index n);
   void (*attention_reference)(const AttentionProblem<T>&);

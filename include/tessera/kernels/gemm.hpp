@@ -89,6 +89,20 @@ struct GemmBlocking {
   static constexpr Index NC = TESSERA_GEMM_NC_SLIVERS * NR;
 };
 
+// The register tile (MR rows by NR columns) of the GEMM that runs for scalar type T: GemmBlocking
+// on the compile target, or in the compiled mode that of the level chosen at run time. Products
+// with fewer than MR rows and an unpacked b go through Eigen (see gemm below).
+struct GemmTile {
+  Index mr, nr;
+};
+template <class T>
+GemmTile gemm_tile() {
+  if constexpr (detail::kDispatched<T>)
+    return {detail::kernels<T>().gemm_mr, detail::kernels<T>().gemm_nr};
+  else
+    return {GemmBlocking<T>::MR, GemmBlocking<T>::NR};
+}
+
 namespace detail {
 
 // One aligned scratch buffer per thread and slot, grown on demand and kept for the next call.

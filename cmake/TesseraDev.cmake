@@ -33,9 +33,6 @@ if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
   target_compile_options(tessera_dev INTERFACE -Wno-maybe-uninitialized -Wno-uninitialized -Wno-restrict)
 endif()
 
-if(NOT CMAKE_BUILD_TYPE AND NOT CMAKE_CONFIGURATION_TYPES)
-  set(CMAKE_BUILD_TYPE Release CACHE STRING "Build type" FORCE)
-endif()
 
 # tessera_input_targets(<source> <out_targets> <out_missing>): the input-layer targets
 # (cmake/tesseraInputs.cmake) a test, benchmark or example needs, read from the tessera/text,

@@ -3,9 +3,11 @@
 # one at run time. Linking it defines TESSERA_COMPILED for the consumer, whose translation units
 # then call into the library instead of compiling the kernels.
 #
-# Levels: on x86-64 with GCC or Clang and binutils (objcopy, nm): default (the x86-64 baseline,
-# SSE2), avx2 (AVX2 + FMA) and avx512 (AVX-512 F, CD, BW, DQ, VL); elsewhere one level, default,
-# with the compiler's default flags.
+# Levels: on x86-64 ELF systems with GCC or Clang and binutils (objcopy, nm): default (the x86-64
+# baseline, SSE2), avx2 (AVX2 + FMA) and avx512 (AVX-512 F, CD, BW, DQ, VL); elsewhere one level,
+# default, with the compiler's default flags. The level objects are built without link-time
+# optimisation (their symbols are renamed in the machine code), and at -O2 where no build type
+# gives an optimisation level.
 #
 # src/isa_kernels.cpp is compiled once per level. The inline and template functions it
 # instantiates (tessera's, Eigen's, the standard library's) would otherwise be merged across
@@ -16,7 +18,8 @@
 # thread count, Eigen's settings, scratch buffers: state the levels and the consumer share).
 set(TESSERA_COMPILED_LEVELS default)
 set(tessera_flags_default "")
-if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$" AND CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang"
+if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$" AND CMAKE_EXECUTABLE_FORMAT STREQUAL "ELF"
+   AND CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang" AND NOT CMAKE_CXX_COMPILER_FRONTEND_VARIANT STREQUAL "MSVC"
    AND CMAKE_OBJCOPY AND CMAKE_NM)
   set(TESSERA_COMPILED_LEVELS default avx2 avx512)
   set(tessera_flags_default -march=x86-64 -mtune=generic)
@@ -36,12 +39,17 @@ foreach(level ${TESSERA_COMPILED_LEVELS})
   target_link_libraries(tessera_isa_${level} PRIVATE tessera::tessera)
   target_compile_definitions(tessera_isa_${level} PRIVATE TESSERA_ISA_LEVEL=${level})
   target_compile_options(tessera_isa_${level} PRIVATE ${tessera_flags_${level}})
-  set_target_properties(tessera_isa_${level} PROPERTIES POSITION_INDEPENDENT_CODE ON)
+  set_target_properties(tessera_isa_${level} PROPERTIES POSITION_INDEPENDENT_CODE ON
+                                                        INTERPROCEDURAL_OPTIMIZATION OFF)
+  target_compile_options(tessera_isa_${level} PRIVATE $<$<CONFIG:>:-O2>)
+  if(tessera_isolate)
+    target_compile_options(tessera_isa_${level} PRIVATE -fno-lto)
+  endif()
   if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
     target_compile_options(tessera_isa_${level} PRIVATE -Wno-ignored-attributes)
   endif()
   if(tessera_isolate)
-    set(out ${CMAKE_CURRENT_BINARY_DIR}/tessera_isa_${level}_isolated${CMAKE_CXX_OUTPUT_EXTENSION})
+    set(out ${CMAKE_CURRENT_BINARY_DIR}/tessera_isolated/$<CONFIG>/tessera_isa_${level}${CMAKE_CXX_OUTPUT_EXTENSION})
     add_custom_command(OUTPUT ${out}
       COMMAND ${CMAKE_COMMAND} -DNM=${CMAKE_NM} -DOBJCOPY=${CMAKE_OBJCOPY}
               -DINPUT=$<TARGET_OBJECTS:tessera_isa_${level}> -DOUTPUT=${out}
@@ -70,4 +78,4 @@ set_target_properties(tessera_compiled PROPERTIES EXPORT_NAME compiled OUTPUT_NA
                                                   POSITION_INDEPENDENT_CODE ON)
 target_link_libraries(tessera_compiled PUBLIC tessera::tessera)
 target_compile_definitions(tessera_compiled PUBLIC TESSERA_COMPILED PRIVATE ${tessera_level_definitions})
-target_compile_options(tessera_compiled PRIVATE ${tessera_flags_default})
+target_compile_options(tessera_compiled PRIVATE ${tessera_flags_default} $<$<CONFIG:>:-O2>)

@@ -1,7 +1,8 @@
 # cmake -DNM=... -DOBJCOPY=... -DINPUT=<object> -DOUTPUT=<object> -DKEEP=<symbol> -DSUFFIX=<suffix>
 #       -P tesseraIsolateObject.cmake
 # Copies INPUT to OUTPUT with every symbol INPUT defines renamed to <name><SUFFIX> (references inside the
-# object follow), except KEEP and function-local static data (_ZZ..., guards _ZGVZ..., not code), which
+# object follow), except KEEP, function-local static data (_ZZ..., guards _ZGVZ..., not code) and type_info
+# (_ZTI..., _ZTS...), which
 # stay shared with the rest of the program. See cmake/tesseraCompiled.cmake for why.
 foreach(v NM OBJCOPY INPUT OUTPUT KEEP SUFFIX)
   if(NOT DEFINED ${v})
@@ -12,6 +13,12 @@ execute_process(COMMAND ${NM} --defined-only --format=posix ${INPUT}
                 RESULT_VARIABLE rc OUTPUT_VARIABLE listing ERROR_VARIABLE err)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "${NM} failed on ${INPUT}: ${err}")
+endif()
+# objcopy renames the symbols of machine code; the GIMPLE or bitcode of an LTO object would be
+# linked under the old names (and merged across levels), so LTO objects are refused.
+if(listing MATCHES "(^|\n)__gnu_lto_|(^|\n)__LLVM_")
+  message(FATAL_ERROR "${INPUT} holds link-time-optimisation code, which cannot be isolated; build "
+                      "the tessera_isa_* objects without -flto")
 endif()
 string(REPLACE "\n" ";" lines "${listing}")
 set(map "")
@@ -26,8 +33,11 @@ foreach(line ${lines})
   set(type ${CMAKE_MATCH_2})
   # Function-local statics and their guards are data (types B D G R S V u); what else is local to
   # a function (a lambda's call operator _ZZ...clE..., a local class's destructor) is code, or
-  # the COMDAT signature of code, and is renamed like all code.
-  if(name MATCHES "^(_ZZ|_ZGVZ)" AND type MATCHES "^[BDGRSVu]$")
+  # the COMDAT signature of code, and is renamed like all code. type_info objects and their names
+  # (_ZTI, _ZTS) are the same at every level and stay shared too: a C++ runtime that compares
+  # type_info by address (libc++) would otherwise not match a tessera::ValueError thrown by the
+  # kernels to the consumer's catch. (Vtables point to code and are renamed.)
+  if(name MATCHES "^(_ZZ|_ZGVZ|_ZTI|_ZTS)" AND type MATCHES "^[BDGRSVu]$")
     set(shared ON)
   else()
     set(shared OFF)
@@ -49,6 +59,8 @@ endforeach()
 if(NOT found_keep)
   message(FATAL_ERROR "${INPUT} does not define ${KEEP}")
 endif()
+get_filename_component(dir ${OUTPUT} DIRECTORY)
+file(MAKE_DIRECTORY ${dir})
 file(WRITE ${OUTPUT}.map "${map}")
 execute_process(COMMAND ${OBJCOPY} --redefine-syms=${OUTPUT}.map ${INPUT} ${OUTPUT}
                 RESULT_VARIABLE rc ERROR_VARIABLE err)

@@ -1,6 +1,7 @@
 // tessera's compiled library: chooses, once per process, the instruction-set level the dispatched
 // kernels run with (kernels/dispatch.hpp). CMake compiles this file for the baseline of the target
 // and defines TESSERA_HAVE_AVX2 and TESSERA_HAVE_AVX512 for the levels it built.
+#include <cctype>
 #include <cstdlib>
 #include <string>
 #include <string_view>
@@ -58,9 +59,13 @@ const IsaKernels* built(std::string_view level) {
 const IsaKernels& choose_kernels(const char* env) {
   constexpr std::string_view fn = "tessera (environment variable TESSERA_CPU_CAPABILITY)";
   if (env && *env) {
-    const std::string_view want = env;
+    // Any case: PyTorch's ATEN_CPU_CAPABILITY is written in lower case, its
+    // get_cpu_capability() answers in upper case.
+    std::string lower(env);
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    const std::string_view want = lower;
     if (want != "default" && want != "avx2" && want != "avx512")
-      raise<ValueError>(fn, "value is '", want, "', expected one of default, avx2, avx512");
+      raise<ValueError>(fn, "value is '", env, "', expected one of default, avx2, avx512");
     const IsaKernels* k = built(want);
     if (!k) {
       std::string held = "default";
@@ -85,12 +90,16 @@ const IsaKernels& selected_kernels() {
   return k;
 }
 
+void resolve_kernel_level() { (void)selected_kernels(); }
+
 }  // namespace tessera::detail
 
 namespace tessera {
+TESSERA_BEGIN_MODE_NAMESPACE
 
 std::string_view cpu_capability() { return detail::selected_kernels().name; }
 
 int kernel_float_lanes() { return detail::selected_kernels().float_lanes; }
 
+TESSERA_END_MODE_NAMESPACE
 }  // namespace tessera

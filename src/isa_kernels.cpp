@@ -11,6 +11,8 @@
 #include "tessera/kernels/norm.hpp"
 #include "tessera/kernels/softmax.hpp"
 
+#include <string_view>
+
 #ifndef TESSERA_ISA_LEVEL
 #error "TESSERA_ISA_LEVEL (default, avx2 or avx512) must be defined"
 #endif
@@ -28,8 +30,11 @@ namespace {
 using namespace tessera;
 using namespace tessera::detail;
 
+// Constant-initialised (constinit below): the table is filled in when the program is loaded, not by
+// a static initialiser, so a kernel called from another translation unit's static initialiser,
+// which may run first, finds it complete.
 template <class T>
-KernelTable<T> table() {
+constexpr KernelTable<T> table() {
   return {
       .gemm_mr = GemmBlocking<T>::MR,
       .gemm_nr = GemmBlocking<T>::NR,
@@ -51,8 +56,14 @@ KernelTable<T> table() {
   };
 }
 
-const IsaKernels kKernels{TESSERA_STRINGIFY(TESSERA_ISA_LEVEL),
-                          static_cast<int>(simd::width<float>), table<float>(), table<double>()};
+constinit const IsaKernels kKernels{TESSERA_STRINGIFY(TESSERA_ISA_LEVEL),
+                                    static_cast<int>(simd::width<float>), table<float>(),
+                                    table<double>()};
+
+// The flags gave the level this object is named after: -m flags in CMAKE_CXX_FLAGS (-mavx2, say)
+// are not undone by a level's -march=x86-64, and would otherwise leak into the baseline.
+static_assert(compiled_capability() == TESSERA_STRINGIFY(TESSERA_ISA_LEVEL),
+              "the flags of this level of tessera::compiled give another instruction set");
 
 }  // namespace
 

@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <string>
 #include <string_view>
@@ -15,6 +16,7 @@
 #include "tessera/core/error.hpp"
 #include "tessera/kernels/gemm.hpp"
 #include "tessera/kernels/simd.hpp"
+#include "tessera/kernels/softmax.hpp"
 #include "test_util.hpp"
 
 namespace dispatch_test {
@@ -22,6 +24,20 @@ namespace dispatch_test {
 using tessera::Index;
 
 Index lanes_of(std::string_view level) { return level == "avx512" ? 16 : level == "avx2" ? 8 : 4; }
+
+// A kernel called from a static initialiser, which may run before the compiled library's own:
+// the library's tables are constant-initialised, so this finds them complete.
+float static_softmax_value() {
+  std::vector<float> x{1.0f, 2.0f, 3.0f}, y(3);
+  tessera::detail::softmax_row(x.data(), y.data(), Index{3});
+  return y[2];
+}
+const float kStaticSoftmax = static_softmax_value();
+
+TEST(Dispatch, KernelsWorkInStaticInitialisers) {
+  EXPECT_NEAR(kStaticSoftmax, std::exp(3.0f) / (std::exp(1.0f) + std::exp(2.0f) + std::exp(3.0f)),
+              1e-6f);
+}
 
 #ifndef TESSERA_COMPILED
 
@@ -80,8 +96,44 @@ TEST(Dispatch, EveryLevelTheCpuSupportsCanBeChosen) {
     EXPECT_NE(k.f32.gemm, nullptr);
     EXPECT_NE(k.f64.attention_fused, nullptr);
   }
-  // An empty value is no request.
+  // An empty value is no request; any case is accepted.
   EXPECT_EQ(std::string_view(choose_kernels("").name), choose_kernels(nullptr).name);
+  EXPECT_EQ(std::string_view(choose_kernels("DEFAULT").name), "default");
+}
+
+// Every level the CPU runs gives the same results as the others, up to rounding, on a softmax
+// row and a product (called through each level's table, in one process).
+TEST(Dispatch, EveryLevelComputesTheSameResults) {
+  const Index n = 37, m = 13, k = 29;
+  std::vector<double> x(static_cast<std::size_t>(n)), y0, c0;
+  std::vector<double> a(static_cast<std::size_t>(m * k)), b(static_cast<std::size_t>(k * n));
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.7 * double(i));
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = std::cos(0.3 * double(i));
+  for (std::size_t i = 0; i < b.size(); ++i) b[i] = std::sin(0.11 * double(i) + 1.0);
+  for (const char* level : {"default", "avx2", "avx512"}) {
+    if (!cpu_supports(level)) continue;
+    SCOPED_TRACE(level);
+    const auto& t = choose_kernels(level).f64;
+    std::vector<double> y(x.size()), c(static_cast<std::size_t>(m * n));
+    t.softmax_row(x.data(), y.data(), n);
+    tessera::GemmProblem<double> p{.m = m,
+                                   .n = n,
+                                   .k = k,
+                                   .a = a.data(),
+                                   .lda = k,
+                                   .b = b.data(),
+                                   .ldb = n,
+                                   .c = c.data(),
+                                   .ldc = n};
+    t.gemm(p);
+    if (y0.empty()) {
+      y0 = y;
+      c0 = c;
+      continue;
+    }
+    for (std::size_t i = 0; i < y.size(); ++i) EXPECT_NEAR(y[i], y0[i], 1e-15) << "softmax " << i;
+    for (std::size_t i = 0; i < c.size(); ++i) EXPECT_NEAR(c[i], c0[i], 1e-12) << "gemm " << i;
+  }
 }
 
 TEST(Dispatch, BadRequestsAreErrors) {

@@ -19,6 +19,13 @@
 namespace tessera {
 
 namespace detail {
+#if defined(TESSERA_COMPILED)
+// Chooses the kernels' instruction-set level now if it is not chosen yet (src/dispatch.cpp;
+// kernels/dispatch.hpp), throwing ValueError for a bad TESSERA_CPU_CAPABILITY: parallel_for calls
+// it before it starts threads, because an exception cannot leave an OpenMP region.
+void resolve_kernel_level();
+#endif
+
 inline std::atomic<int>& thread_setting() {
   static std::atomic<int> n{0};  // 0: not set, use the OpenMP default
   return n;
@@ -64,6 +71,9 @@ void parallel_for(Index n, Index grain, Body&& body) {
   const Index threads =
       std::min<Index>(num_threads(), std::max<Index>(1, n / std::max<Index>(grain, 1)));
   if (threads > 1 && !omp_in_parallel()) {
+#if defined(TESSERA_COMPILED)
+    detail::resolve_kernel_level();
+#endif
 #pragma omp parallel num_threads(static_cast <int>(threads))
     {
       const Index t = omp_get_thread_num();

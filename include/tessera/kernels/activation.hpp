@@ -126,6 +126,7 @@ void activate_impl(Activation act, const T* x, T* out, Index n) {
   }
 }
 
+TESSERA_BEGIN_MODE_NAMESPACE
 // activate_impl, or in the compiled mode its build for the level chosen at run time.
 template <class T>
 void activate(Activation act, const T* x, T* out, Index n) {
@@ -134,6 +135,7 @@ void activate(Activation act, const T* x, T* out, Index n) {
   else
     activate_impl(act, x, out, n);
 }
+TESSERA_END_MODE_NAMESPACE
 
 // dx = dy * act'(x) over n contiguous elements (x: the activation's input); dx may alias dy.
 // The derivatives are PyTorch's backward formulas (torch/csrc/autograd/FunctionsManual.cpp,
@@ -184,6 +186,7 @@ void activate_backward_impl(Activation act, const T* x, const T* dy, T* dx, Inde
   }
 }
 
+TESSERA_BEGIN_MODE_NAMESPACE
 // activate_backward_impl, or in the compiled mode its build for the level chosen at run time.
 template <class T>
 void activate_backward(Activation act, const T* x, const T* dy, T* dx, Index n) {
@@ -192,6 +195,7 @@ void activate_backward(Activation act, const T* x, const T* dy, T* dx, Index n) 
   else
     activate_backward_impl(act, x, dy, dx, n);
 }
+TESSERA_END_MODE_NAMESPACE
 
 }  // namespace detail
 

@@ -89,6 +89,7 @@ void attention_reference_impl(const AttentionProblem<T>& p) {
   });
 }
 
+TESSERA_BEGIN_MODE_NAMESPACE
 // attention_reference_impl, or in the compiled mode its build for the level chosen at run time.
 template <class T>
 void attention_reference(const AttentionProblem<T>& p) {
@@ -97,6 +98,7 @@ void attention_reference(const AttentionProblem<T>& p) {
   else
     attention_reference_impl(p);
 }
+TESSERA_END_MODE_NAMESPACE
 
 // Runs the problem on the fused kernel when it can (no weights requested), else the reference.
 template <class T>

@@ -524,6 +524,7 @@ void attention_backward_fused_impl(const AttentionBackwardProblem<T>& bp) {
   attention_backward_fused_with<T, AttentionTileGemm::tessera>(bp);
 }
 
+TESSERA_BEGIN_MODE_NAMESPACE
 // attention_backward_fused_impl, or in the compiled mode its build for the level chosen at run
 // time.
 template <class T>
@@ -533,6 +534,7 @@ void attention_backward_fused(const AttentionBackwardProblem<T>& bp) {
   else
     attention_backward_fused_impl(bp);
 }
+TESSERA_END_MODE_NAMESPACE
 
 // The logsumexp of every row of the problem's masked, scaled scores, into p.lse (which must be
 // set): blocks of query rows at a time, for the reference forward, which does not write it.
@@ -563,6 +565,7 @@ void attention_lse_reference_impl(const AttentionProblem<T>& p) {
   });
 }
 
+TESSERA_BEGIN_MODE_NAMESPACE
 // attention_lse_reference_impl, or in the compiled mode its build for the level chosen at run time.
 template <class T>
 void attention_lse_reference(const AttentionProblem<T>& p) {
@@ -571,6 +574,7 @@ void attention_lse_reference(const AttentionProblem<T>& p) {
   else
     attention_lse_reference_impl(p);
 }
+TESSERA_END_MODE_NAMESPACE
 
 // The backward with each head's Lq x Lk probabilities materialised (Eigen products): for tests
 // and as a fallback. The same formulas as the fused path, P = exp(S - lse).
@@ -633,6 +637,7 @@ void attention_backward_reference_impl(const AttentionBackwardProblem<T>& bp) {
   });
 }
 
+TESSERA_BEGIN_MODE_NAMESPACE
 // attention_backward_reference_impl, or in the compiled mode its build for the level chosen at run
 // time.
 template <class T>
@@ -642,6 +647,7 @@ void attention_backward_reference(const AttentionBackwardProblem<T>& bp) {
   else
     attention_backward_reference_impl(bp);
 }
+TESSERA_END_MODE_NAMESPACE
 
 // Runs the backward on the fused kernel, or on the reference with AttentionImpl::reference.
 template <class T>

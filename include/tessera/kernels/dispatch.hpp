@@ -9,13 +9,22 @@
 // library holds them once per instruction-set level (x86-64 baseline, AVX2 + FMA, AVX-512), and
 // the first kernel call picks the best level this CPU and its operating system support, from
 // CPUID (GCC's and Clang's __builtin_cpu_supports). The environment variable
-// TESSERA_CPU_CAPABILITY forces a level (default, avx2 or avx512, as PyTorch's
+// TESSERA_CPU_CAPABILITY forces a level (default, avx2 or avx512, in any case, as PyTorch's
 // ATEN_CPU_CAPABILITY does); a level the CPU lacks, or one the library was built without, is an
-// error raised by that first call. The consumer's own flags then only set how its non-kernel code
-// (module bookkeeping, Eigen expressions outside the kernels) is compiled.
+// error raised by that first call (before any thread starts when the call is a parallel one). The
+// consumer's own flags then only set how its non-kernel code (module bookkeeping, Eigen expressions
+// outside the kernels) is compiled.
 //
 // A program uses one mode throughout: its translation units either all define TESSERA_COMPILED
-// or none does.
+// or none does. The entry points that differ between the modes (the kernels' routers below, in
+// each kernel header, PackedMatrix's packing constructor, cpu_capability) are declared in an
+// inline namespace named after the mode (or carry an ABI tag), so a program that mixes modes
+// holds both versions side by side instead of one chosen by the linker for both.
+//
+// In the compiled mode the library's build decides what its kernels are: tuning macros
+// (TESSERA_GEMM_KC, ...), TESSERA_USE_BLAS and NDEBUG given to a consumer do not reach them, and
+// the library and its consumers must agree on the standard library's ABI (_GLIBCXX_DEBUG, which
+// changes the layout of std::vector, is refused below).
 #pragma once
 
 #include <string_view>
@@ -23,6 +32,24 @@
 
 #include "tessera/core/config.hpp"
 #include "tessera/kernels/simd.hpp"
+
+#if defined(TESSERA_COMPILED) && defined(_GLIBCXX_DEBUG)
+#error \
+    "tessera's compiled mode (TESSERA_COMPILED) cannot be used with _GLIBCXX_DEBUG: the library's containers have the release layout"
+#endif
+
+#if defined(TESSERA_COMPILED)
+#define TESSERA_BEGIN_MODE_NAMESPACE inline namespace compiled_mode {
+#if defined(__GNUC__)
+#define TESSERA_MODE_TAG [[gnu::abi_tag("tessera_compiled")]]
+#endif
+#else
+#define TESSERA_BEGIN_MODE_NAMESPACE inline namespace header_only_mode {
+#endif
+#define TESSERA_END_MODE_NAMESPACE }
+#ifndef TESSERA_MODE_TAG
+#define TESSERA_MODE_TAG
+#endif
 
 namespace tessera {
 
@@ -85,6 +112,7 @@ const IsaKernels& selected_kernels();
 const IsaKernels& choose_kernels(const char* request);
 // Whether this CPU and its operating system support a level ("default", "avx2", "avx512").
 bool cpu_supports(std::string_view level);
+// (resolve_kernel_level(), which parallel_for calls, is declared in core/threading.hpp.)
 
 template <class T>
 const KernelTable<T>& kernels() {
@@ -114,6 +142,7 @@ inline constexpr std::string_view compiled_capability() {
 
 }  // namespace detail
 
+TESSERA_BEGIN_MODE_NAMESPACE
 #if defined(TESSERA_COMPILED)
 // The instruction-set level the kernels run with: "default" (the x86-64 baseline, SSE2, or the
 // non-x86 build), "avx2" (AVX2 + FMA) or "avx512" (AVX-512 F, CD, BW, DQ, VL). Throws ValueError
@@ -125,5 +154,6 @@ int kernel_float_lanes();
 inline std::string_view cpu_capability() { return detail::compiled_capability(); }
 inline int kernel_float_lanes() { return static_cast<int>(simd::width<float>); }
 #endif
+TESSERA_END_MODE_NAMESPACE
 
 }  // namespace tessera

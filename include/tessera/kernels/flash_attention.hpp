@@ -838,6 +838,7 @@ void attention_fused_impl(const AttentionProblem<T>& p) {
   });
 }
 
+TESSERA_BEGIN_MODE_NAMESPACE
 // attention_fused_impl, or in the compiled mode its build for the level chosen at run time.
 template <class T>
 void attention_fused(const AttentionProblem<T>& p) {
@@ -846,5 +847,6 @@ void attention_fused(const AttentionProblem<T>& p) {
   else
     attention_fused_impl(p);
 }
+TESSERA_END_MODE_NAMESPACE
 
 }  // namespace tessera::detail

@@ -95,6 +95,7 @@ struct GemmBlocking {
 struct GemmTile {
   Index mr, nr;
 };
+TESSERA_BEGIN_MODE_NAMESPACE
 template <class T>
 GemmTile gemm_tile() {
   if constexpr (detail::kDispatched<T>)
@@ -102,6 +103,7 @@ GemmTile gemm_tile() {
   else
     return {GemmBlocking<T>::MR, GemmBlocking<T>::NR};
 }
+TESSERA_END_MODE_NAMESPACE
 
 namespace detail {
 
@@ -309,7 +311,7 @@ class PackedMatrix {
   // The slivers are as wide as the GEMM's tile on the instruction set the packing runs with; in
   // the compiled mode (kernels/dispatch.hpp) that is the level chosen at run time, the same as the
   // products that read it.
-  PackedMatrix(const T* b, Index ldb, bool trans, Index k, Index n) {
+  TESSERA_MODE_TAG PackedMatrix(const T* b, Index ldb, bool trans, Index k, Index n) {
     if constexpr (detail::kDispatched<T>)
       detail::kernels<T>().pack_matrix(*this, b, ldb, trans, k, n);
     else
@@ -580,6 +582,7 @@ void gemm_impl(const GemmProblem<T>& p) {
 // In the compiled mode the product runs in the library, on the instruction set chosen at run time
 // (kernels/dispatch.hpp). Throws ValueError when packed_b is empty, or was packed for slivers of
 // another width (by code compiled for another instruction set).
+TESSERA_BEGIN_MODE_NAMESPACE
 template <class T>
 void gemm(const GemmProblem<T>& p) {
   if constexpr (detail::kDispatched<T>)
@@ -587,5 +590,6 @@ void gemm(const GemmProblem<T>& p) {
   else
     detail::gemm_impl(p);
 }
+TESSERA_END_MODE_NAMESPACE
 
 }  // namespace tessera

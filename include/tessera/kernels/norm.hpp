@@ -133,6 +133,7 @@ void layer_norm_row_impl(const T* x, T* y, Index n, T eps, const T* w, const T* 
   affine_row(x, y, n, shift, mean_d, T(1) / std::sqrt(var + eps), w, b);
 }
 
+TESSERA_BEGIN_MODE_NAMESPACE
 // layer_norm_row_impl, or in the compiled mode its build for the level chosen at run time.
 template <class T>
 void layer_norm_row(const T* x, T* y, Index n, T eps, const T* w, const T* b,
@@ -142,6 +143,7 @@ void layer_norm_row(const T* x, T* y, Index n, T eps, const T* w, const T* b,
   else
     layer_norm_row_impl(x, y, n, eps, w, b, may_rescale);
 }
+TESSERA_END_MODE_NAMESPACE
 
 template <class T>
 void rms_norm_row_impl(const T* x, T* y, Index n, T eps, const T* w, bool may_rescale = true) {
@@ -165,6 +167,7 @@ void rms_norm_row_impl(const T* x, T* y, Index n, T eps, const T* w, bool may_re
     ya = xa * scale;
 }
 
+TESSERA_BEGIN_MODE_NAMESPACE
 // rms_norm_row_impl, or in the compiled mode its build for the level chosen at run time.
 template <class T>
 void rms_norm_row(const T* x, T* y, Index n, T eps, const T* w, bool may_rescale = true) {
@@ -173,6 +176,7 @@ void rms_norm_row(const T* x, T* y, Index n, T eps, const T* w, bool may_rescale
   else
     rms_norm_row_impl(x, y, n, eps, w, may_rescale);
 }
+TESSERA_END_MODE_NAMESPACE
 
 // The backward of layer_norm_row for one row: dx from dy, and dy * xhat, dy added into gw, gb
 // (each optional). With xhat = (x - mean) rstd and g = dy * w (dy without a weight):
@@ -221,6 +225,7 @@ void layer_norm_backward_row_impl(const T* x, const T* dy, T* dx, Index n, T eps
   out = (out - a - xhat * b) * (rstd * s);
 }
 
+TESSERA_BEGIN_MODE_NAMESPACE
 // layer_norm_backward_row_impl, or in the compiled mode its build for the level chosen at run time.
 template <class T>
 void layer_norm_backward_row(const T* x, const T* dy, T* dx, Index n, T eps, const T* w, T* gw,
@@ -230,6 +235,7 @@ void layer_norm_backward_row(const T* x, const T* dy, T* dx, Index n, T eps, con
   else
     layer_norm_backward_row_impl(x, dy, dx, n, eps, w, gw, gb, tmp);
 }
+TESSERA_END_MODE_NAMESPACE
 
 // Rows per block of a norm's backward: blocks are cut from the row count alone, so the weight
 // and bias gradients (summed per block, then over blocks in order) are the same for every

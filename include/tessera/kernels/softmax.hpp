@@ -149,6 +149,7 @@ void softmax_row_impl(const T* x, T* y, Index n) {
   scale_row(y, n, T(1) / s);
 }
 
+TESSERA_BEGIN_MODE_NAMESPACE
 // softmax_row_impl, or in the compiled mode its build for the level chosen at run time.
 template <class T>
 void softmax_row(const T* x, T* y, Index n) {
@@ -157,6 +158,7 @@ void softmax_row(const T* x, T* y, Index n) {
   else
     softmax_row_impl(x, y, n);
 }
+TESSERA_END_MODE_NAMESPACE
 
 // One row of log-softmax; y may alias x.
 template <class T>
@@ -171,6 +173,7 @@ void log_softmax_row_impl(const T* x, T* y, Index n) {
   shift_row(x, y, n, m, std::log(s));
 }
 
+TESSERA_BEGIN_MODE_NAMESPACE
 // log_softmax_row_impl, or in the compiled mode its build for the level chosen at run time.
 template <class T>
 void log_softmax_row(const T* x, T* y, Index n) {
@@ -179,6 +182,7 @@ void log_softmax_row(const T* x, T* y, Index n) {
   else
     log_softmax_row_impl(x, y, n);
 }
+TESSERA_END_MODE_NAMESPACE
 
 // logsumexp of one row: -inf for an empty or fully masked row, +inf for a row holding +inf
 // (e^inf dominates the sum), NaN for a row holding NaN.
@@ -189,6 +193,7 @@ T logsumexp_row_impl(const T* x, Index n) {
   return m + std::log(exp_shifted<T>(x, nullptr, n, m));
 }
 
+TESSERA_BEGIN_MODE_NAMESPACE
 // logsumexp_row_impl, or in the compiled mode its build for the level chosen at run time.
 template <class T>
 T logsumexp_row(const T* x, Index n) {
@@ -197,6 +202,7 @@ T logsumexp_row(const T* x, Index n) {
   else
     return logsumexp_row_impl(x, n);
 }
+TESSERA_END_MODE_NAMESPACE
 
 // out has x's shape, and is either x itself or disjoint from it: each row is written after its
 // own row of x is read, so a partial overlap would feed rows already written back in.

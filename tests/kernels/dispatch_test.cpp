@@ -138,8 +138,8 @@ TEST(Dispatch, EveryLevelComputesTheSameResults) {
 
 TEST(Dispatch, BadRequestsAreErrors) {
   TESSERA_EXPECT_THROW_MSG(
-      choose_kernels("AVX2"), tessera::ValueError,
-      "TESSERA_CPU_CAPABILITY): value is 'AVX2', expected one of default, avx2, "
+      choose_kernels("AVX-2"), tessera::ValueError,
+      "TESSERA_CPU_CAPABILITY): value is 'AVX-2', expected one of default, avx2, "
       "avx512");
   TESSERA_EXPECT_THROW_MSG(choose_kernels("sse4"), tessera::ValueError, "value is 'sse4'");
   for (const char* level : {"avx2", "avx512"})

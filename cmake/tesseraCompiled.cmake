@@ -14,8 +14,9 @@
 # levels and with the consumer's by the linker, which keeps one copy of each: an AVX-512 copy
 # could then run on a CPU without AVX-512, or a baseline copy inside the AVX-512 kernels. So each
 # level's object has every symbol it defines renamed with a suffix of its level
-# (cmake/tesseraIsolateObject.cmake), except its entry point and function-local static data (the
-# thread count, Eigen's settings, scratch buffers: state the levels and the consumer share).
+# (cmake/tesseraIsolateObject.cmake), except its entry point, function-local static data (the
+# thread count, Eigen's settings, scratch buffers: state the levels and the consumer share) and
+# type_info.
 set(TESSERA_COMPILED_LEVELS default)
 set(tessera_flags_default "")
 if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$" AND CMAKE_EXECUTABLE_FORMAT STREQUAL "ELF"
@@ -42,13 +43,11 @@ foreach(level ${TESSERA_COMPILED_LEVELS})
   set_target_properties(tessera_isa_${level} PROPERTIES POSITION_INDEPENDENT_CODE ON
                                                         INTERPROCEDURAL_OPTIMIZATION OFF)
   target_compile_options(tessera_isa_${level} PRIVATE $<$<CONFIG:>:-O2>)
-  if(tessera_isolate)
-    target_compile_options(tessera_isa_${level} PRIVATE -fno-lto)
-  endif()
   if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
     target_compile_options(tessera_isa_${level} PRIVATE -Wno-ignored-attributes)
   endif()
   if(tessera_isolate)
+    target_compile_options(tessera_isa_${level} PRIVATE -fno-lto)
     set(out ${CMAKE_CURRENT_BINARY_DIR}/tessera_isolated/$<CONFIG>/tessera_isa_${level}${CMAKE_CXX_OUTPUT_EXTENSION})
     add_custom_command(OUTPUT ${out}
       COMMAND ${CMAKE_COMMAND} -DNM=${CMAKE_NM} -DOBJCOPY=${CMAKE_OBJCOPY}

@@ -1,9 +1,9 @@
 # cmake -DNM=... -DOBJCOPY=... -DINPUT=<object> -DOUTPUT=<object> -DKEEP=<symbol> -DSUFFIX=<suffix>
 #       -P tesseraIsolateObject.cmake
-# Copies INPUT to OUTPUT with every symbol INPUT defines renamed to <name><SUFFIX> (references inside the
-# object follow), except KEEP, function-local static data (_ZZ..., guards _ZGVZ..., not code) and type_info
-# (_ZTI..., _ZTS...), which
-# stay shared with the rest of the program. See cmake/tesseraCompiled.cmake for why.
+# Copies INPUT to OUTPUT with every symbol INPUT defines renamed to <name><SUFFIX> (references
+# inside the object follow), except KEEP, function-local static data (_ZZ..., guards _ZGVZ...;
+# not code) and type_info (_ZTI..., _ZTS...), which stay shared with the rest of the program. See
+# cmake/tesseraCompiled.cmake for why.
 foreach(v NM OBJCOPY INPUT OUTPUT KEEP SUFFIX)
   if(NOT DEFINED ${v})
     message(FATAL_ERROR "tesseraIsolateObject.cmake: -D${v}=... is required")
@@ -22,7 +22,6 @@ if(listing MATCHES "(^|\n)__gnu_lto_|(^|\n)__LLVM_")
 endif()
 string(REPLACE "\n" ";" lines "${listing}")
 set(map "")
-set(renamed 0)
 set(found_keep OFF)
 foreach(line ${lines})
   # posix format: name type value [size]
@@ -53,7 +52,6 @@ foreach(line ${lines})
     set(found_keep ON)
   elseif(NOT shared)
     string(APPEND map "${name} ${name}${SUFFIX}\n")
-    math(EXPR renamed "${renamed} + 1")
   endif()
 endforeach()
 if(NOT found_keep)

@@ -68,7 +68,19 @@ foreach(level ${TESSERA_COMPILED_LEVELS})
   endif()
 endforeach()
 
-add_library(tessera_compiled STATIC ${CMAKE_CURRENT_SOURCE_DIR}/src/dispatch.cpp ${tessera_level_objects})
+# The modules and optimizers of nn/, fusion/, contrastive/, models/ and optim/ instantiated for
+# float and double (src/instantiate_*.cpp; TESSERA_INSTANTIATE in core/config.hpp), compiled
+# once, at the baseline level's flags: their arithmetic runs in the dispatched kernels. models/
+# reads safetensors, which needs nlohmann_json: without it the library holds no models, and
+# tells its consumers so (TESSERA_COMPILED_WITHOUT_MODELS).
+set(tessera_instantiations nn fusion contrastive optim)
+if(TESSERA_WITH_NLOHMANN_JSON)
+  list(APPEND tessera_instantiations models)
+endif()
+list(TRANSFORM tessera_instantiations PREPEND ${CMAKE_CURRENT_SOURCE_DIR}/src/instantiate_)
+list(TRANSFORM tessera_instantiations APPEND .cpp)
+add_library(tessera_compiled STATIC ${CMAKE_CURRENT_SOURCE_DIR}/src/dispatch.cpp
+                                    ${tessera_instantiations} ${tessera_level_objects})
 add_library(tessera::compiled ALIAS tessera_compiled)
 if(tessera_isolate)
   set_source_files_properties(${tessera_level_objects} PROPERTIES EXTERNAL_OBJECT TRUE GENERATED TRUE)
@@ -77,4 +89,7 @@ set_target_properties(tessera_compiled PROPERTIES EXPORT_NAME compiled OUTPUT_NA
                                                   POSITION_INDEPENDENT_CODE ON)
 target_link_libraries(tessera_compiled PUBLIC tessera::tessera)
 target_compile_definitions(tessera_compiled PUBLIC TESSERA_COMPILED PRIVATE ${tessera_level_definitions})
+if(NOT TESSERA_WITH_NLOHMANN_JSON)
+  target_compile_definitions(tessera_compiled PUBLIC TESSERA_COMPILED_WITHOUT_MODELS)
+endif()
 target_compile_options(tessera_compiled PRIVATE ${tessera_flags_default} $<$<CONFIG:>:-O2>)

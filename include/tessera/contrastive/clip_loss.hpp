@@ -229,3 +229,6 @@ ClipLossResult<scalar_t<A>> clip_loss(const A& a, const B& b,
 }
 
 }  // namespace tessera::contrastive
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::contrastive::LogitScale)

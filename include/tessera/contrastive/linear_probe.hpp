@@ -261,3 +261,6 @@ class LinearProbe : public nn::Module<LinearProbe<T>> {
 };
 
 }  // namespace tessera::contrastive
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::contrastive::LinearProbe)

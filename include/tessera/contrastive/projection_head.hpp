@@ -151,3 +151,6 @@ class ProjectionHead : public nn::Module<ProjectionHead<T>> {
 };
 
 }  // namespace tessera::contrastive
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::contrastive::ProjectionHead)

@@ -216,3 +216,6 @@ SigLipLossResult<scalar_t<A>> siglip_loss(const A& a, const B& b,
 }
 
 }  // namespace tessera::contrastive
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::contrastive::LogitScaleBias)

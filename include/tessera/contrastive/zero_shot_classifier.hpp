@@ -181,3 +181,6 @@ class ZeroShotClassifier {
 };
 
 }  // namespace tessera::contrastive
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::contrastive::ZeroShotClassifier)

@@ -15,6 +15,28 @@
 #define TESSERA_DEBUG_ASSERT(cond, msg) assert((cond) && (msg))
 #endif
 
+// Explicit instantiation of tessera's modules and optimizers for float and double. Each header
+// lists its own classes at its end (TESSERA_INSTANTIATE_FLOATING). In the compiled mode
+// (TESSERA_COMPILED, which the CMake target tessera::compiled defines) the lists are `extern
+// template` declarations: a consumer's translation units use the library's instantiations instead
+// of compiling their own. What the instantiation of a class covers are its members that are not
+// templates themselves; member templates (a forward taking any TensorLike, say) are compiled by
+// the consumer. The library's sources (src/instantiate_*.cpp) redefine TESSERA_INSTANTIATE_AS as
+// empty before including their area, and so compile the same lists as definitions, at the x86-64
+// baseline: the modules' arithmetic runs in the dispatched kernels. Header-only, the lists are
+// empty.
+#if defined(TESSERA_COMPILED)
+#define TESSERA_INSTANTIATE_AS extern
+#define TESSERA_INSTANTIATE(...) TESSERA_INSTANTIATE_AS template __VA_ARGS__;
+#else
+#define TESSERA_INSTANTIATE(...)
+#endif
+// `kind name<float>` and `kind name<double>`: TESSERA_INSTANTIATE_FLOATING(class
+// tessera::nn::Linear).
+#define TESSERA_INSTANTIATE_FLOATING(...) \
+  TESSERA_INSTANTIATE(__VA_ARGS__<float>) \
+  TESSERA_INSTANTIATE(__VA_ARGS__<double>)
+
 namespace tessera {
 
 // Signed index type for sizes and offsets, the same as Eigen::Index.

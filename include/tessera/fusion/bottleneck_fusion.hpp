@@ -375,3 +375,6 @@ class BottleneckFusion : public nn::Module<BottleneckFusion<T>> {
 };
 
 }  // namespace tessera::fusion
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::fusion::BottleneckFusion)

@@ -365,3 +365,6 @@ class CrossModalAttention : public nn::Module<CrossModalAttention<T>> {
 };
 
 }  // namespace tessera::fusion
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::fusion::CrossModalAttention)

@@ -208,3 +208,6 @@ class EarlyFusion : public nn::Module<EarlyFusion<T>> {
 };
 
 }  // namespace tessera::fusion
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::fusion::EarlyFusion)

@@ -390,3 +390,6 @@ class LateFusion : public nn::Module<LateFusion<T>> {
 };
 
 }  // namespace tessera::fusion
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::fusion::LateFusion)

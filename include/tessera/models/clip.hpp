@@ -436,3 +436,9 @@ VisionTransformer<T> load_clip_vision(const std::filesystem::path& path) {
 }
 
 }  // namespace tessera::models
+
+// The compiled mode's instantiations (core/config.hpp), unless its library was built without
+// models (no nlohmann_json).
+#ifndef TESSERA_COMPILED_WITHOUT_MODELS
+TESSERA_INSTANTIATE_FLOATING(class tessera::models::CLIP)
+#endif

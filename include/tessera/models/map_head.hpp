@@ -183,3 +183,9 @@ class MAPHead : public nn::Module<MAPHead<T>> {
 };
 
 }  // namespace tessera::models
+
+// The compiled mode's instantiations (core/config.hpp), unless its library was built without
+// models (no nlohmann_json).
+#ifndef TESSERA_COMPILED_WITHOUT_MODELS
+TESSERA_INSTANTIATE_FLOATING(class tessera::models::MAPHead)
+#endif

@@ -399,3 +399,9 @@ SigLIP<T> load_siglip(const std::filesystem::path& path) {
 }
 
 }  // namespace tessera::models
+
+// The compiled mode's instantiations (core/config.hpp), unless its library was built without
+// models (no nlohmann_json).
+#ifndef TESSERA_COMPILED_WITHOUT_MODELS
+TESSERA_INSTANTIATE_FLOATING(class tessera::models::SigLIP)
+#endif

@@ -284,3 +284,9 @@ class TextTransformer : public nn::Module<TextTransformer<T>> {
 };
 
 }  // namespace tessera::models
+
+// The compiled mode's instantiations (core/config.hpp), unless its library was built without
+// models (no nlohmann_json).
+#ifndef TESSERA_COMPILED_WITHOUT_MODELS
+TESSERA_INSTANTIATE_FLOATING(class tessera::models::TextTransformer)
+#endif

@@ -326,3 +326,9 @@ class VisionTransformer : public nn::Module<VisionTransformer<T>> {
 };
 
 }  // namespace tessera::models
+
+// The compiled mode's instantiations (core/config.hpp), unless its library was built without
+// models (no nlohmann_json).
+#ifndef TESSERA_COMPILED_WITHOUT_MODELS
+TESSERA_INSTANTIATE_FLOATING(class tessera::models::VisionTransformer)
+#endif

@@ -437,3 +437,6 @@ AttentionGrads<T> Attention<T>::backward(const Context& ctx, const G& grad_outpu
 }
 
 }  // namespace tessera::nn
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::nn::Attention)

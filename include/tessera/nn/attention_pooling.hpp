@@ -219,3 +219,6 @@ class AttentionPooling : public Module<AttentionPooling<T>> {
 };
 
 }  // namespace tessera::nn
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::nn::AttentionPooling)

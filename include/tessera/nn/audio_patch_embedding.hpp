@@ -154,3 +154,6 @@ class AudioPatchEmbedding : public Module<AudioPatchEmbedding<T>> {
 };
 
 }  // namespace tessera::nn
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::nn::AudioPatchEmbedding)

@@ -195,3 +195,6 @@ class Embedding : public Module<Embedding<T>> {
 };
 
 }  // namespace tessera::nn
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::nn::Embedding)

@@ -176,3 +176,6 @@ class FeedForward : public Module<FeedForward<T>> {
 };
 
 }  // namespace tessera::nn
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::nn::FeedForward)

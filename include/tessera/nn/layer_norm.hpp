@@ -149,3 +149,6 @@ class LayerNorm : public Module<LayerNorm<T>> {
 };
 
 }  // namespace tessera::nn
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::nn::LayerNorm)

@@ -266,3 +266,6 @@ class Linear : public Module<Linear<T>> {
 };
 
 }  // namespace tessera::nn
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::nn::Linear)

@@ -215,3 +215,6 @@ class ModalityEmbedding : public Module<ModalityEmbedding<T>> {
 };
 
 }  // namespace tessera::nn
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::nn::ModalityEmbedding)

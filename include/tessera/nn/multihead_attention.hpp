@@ -186,7 +186,14 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
   MultiheadAttentionWeights<T> forward_into(
       const Qx& query, const Kx& key, const Vx& value, TensorMap<T, 3> out,
       const MultiheadAttentionForwardOptions& fo = {},
-      std::optional<TensorMap<const T, 2>> residual = {}) const;
+      std::optional<TensorMap<const T, 2>> residual = {}) const {
+    static_assert(rank_v<Qx> == 3 && rank_v<Kx> == 3 && rank_v<Vx> == 3,
+                  "nn::MultiheadAttention takes batch-first [batch, seq, features] tensors");
+    static_assert(std::is_same_v<scalar_t<Qx>, T> && std::is_same_v<scalar_t<Kx>, T> &&
+                      std::is_same_v<scalar_t<Vx>, T>,
+                  "nn::MultiheadAttention: input scalar types differ from the module's");
+    return forward_into_views(cview(query), cview(key), cview(value), out, fo, residual);
+  }
 
   // What backward needs from forward_train: the inputs, the projected queries, keys and values
   // (with the bias_kv and zero-attention keys appended), each row's logsumexp of the attention,
@@ -210,7 +217,14 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
   template <TensorLike Qx, TensorLike Kx, TensorLike Vx>
   Trained<Tensor<T, 3>, Context> forward_train(
       const Qx& query, const Kx& key, const Vx& value,
-      const MultiheadAttentionForwardOptions& fo = {}) const;
+      const MultiheadAttentionForwardOptions& fo = {}) const {
+    static_assert(rank_v<Qx> == 3 && rank_v<Kx> == 3 && rank_v<Vx> == 3,
+                  "nn::MultiheadAttention takes batch-first [batch, seq, features] tensors");
+    static_assert(std::is_same_v<scalar_t<Qx>, T> && std::is_same_v<scalar_t<Kx>, T> &&
+                      std::is_same_v<scalar_t<Vx>, T>,
+                  "nn::MultiheadAttention: input scalar types differ from the module's");
+    return forward_train_views(cview(query), cview(key), cview(value), fo);
+  }
 
   // Given forward_train's context and dL/dy [B, Lq, E]: adds the gradients of every parameter
   // (in_proj or q/k/v_proj weights, in_proj_bias, bias_k, bias_v, out_proj) and returns dL/dquery,
@@ -218,7 +232,12 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
   // the saved logsumexp (FlashAttention-2, Dao 2023) and never forms the Lq x Lk matrix; a query
   // row whose every key is masked gets zero gradients. No gradient flows into the masks.
   template <TensorLike G>
-  MultiheadAttentionGrads<T> backward(const Context& ctx, const G& grad_output);
+  MultiheadAttentionGrads<T> backward(const Context& ctx, const G& grad_output) {
+    static_assert(rank_v<G> == 3 && std::is_same_v<scalar_t<G>, T>,
+                  "nn::MultiheadAttention::backward takes a [batch, Lq, embed_dim] gradient of the "
+                  "module's scalar type");
+    return backward_views(ctx, cview(grad_output));
+  }
 
   // Packs the projection weights for inference (nn::Linear::prepack), in the slices forward
   // multiplies by: for self-attention (query, key and value the same tensor) the whole
@@ -283,7 +302,11 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
 
   // Projects key [batch, n, kdim] and value [batch, n, vdim] and appends them to `cache`.
   template <TensorLike Kx, TensorLike Vx>
-  void append_kv(KVCache<T>& cache, const Kx& key, const Vx& value) const;
+  void append_kv(KVCache<T>& cache, const Kx& key, const Vx& value) const {
+    static_assert(rank_v<Kx> == 3 && rank_v<Vx> == 3,
+                  "append_kv takes [batch, n, features] tensors");
+    return append_kv_views(cache, cview(key), cview(value));
+  }
 
   // Attends query [batch, Lq, E] over every key in `cache`. Masks cover the cached keys
   // ([batch, length] padding, [Lq, length] attn_mask); with is_causal, query i sees the keys
@@ -305,7 +328,10 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
   MultiheadAttentionWeights<T> attend_into(
       const Qx& query, const KVCache<T>& cache, TensorMap<T, 3> out,
       const MultiheadAttentionForwardOptions& fo = {},
-      std::optional<TensorMap<const T, 2>> residual = {}) const;
+      std::optional<TensorMap<const T, 2>> residual = {}) const {
+    static_assert(rank_v<Qx> == 3, "attend takes a [batch, Lq, embed_dim] query");
+    return attend_into_views(cview(query), cache, out, fo, residual);
+  }
 
   // Throws ShapeError, naming `fn` and the parameter as `prefix` + its state-dict name, unless
   // every parameter has the shape the options give it (a weight replaced or loaded by hand may
@@ -345,6 +371,22 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
   }
 
  private:
+  // The public entry points that take any TensorLike run these on views: members that are not
+  // templates, instantiated once per T (in tessera::compiled's library in the compiled mode).
+  MultiheadAttentionGrads<T> backward_views(const Context& ctx, TensorMap<const T, 3> grad_output);
+  Trained<Tensor<T, 3>, Context> forward_train_views(
+      TensorMap<const T, 3> query, TensorMap<const T, 3> key, TensorMap<const T, 3> value,
+      const MultiheadAttentionForwardOptions& fo) const;
+  MultiheadAttentionWeights<T> attend_into_views(
+      TensorMap<const T, 3> query, const KVCache<T>& cache, TensorMap<T, 3> out,
+      const MultiheadAttentionForwardOptions& fo,
+      std::optional<TensorMap<const T, 2>> residual) const;
+  void append_kv_views(KVCache<T>& cache, TensorMap<const T, 3> key,
+                       TensorMap<const T, 3> value) const;
+  MultiheadAttentionWeights<T> forward_into_views(
+      TensorMap<const T, 3> query, TensorMap<const T, 3> key, TensorMap<const T, 3> value,
+      TensorMap<T, 3> out, const MultiheadAttentionForwardOptions& fo,
+      std::optional<TensorMap<const T, 2>> residual) const;
   // Slices of the input projection that forward multiplies by, and their packed copies.
   enum ProjSlice { kQ = 0, kK = 1, kV = 2, kKV = 3, kQKV = 4 };
   // The weight of a slice: rows of in_proj_weight, or (kQ, kK, kV) the separate weights.
@@ -465,16 +507,10 @@ class MultiheadAttention : public Module<MultiheadAttention<T>> {
 };
 
 template <class T>
-template <TensorLike Qx, TensorLike Kx, TensorLike Vx>
-MultiheadAttentionWeights<T> MultiheadAttention<T>::forward_into(
-    const Qx& query, const Kx& key, const Vx& value, TensorMap<T, 3> out,
-    const MultiheadAttentionForwardOptions& fo,
+MultiheadAttentionWeights<T> MultiheadAttention<T>::forward_into_views(
+    TensorMap<const T, 3> query, TensorMap<const T, 3> key, TensorMap<const T, 3> value,
+    TensorMap<T, 3> out, const MultiheadAttentionForwardOptions& fo,
     std::optional<TensorMap<const T, 2>> residual) const {
-  static_assert(rank_v<Qx> == 3 && rank_v<Kx> == 3 && rank_v<Vx> == 3,
-                "nn::MultiheadAttention takes batch-first [batch, seq, features] tensors");
-  static_assert(std::is_same_v<scalar_t<Qx>, T> && std::is_same_v<scalar_t<Kx>, T> &&
-                    std::is_same_v<scalar_t<Vx>, T>,
-                "nn::MultiheadAttention: input scalar types differ from the module's");
   constexpr std::string_view fn = "tessera::nn::MultiheadAttention::forward";
   const auto qv = cview(query);
   const auto kv = cview(key);
@@ -552,9 +588,8 @@ MultiheadAttentionWeights<T> MultiheadAttention<T>::forward_into(
 }
 
 template <class T>
-template <TensorLike Kx, TensorLike Vx>
-void MultiheadAttention<T>::append_kv(KVCache<T>& cache, const Kx& key, const Vx& value) const {
-  static_assert(rank_v<Kx> == 3 && rank_v<Vx> == 3, "append_kv takes [batch, n, features] tensors");
+void MultiheadAttention<T>::append_kv_views(KVCache<T>& cache, TensorMap<const T, 3> key,
+                                            TensorMap<const T, 3> value) const {
   constexpr std::string_view fn = "tessera::nn::MultiheadAttention::append_kv";
   if (options_.add_bias_kv || options_.add_zero_attn)
     detail::raise<ValueError>(fn,
@@ -608,12 +643,10 @@ void MultiheadAttention<T>::append_kv(KVCache<T>& cache, const Kx& key, const Vx
 }
 
 template <class T>
-template <TensorLike Qx>
-MultiheadAttentionWeights<T> MultiheadAttention<T>::attend_into(
-    const Qx& query, const KVCache<T>& cache, TensorMap<T, 3> out,
+MultiheadAttentionWeights<T> MultiheadAttention<T>::attend_into_views(
+    TensorMap<const T, 3> query, const KVCache<T>& cache, TensorMap<T, 3> out,
     const MultiheadAttentionForwardOptions& fo,
     std::optional<TensorMap<const T, 2>> residual) const {
-  static_assert(rank_v<Qx> == 3, "attend takes a [batch, Lq, embed_dim] query");
   constexpr std::string_view fn = "tessera::nn::MultiheadAttention::attend";
   const auto qv = cview(query);
   const Index E = options_.embed_dim, hd = head_dim();
@@ -694,15 +727,10 @@ MultiheadAttentionWeights<T> MultiheadAttention<T>::attend_projected(
 }
 
 template <class T>
-template <TensorLike Qx, TensorLike Kx, TensorLike Vx>
-Trained<Tensor<T, 3>, typename MultiheadAttention<T>::Context> MultiheadAttention<T>::forward_train(
-    const Qx& query, const Kx& key, const Vx& value,
-    const MultiheadAttentionForwardOptions& fo) const {
-  static_assert(rank_v<Qx> == 3 && rank_v<Kx> == 3 && rank_v<Vx> == 3,
-                "nn::MultiheadAttention takes batch-first [batch, seq, features] tensors");
-  static_assert(std::is_same_v<scalar_t<Qx>, T> && std::is_same_v<scalar_t<Kx>, T> &&
-                    std::is_same_v<scalar_t<Vx>, T>,
-                "nn::MultiheadAttention: input scalar types differ from the module's");
+Trained<Tensor<T, 3>, typename MultiheadAttention<T>::Context>
+MultiheadAttention<T>::forward_train_views(TensorMap<const T, 3> query, TensorMap<const T, 3> key,
+                                           TensorMap<const T, 3> value,
+                                           const MultiheadAttentionForwardOptions& fo) const {
   constexpr std::string_view fn = "tessera::nn::MultiheadAttention::forward_train";
   const auto qv = cview(query);
   const auto kv = cview(key);
@@ -773,12 +801,8 @@ Trained<Tensor<T, 3>, typename MultiheadAttention<T>::Context> MultiheadAttentio
 }
 
 template <class T>
-template <TensorLike G>
-MultiheadAttentionGrads<T> MultiheadAttention<T>::backward(const Context& ctx,
-                                                           const G& grad_output) {
-  static_assert(rank_v<G> == 3 && std::is_same_v<scalar_t<G>, T>,
-                "nn::MultiheadAttention::backward takes a [batch, Lq, embed_dim] gradient of the "
-                "module's scalar type");
+MultiheadAttentionGrads<T> MultiheadAttention<T>::backward_views(
+    const Context& ctx, TensorMap<const T, 3> grad_output) {
   constexpr std::string_view fn = "tessera::nn::MultiheadAttention::backward";
   check_parameters(fn);
   const Index E = options_.embed_dim, hd = head_dim();
@@ -876,3 +900,6 @@ MultiheadAttentionGrads<T> MultiheadAttention<T>::backward(const Context& ctx,
 }
 
 }  // namespace tessera::nn
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::nn::MultiheadAttention)

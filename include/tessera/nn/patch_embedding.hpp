@@ -349,3 +349,6 @@ class PatchEmbedding : public Module<PatchEmbedding<T>> {
 };
 
 }  // namespace tessera::nn
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::nn::PatchEmbedding)

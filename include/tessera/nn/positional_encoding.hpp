@@ -272,3 +272,7 @@ class LearnedPositionalEmbedding : public Module<LearnedPositionalEmbedding<T>> 
 };
 
 }  // namespace tessera::nn
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::nn::SinusoidalPositionalEncoding)
+TESSERA_INSTANTIATE_FLOATING(class tessera::nn::LearnedPositionalEmbedding)

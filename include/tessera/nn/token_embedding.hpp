@@ -172,3 +172,6 @@ class TokenEmbedding : public Module<TokenEmbedding<T>> {
 };
 
 }  // namespace tessera::nn
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::nn::TokenEmbedding)

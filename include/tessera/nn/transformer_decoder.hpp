@@ -263,3 +263,6 @@ Tensor<T, 2> generate_square_subsequent_mask(Index n) {
 }
 
 }  // namespace tessera::nn
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::nn::TransformerDecoder)

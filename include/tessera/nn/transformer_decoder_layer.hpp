@@ -381,3 +381,6 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
 };
 
 }  // namespace tessera::nn
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::nn::TransformerDecoderLayer)

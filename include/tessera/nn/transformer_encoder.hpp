@@ -51,7 +51,7 @@ class TransformerEncoder : public Module<TransformerEncoder<T>> {
   Tensor<T, 3> forward(const X& src, const TransformerEncoderLayerForwardOptions& fo = {}) const {
     static_assert(rank_v<X> == 3, "TransformerEncoder takes [batch, L, d_model]");
     check_call("tessera::nn::TransformerEncoder::forward", cview(src), fo);
-    return transformer_output<T>(src, [&](TensorMap<T, 3> out) { run(src, out, fo); });
+    return transformer_output<T>(src, [&](TensorMap<T, 3> out) { run(cview(src), out, fo); });
   }
   // The same into `out` (src's shape); out may be src.
   template <TensorLike X>
@@ -61,7 +61,7 @@ class TransformerEncoder : public Module<TransformerEncoder<T>> {
     constexpr std::string_view fn = "tessera::nn::TransformerEncoder::forward_into";
     check_call(fn, cview(src), fo);
     check_transformer_out(fn, out, cview(src));
-    run(src, out, fo);
+    run(cview(src), out, fo);
   }
 
   // What backward needs: each layer's context and the final norm's.
@@ -76,22 +76,7 @@ class TransformerEncoder : public Module<TransformerEncoder<T>> {
   Trained<Tensor<T, 3>, Context> forward_train(
       const X& src, const TransformerEncoderLayerForwardOptions& fo = {}) const {
     static_assert(rank_v<X> == 3, "TransformerEncoder takes [batch, L, d_model]");
-    check_call("tessera::nn::TransformerEncoder::forward_train", cview(src), fo);
-    Trained<Tensor<T, 3>, Context> r;
-    auto l = layers.front().forward_train(src, fo);
-    r.context.layers.push_back(std::move(l.context));
-    for (std::size_t i = 1; i < layers.size(); ++i) {
-      auto next = layers[i].forward_train(l.output, fo);
-      l.output = std::move(next.output);
-      r.context.layers.push_back(std::move(next.context));
-    }
-    if (options_.final_norm) {
-      auto n = norm.forward_train(l.output);
-      l.output = std::move(n.output);
-      r.context.norm = std::move(n.context);
-    }
-    r.output = std::move(l.output);
-    return r;
+    return forward_train_views(cview(src), fo);
   }
 
   // Given forward_train's context and dL/dy [batch, L, d_model]: adds every parameter's gradient
@@ -100,18 +85,7 @@ class TransformerEncoder : public Module<TransformerEncoder<T>> {
   Tensor<T, 3> backward(const Context& ctx, const G& grad_output) {
     static_assert(rank_v<G> == 3 && std::is_same_v<scalar_t<G>, T>,
                   "TransformerEncoder::backward takes a [batch, L, d_model] gradient");
-    constexpr std::string_view fn = "tessera::nn::TransformerEncoder::backward";
-    check_parameters(fn);
-    if (ctx.layers.size() != layers.size())
-      detail::raise<ValueError>(fn, "argument 'ctx' holds ", ctx.layers.size(),
-                                " layers' contexts, the stack has ", layers.size(), " layers");
-    detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(),
-                              ctx.layers.front().norm1.input.shape());
-    Tensor<T, 3> d(cview(grad_output).shape(), uninitialized);
-    std::copy_n(cview(grad_output).data(), d.size(), d.data());
-    if (options_.final_norm) d = norm.backward(ctx.norm, d);
-    for (std::size_t i = layers.size(); i-- > 0;) d = layers[i].backward(ctx.layers[i], d);
-    return d;
+    return backward_views(ctx, cview(grad_output));
   }
 
   // Throws, naming `fn`, unless `layers` holds num_layers layers of the configured d_model and
@@ -149,19 +123,68 @@ class TransformerEncoder : public Module<TransformerEncoder<T>> {
   }
 
  private:
+  Tensor<T, 3> backward_views(const Context& ctx, TensorMap<const T, 3> grad_output);
+  Trained<Tensor<T, 3>, Context> forward_train_views(
+      TensorMap<const T, 3> src, const TransformerEncoderLayerForwardOptions& fo) const;
   // `layers` is a public vector: a user may resize it or put in a layer built with other options.
   void check_layers(std::string_view fn, std::string_view prefix) const {
     detail::check_stack_layers(fn, prefix, layers, options_.num_layers, options_.layer);
   }
-  template <class X>
-  void run(const X& src, TensorMap<T, 3> out,
-           const TransformerEncoderLayerForwardOptions& fo) const {
-    layers.front().forward_into(src, out, fo);
-    for (std::size_t i = 1; i < layers.size(); ++i) layers[i].forward_into(out, out, fo);
-    if (options_.final_norm) norm.forward_into(out, out);
-  }
+  void run(TensorMap<const T, 3> src, TensorMap<T, 3> out,
+           const TransformerEncoderLayerForwardOptions& fo) const;
 
   TransformerEncoderOptions options_{};
 };
 
+// Every layer, on checked inputs.
+template <class T>
+void TransformerEncoder<T>::run(TensorMap<const T, 3> src, TensorMap<T, 3> out,
+                                const TransformerEncoderLayerForwardOptions& fo) const {
+  layers.front().forward_into(src, out, fo);
+  for (std::size_t i = 1; i < layers.size(); ++i) layers[i].forward_into(out, out, fo);
+  if (options_.final_norm) norm.forward_into(out, out);
+}
+
+template <class T>
+Tensor<T, 3> TransformerEncoder<T>::backward_views(const Context& ctx,
+                                                   TensorMap<const T, 3> grad_output) {
+  constexpr std::string_view fn = "tessera::nn::TransformerEncoder::backward";
+  check_parameters(fn);
+  if (ctx.layers.size() != layers.size())
+    detail::raise<ValueError>(fn, "argument 'ctx' holds ", ctx.layers.size(),
+                              " layers' contexts, the stack has ", layers.size(), " layers");
+  detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(),
+                            ctx.layers.front().norm1.input.shape());
+  Tensor<T, 3> d(cview(grad_output).shape(), uninitialized);
+  std::copy_n(cview(grad_output).data(), d.size(), d.data());
+  if (options_.final_norm) d = norm.backward(ctx.norm, d);
+  for (std::size_t i = layers.size(); i-- > 0;) d = layers[i].backward(ctx.layers[i], d);
+  return d;
+}
+
+template <class T>
+Trained<Tensor<T, 3>, typename TransformerEncoder<T>::Context>
+TransformerEncoder<T>::forward_train_views(TensorMap<const T, 3> src,
+                                           const TransformerEncoderLayerForwardOptions& fo) const {
+  check_call("tessera::nn::TransformerEncoder::forward_train", cview(src), fo);
+  Trained<Tensor<T, 3>, Context> r;
+  auto l = layers.front().forward_train(src, fo);
+  r.context.layers.push_back(std::move(l.context));
+  for (std::size_t i = 1; i < layers.size(); ++i) {
+    auto next = layers[i].forward_train(l.output, fo);
+    l.output = std::move(next.output);
+    r.context.layers.push_back(std::move(next.context));
+  }
+  if (options_.final_norm) {
+    auto n = norm.forward_train(l.output);
+    l.output = std::move(n.output);
+    r.context.norm = std::move(n.context);
+  }
+  r.output = std::move(l.output);
+  return r;
+}
+
 }  // namespace tessera::nn
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::nn::TransformerEncoder)

@@ -156,7 +156,7 @@ class TransformerEncoderLayer : public Module<TransformerEncoderLayer<T>> {
     static_assert(rank_v<X> == 3, "TransformerEncoderLayer takes [batch, L, d_model]");
     constexpr std::string_view fn = "tessera::nn::TransformerEncoderLayer::forward";
     check_call(fn, cview(src), fo);
-    return transformer_output<T>(src, [&](TensorMap<T, 3> out) { run(src, out, fo); });
+    return transformer_output<T>(src, [&](TensorMap<T, 3> out) { run(cview(src), out, fo); });
   }
   // The same into `out` (src's shape). out may be src, or overlap it: src is read only before
   // out is first written, so a stack can run every layer in place.
@@ -167,7 +167,7 @@ class TransformerEncoderLayer : public Module<TransformerEncoderLayer<T>> {
     constexpr std::string_view fn = "tessera::nn::TransformerEncoderLayer::forward_into";
     check_call(fn, cview(src), fo);
     check_transformer_out(fn, out, cview(src));
-    run(src, out, fo);
+    run(cview(src), out, fo);
   }
 
   // What backward needs: the contexts of the attention, the feed-forward block and both norms.
@@ -184,40 +184,7 @@ class TransformerEncoderLayer : public Module<TransformerEncoderLayer<T>> {
   Trained<Tensor<T, 3>, Context> forward_train(
       const X& src, const TransformerEncoderLayerForwardOptions& fo = {}) const {
     static_assert(rank_v<X> == 3, "TransformerEncoderLayer takes [batch, L, d_model]");
-    constexpr std::string_view fn = "tessera::nn::TransformerEncoderLayer::forward_train";
-    check_call(fn, cview(src), fo);
-    const MultiheadAttentionForwardOptions sa{.key_padding_mask = fo.src_key_padding_mask,
-                                              .attn_mask = fo.src_mask,
-                                              .is_causal = fo.is_causal};
-    Trained<Tensor<T, 3>, Context> r;
-    Context& c = r.context;
-    c.norm_first = options_.norm_first;
-    Tensor<T, 3> x(cview(src).shape(), uninitialized);
-    std::copy_n(cview(src).data(), x.size(), x.data());
-    if (options_.norm_first) {
-      // x1 = x + sa(norm1(x)); y = x1 + ff(norm2(x1))
-      auto h1 = norm1.forward_train(x);
-      auto a = self_attn.forward_train(h1.output, h1.output, h1.output, sa);
-      detail::add_into(a.output, x);
-      auto h2 = norm2.forward_train(a.output);
-      auto f = ff.forward_train(h2.output);
-      detail::add_into(f.output, a.output);
-      r.output = std::move(f.output);
-      c.norm1 = std::move(h1.context), c.self_attn = std::move(a.context);
-      c.norm2 = std::move(h2.context), c.ff = std::move(f.context);
-      return r;
-    }
-    // x1 = norm1(x + sa(x)); y = norm2(x1 + ff(x1))
-    auto a = self_attn.forward_train(x, x, x, sa);
-    detail::add_into(a.output, x);
-    auto x1 = norm1.forward_train(a.output);
-    auto f = ff.forward_train(x1.output);
-    detail::add_into(f.output, x1.output);
-    auto y = norm2.forward_train(f.output);
-    r.output = std::move(y.output);
-    c.self_attn = std::move(a.context), c.norm1 = std::move(x1.context);
-    c.ff = std::move(f.context), c.norm2 = std::move(y.context);
-    return r;
+    return forward_train_views(cview(src), fo);
   }
 
   // Given forward_train's context and dL/dy [batch, L, d_model]: adds every parameter's gradient
@@ -226,28 +193,7 @@ class TransformerEncoderLayer : public Module<TransformerEncoderLayer<T>> {
   Tensor<T, 3> backward(const Context& ctx, const G& grad_output) {
     static_assert(rank_v<G> == 3 && std::is_same_v<scalar_t<G>, T>,
                   "TransformerEncoderLayer::backward takes a [batch, L, d_model] gradient");
-    constexpr std::string_view fn = "tessera::nn::TransformerEncoderLayer::backward";
-    check_parameters(fn);
-    if (ctx.norm_first != options_.norm_first || ctx.norm1.input.dim(2) != options_.d_model)
-      detail::raise<ValueError>(fn,
-                                "argument 'ctx' does not come from this module's forward_train");
-    detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(),
-                              ctx.norm1.input.shape());
-    Tensor<T, 3> dy(cview(grad_output).shape(), uninitialized);
-    std::copy_n(cview(grad_output).data(), dy.size(), dy.data());
-    if (options_.norm_first) {
-      // dx1 = dy + norm2'(ff'(dy)); dx = dx1 + norm1'(sa'(dx1))
-      detail::add_into(dy, norm2.backward(ctx.norm2, ff.backward(ctx.ff, dy)));
-      detail::add_into(dy, norm1.backward(ctx.norm1, detail::self_attention_grad(
-                                                         self_attn.backward(ctx.self_attn, dy))));
-      return dy;
-    }
-    // dz2 = norm2'(dy); dz1 = norm1'(dz2 + ff'(dz2)); dx = dz1 + sa'(dz1)
-    Tensor<T, 3> dz = norm2.backward(ctx.norm2, dy);
-    detail::add_into(dz, ff.backward(ctx.ff, dz));
-    Tensor<T, 3> dx = norm1.backward(ctx.norm1, dz);
-    detail::add_into(dx, detail::self_attention_grad(self_attn.backward(ctx.self_attn, dx)));
-    return dx;
+    return backward_views(ctx, cview(grad_output));
   }
 
   // Throws ShapeError, naming `fn` and the parameter as `prefix` + its state-dict name
@@ -287,35 +233,106 @@ class TransformerEncoderLayer : public Module<TransformerEncoderLayer<T>> {
   }
 
  private:
-  // The layer, on checked inputs.
-  template <class X>
-  void run(const X& src, TensorMap<T, 3> out,
-           const TransformerEncoderLayerForwardOptions& fo) const {
-    const auto xv = cview(src);
-    const MultiheadAttentionForwardOptions sa{.key_padding_mask = fo.src_key_padding_mask,
-                                              .attn_mask = fo.src_mask,
-                                              .is_causal = fo.is_causal};
-    // Each skip connection is added inside the product that ends its block (the attention's
-    // output projection, linear2), so no pass of its own sweeps the activations. x: the
-    // attention block's output [batch, L, d_model], in scratch.
-    detail::ScratchFrame frame;
-    const auto x = frame.tensor<T, 3>(xv.shape());
-    if (options_.norm_first) {
-      const auto h = frame.tensor<T, 3>(xv.shape());
-      norm1.forward_into(xv, h);
-      self_attn.forward_into(h, h, h, x, sa, transformer_rows(xv));
-      norm2.forward_into(x, h);
-      ff.forward_into(h, out, transformer_rows(x));
-      return;
-    }
-    self_attn.forward_into(xv, xv, xv, x, sa, transformer_rows(xv));
-    norm1.forward_into(x, x);
-    ff.forward_into(x, out, transformer_rows(x));
-    norm2.forward_into(out, out);
-  }
+  Tensor<T, 3> backward_views(const Context& ctx, TensorMap<const T, 3> grad_output);
+  Trained<Tensor<T, 3>, Context> forward_train_views(
+      TensorMap<const T, 3> src, const TransformerEncoderLayerForwardOptions& fo) const;
+  void run(TensorMap<const T, 3> src, TensorMap<T, 3> out,
+           const TransformerEncoderLayerForwardOptions& fo) const;
 
   TransformerLayerOptions options_{};
 };
+
+// The layer, on checked inputs.
+template <class T>
+void TransformerEncoderLayer<T>::run(TensorMap<const T, 3> src, TensorMap<T, 3> out,
+                                     const TransformerEncoderLayerForwardOptions& fo) const {
+  const auto xv = cview(src);
+  const MultiheadAttentionForwardOptions sa{.key_padding_mask = fo.src_key_padding_mask,
+                                            .attn_mask = fo.src_mask,
+                                            .is_causal = fo.is_causal};
+  // Each skip connection is added inside the product that ends its block (the attention's
+  // output projection, linear2), so no pass of its own sweeps the activations. x: the
+  // attention block's output [batch, L, d_model], in scratch.
+  detail::ScratchFrame frame;
+  const auto x = frame.tensor<T, 3>(xv.shape());
+  if (options_.norm_first) {
+    const auto h = frame.tensor<T, 3>(xv.shape());
+    norm1.forward_into(xv, h);
+    self_attn.forward_into(h, h, h, x, sa, transformer_rows(xv));
+    norm2.forward_into(x, h);
+    ff.forward_into(h, out, transformer_rows(x));
+    return;
+  }
+  self_attn.forward_into(xv, xv, xv, x, sa, transformer_rows(xv));
+  norm1.forward_into(x, x);
+  ff.forward_into(x, out, transformer_rows(x));
+  norm2.forward_into(out, out);
+}
+
+template <class T>
+Tensor<T, 3> TransformerEncoderLayer<T>::backward_views(const Context& ctx,
+                                                        TensorMap<const T, 3> grad_output) {
+  constexpr std::string_view fn = "tessera::nn::TransformerEncoderLayer::backward";
+  check_parameters(fn);
+  if (ctx.norm_first != options_.norm_first || ctx.norm1.input.dim(2) != options_.d_model)
+    detail::raise<ValueError>(fn, "argument 'ctx' does not come from this module's forward_train");
+  detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(), ctx.norm1.input.shape());
+  Tensor<T, 3> dy(cview(grad_output).shape(), uninitialized);
+  std::copy_n(cview(grad_output).data(), dy.size(), dy.data());
+  if (options_.norm_first) {
+    // dx1 = dy + norm2'(ff'(dy)); dx = dx1 + norm1'(sa'(dx1))
+    detail::add_into(dy, norm2.backward(ctx.norm2, ff.backward(ctx.ff, dy)));
+    detail::add_into(dy, norm1.backward(ctx.norm1, detail::self_attention_grad(
+                                                       self_attn.backward(ctx.self_attn, dy))));
+    return dy;
+  }
+  // dz2 = norm2'(dy); dz1 = norm1'(dz2 + ff'(dz2)); dx = dz1 + sa'(dz1)
+  Tensor<T, 3> dz = norm2.backward(ctx.norm2, dy);
+  detail::add_into(dz, ff.backward(ctx.ff, dz));
+  Tensor<T, 3> dx = norm1.backward(ctx.norm1, dz);
+  detail::add_into(dx, detail::self_attention_grad(self_attn.backward(ctx.self_attn, dx)));
+  return dx;
+}
+
+template <class T>
+Trained<Tensor<T, 3>, typename TransformerEncoderLayer<T>::Context>
+TransformerEncoderLayer<T>::forward_train_views(
+    TensorMap<const T, 3> src, const TransformerEncoderLayerForwardOptions& fo) const {
+  constexpr std::string_view fn = "tessera::nn::TransformerEncoderLayer::forward_train";
+  check_call(fn, cview(src), fo);
+  const MultiheadAttentionForwardOptions sa{.key_padding_mask = fo.src_key_padding_mask,
+                                            .attn_mask = fo.src_mask,
+                                            .is_causal = fo.is_causal};
+  Trained<Tensor<T, 3>, Context> r;
+  Context& c = r.context;
+  c.norm_first = options_.norm_first;
+  Tensor<T, 3> x(cview(src).shape(), uninitialized);
+  std::copy_n(cview(src).data(), x.size(), x.data());
+  if (options_.norm_first) {
+    // x1 = x + sa(norm1(x)); y = x1 + ff(norm2(x1))
+    auto h1 = norm1.forward_train(x);
+    auto a = self_attn.forward_train(h1.output, h1.output, h1.output, sa);
+    detail::add_into(a.output, x);
+    auto h2 = norm2.forward_train(a.output);
+    auto f = ff.forward_train(h2.output);
+    detail::add_into(f.output, a.output);
+    r.output = std::move(f.output);
+    c.norm1 = std::move(h1.context), c.self_attn = std::move(a.context);
+    c.norm2 = std::move(h2.context), c.ff = std::move(f.context);
+    return r;
+  }
+  // x1 = norm1(x + sa(x)); y = norm2(x1 + ff(x1))
+  auto a = self_attn.forward_train(x, x, x, sa);
+  detail::add_into(a.output, x);
+  auto x1 = norm1.forward_train(a.output);
+  auto f = ff.forward_train(x1.output);
+  detail::add_into(f.output, x1.output);
+  auto y = norm2.forward_train(f.output);
+  r.output = std::move(y.output);
+  c.self_attn = std::move(a.context), c.norm1 = std::move(x1.context);
+  c.ff = std::move(f.context), c.norm2 = std::move(y.context);
+  return r;
+}
 
 }  // namespace tessera::nn
 
@@ -339,3 +356,6 @@ void check_stack_layers(std::string_view fn, std::string_view prefix, const Laye
 }
 
 }  // namespace tessera::detail
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::nn::TransformerEncoderLayer)

@@ -140,3 +140,6 @@ class Adam : public Optimizer<T> {
 };
 
 }  // namespace tessera::optim
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::optim::Adam)

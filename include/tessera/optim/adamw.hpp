@@ -74,3 +74,6 @@ class AdamW : public Optimizer<T> {
 };
 
 }  // namespace tessera::optim
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::optim::AdamW)

@@ -403,3 +403,6 @@ class Optimizer {
 };
 
 }  // namespace tessera::optim
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::optim::Optimizer)

@@ -109,3 +109,6 @@ class SGD : public Optimizer<T> {
 };
 
 }  // namespace tessera::optim
+
+// The compiled mode's instantiations (core/config.hpp).
+TESSERA_INSTANTIATE_FLOATING(class tessera::optim::SGD)

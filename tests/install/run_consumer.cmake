@@ -21,13 +21,12 @@ set(prefix ${WORK_DIR}/prefix)
 set(consumer ${TESSERA_SOURCE_DIR}/tests/install/consumer)
 
 if(MODE STREQUAL "find_package")
-  # Configure tessera alone (no tests/benchmarks/examples), build and install it into the prefix.
-  run(${CMAKE_COMMAND} -S ${TESSERA_SOURCE_DIR} -B ${WORK_DIR}/tessera-build -G ${GENERATOR}
-      -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_INSTALL_PREFIX=${prefix}
-      -DTESSERA_BUILD_TESTS=OFF -DTESSERA_BUILD_BENCHMARKS=OFF -DTESSERA_BUILD_EXAMPLES=OFF)
-  # The build is tessera::compiled's library (the rest is headers).
-  run(${CMAKE_COMMAND} --build ${WORK_DIR}/tessera-build --parallel 3)
-  run(${CMAKE_COMMAND} --install ${WORK_DIR}/tessera-build)
+  # Install the build tree the suite runs in (what `cmake --install build` does for a user: the
+  # headers, the package files and tessera::compiled's library, already built) into the prefix.
+  if(NOT DEFINED TESSERA_BUILD_DIR)
+    message(FATAL_ERROR "run_consumer.cmake: MODE=find_package needs -DTESSERA_BUILD_DIR=...")
+  endif()
+  run(${CMAKE_COMMAND} --install ${TESSERA_BUILD_DIR} --prefix ${prefix})
   if(NOT EXISTS ${prefix}/include/tessera/tessera.hpp)
     message(FATAL_ERROR "install did not place include/tessera/tessera.hpp under ${prefix}")
   endif()
@@ -42,6 +41,13 @@ else()
 endif()
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/consumer-build --parallel 3)
 run(${WORK_DIR}/consumer-build/consumer)
+# The compiled mode, where this tessera has it (EXPECT_COMPILED: the suite's build has it).
+if(NOT EXPECT_COMPILED)
+  return()
+endif()
+if(NOT EXISTS ${WORK_DIR}/consumer-build/consumer_compiled)
+  message(FATAL_ERROR "tessera::compiled was not found by the consumer")
+endif()
 run(${WORK_DIR}/consumer-build/consumer_compiled)
 # Every level this CPU has, forced (a level it lacks is an error, which the consumer reports).
 foreach(level default avx2 avx512)

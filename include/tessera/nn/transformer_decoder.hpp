@@ -67,8 +67,8 @@ class TransformerDecoder : public Module<TransformerDecoder<T>> {
                        const TransformerDecoderLayerForwardOptions& fo = {}) const {
     static_assert(rank_v<X> == 3 && rank_v<M> == 3, "TransformerDecoder takes [batch, L, d_model]");
     check_call("tessera::nn::TransformerDecoder::forward", cview(tgt), cview(memory), fo);
-    return transformer_output<T>(tgt,
-                                 [&](TensorMap<T, 3> out) { run_forward(tgt, memory, out, fo); });
+    return transformer_output<T>(
+        tgt, [&](TensorMap<T, 3> out) { run_forward(cview(tgt), cview(memory), out, fo); });
   }
   // The same into `out` (tgt's shape). out may be tgt; it must not overlap memory, which every
   // layer reads after the one before it wrote out.
@@ -84,7 +84,7 @@ class TransformerDecoder : public Module<TransformerDecoder<T>> {
                                mv.data(), static_cast<std::size_t>(mv.size()) * sizeof(T)))
       detail::raise<ValueError>(fn, "argument 'out' overlaps argument 'memory', which every layer ",
                                 "reads after the one before it wrote out");
-    run_forward(tgt, memory, out, fo);
+    run_forward(cview(tgt), cview(memory), out, fo);
   }
 
   // Starts generation against `memory` [batch, Lm, d_model]: projects it once per layer. The
@@ -162,22 +162,7 @@ class TransformerDecoder : public Module<TransformerDecoder<T>> {
   Trained<Tensor<T, 3>, Context> forward_train(
       const X& tgt, const M& memory, const TransformerDecoderLayerForwardOptions& fo = {}) const {
     static_assert(rank_v<X> == 3 && rank_v<M> == 3, "TransformerDecoder takes [batch, L, d_model]");
-    check_call("tessera::nn::TransformerDecoder::forward_train", cview(tgt), cview(memory), fo);
-    Trained<Tensor<T, 3>, Context> r;
-    auto l = layers.front().forward_train(tgt, memory, fo);
-    r.context.layers.push_back(std::move(l.context));
-    for (std::size_t i = 1; i < layers.size(); ++i) {
-      auto next = layers[i].forward_train(l.output, memory, fo);
-      l.output = std::move(next.output);
-      r.context.layers.push_back(std::move(next.context));
-    }
-    if (options_.final_norm) {
-      auto n = norm.forward_train(l.output);
-      l.output = std::move(n.output);
-      r.context.norm = std::move(n.context);
-    }
-    r.output = std::move(l.output);
-    return r;
+    return forward_train_views(cview(tgt), cview(memory), fo);
   }
 
   // Given forward_train's context and dL/dy [batch, Lt, d_model]: adds every parameter's
@@ -186,26 +171,7 @@ class TransformerDecoder : public Module<TransformerDecoder<T>> {
   TransformerDecoderGrads<T> backward(const Context& ctx, const G& grad_output) {
     static_assert(rank_v<G> == 3 && std::is_same_v<scalar_t<G>, T>,
                   "TransformerDecoder::backward takes a [batch, Lt, d_model] gradient");
-    constexpr std::string_view fn = "tessera::nn::TransformerDecoder::backward";
-    check_parameters(fn);
-    if (ctx.layers.size() != layers.size())
-      detail::raise<ValueError>(fn, "argument 'ctx' holds ", ctx.layers.size(),
-                                " layers' contexts, the stack has ", layers.size(), " layers");
-    detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(),
-                              ctx.layers.front().norm1.input.shape());
-    TransformerDecoderGrads<T> g;
-    g.tgt = Tensor<T, 3>(cview(grad_output).shape(), uninitialized);
-    std::copy_n(cview(grad_output).data(), g.tgt.size(), g.tgt.data());
-    if (options_.final_norm) g.tgt = norm.backward(ctx.norm, g.tgt);
-    for (std::size_t i = layers.size(); i-- > 0;) {
-      auto li = layers[i].backward(ctx.layers[i], g.tgt);
-      g.tgt = std::move(li.tgt);
-      if (i + 1 == layers.size())
-        g.memory = std::move(li.memory);
-      else
-        detail::add_into(g.memory, li.memory);
-    }
-    return g;
+    return backward_views(ctx, cview(grad_output));
   }
 
   // The checks of forward and forward_into but the output's: the layers and parameters, tgt,
@@ -234,20 +200,77 @@ class TransformerDecoder : public Module<TransformerDecoder<T>> {
   }
 
  private:
+  // The entry points that take any TensorLike run these on views: members that are not
+  // templates, instantiated once per T (in tessera::compiled's library in the compiled mode).
+  TransformerDecoderGrads<T> backward_views(const Context& ctx, TensorMap<const T, 3> grad_output);
+  Trained<Tensor<T, 3>, Context> forward_train_views(
+      TensorMap<const T, 3> tgt, TensorMap<const T, 3> memory,
+      const TransformerDecoderLayerForwardOptions& fo) const;
   // `layers` is a public vector: a user may resize it or put in a layer built with other options.
   void check_layers(std::string_view fn, std::string_view prefix) const {
     detail::check_stack_layers(fn, prefix, layers, options_.num_layers, options_.layer);
   }
-  template <class X, class M>
-  void run_forward(const X& tgt, const M& memory, TensorMap<T, 3> out,
-                   const TransformerDecoderLayerForwardOptions& fo) const {
-    layers.front().forward_into(tgt, memory, out, fo);
-    for (std::size_t i = 1; i < layers.size(); ++i) layers[i].forward_into(out, memory, out, fo);
-    if (options_.final_norm) norm.forward_into(out, out);
-  }
+  void run_forward(TensorMap<const T, 3> tgt, TensorMap<const T, 3> memory, TensorMap<T, 3> out,
+                   const TransformerDecoderLayerForwardOptions& fo) const;
 
   TransformerDecoderOptions options_{};
 };
+
+template <class T>
+TransformerDecoderGrads<T> TransformerDecoder<T>::backward_views(
+    const Context& ctx, TensorMap<const T, 3> grad_output) {
+  constexpr std::string_view fn = "tessera::nn::TransformerDecoder::backward";
+  check_parameters(fn);
+  if (ctx.layers.size() != layers.size())
+    detail::raise<ValueError>(fn, "argument 'ctx' holds ", ctx.layers.size(),
+                              " layers' contexts, the stack has ", layers.size(), " layers");
+  detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(),
+                            ctx.layers.front().norm1.input.shape());
+  TransformerDecoderGrads<T> g;
+  g.tgt = Tensor<T, 3>(cview(grad_output).shape(), uninitialized);
+  std::copy_n(cview(grad_output).data(), g.tgt.size(), g.tgt.data());
+  if (options_.final_norm) g.tgt = norm.backward(ctx.norm, g.tgt);
+  for (std::size_t i = layers.size(); i-- > 0;) {
+    auto li = layers[i].backward(ctx.layers[i], g.tgt);
+    g.tgt = std::move(li.tgt);
+    if (i + 1 == layers.size())
+      g.memory = std::move(li.memory);
+    else
+      detail::add_into(g.memory, li.memory);
+  }
+  return g;
+}
+
+template <class T>
+Trained<Tensor<T, 3>, typename TransformerDecoder<T>::Context>
+TransformerDecoder<T>::forward_train_views(TensorMap<const T, 3> tgt, TensorMap<const T, 3> memory,
+                                           const TransformerDecoderLayerForwardOptions& fo) const {
+  check_call("tessera::nn::TransformerDecoder::forward_train", cview(tgt), cview(memory), fo);
+  Trained<Tensor<T, 3>, Context> r;
+  auto l = layers.front().forward_train(tgt, memory, fo);
+  r.context.layers.push_back(std::move(l.context));
+  for (std::size_t i = 1; i < layers.size(); ++i) {
+    auto next = layers[i].forward_train(l.output, memory, fo);
+    l.output = std::move(next.output);
+    r.context.layers.push_back(std::move(next.context));
+  }
+  if (options_.final_norm) {
+    auto n = norm.forward_train(l.output);
+    l.output = std::move(n.output);
+    r.context.norm = std::move(n.context);
+  }
+  r.output = std::move(l.output);
+  return r;
+}
+
+template <class T>
+void TransformerDecoder<T>::run_forward(TensorMap<const T, 3> tgt, TensorMap<const T, 3> memory,
+                                        TensorMap<T, 3> out,
+                                        const TransformerDecoderLayerForwardOptions& fo) const {
+  layers.front().forward_into(tgt, memory, out, fo);
+  for (std::size_t i = 1; i < layers.size(); ++i) layers[i].forward_into(out, memory, out, fo);
+  if (options_.final_norm) norm.forward_into(out, out);
+}
 
 // PyTorch's nn.Transformer.generate_square_subsequent_mask as an additive mask [n, n]:
 // 0 on and below the diagonal, -inf above. Use it with Mask::additive.

@@ -90,8 +90,8 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
     static_assert(rank_v<X> == 3 && rank_v<M> == 3,
                   "TransformerDecoderLayer takes [batch, L, d_model]");
     check_call("tessera::nn::TransformerDecoderLayer::forward", cview(tgt), cview(memory), fo);
-    return transformer_output<T>(tgt,
-                                 [&](TensorMap<T, 3> out) { run_forward(tgt, memory, out, fo); });
+    return transformer_output<T>(
+        tgt, [&](TensorMap<T, 3> out) { run_forward(cview(tgt), cview(memory), out, fo); });
   }
   // The same into `out` (tgt's shape). out may be tgt or memory, or overlap them: both are read
   // only before out is first written.
@@ -103,7 +103,7 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
     constexpr std::string_view fn = "tessera::nn::TransformerDecoderLayer::forward_into";
     check_call(fn, cview(tgt), cview(memory), fo);
     check_transformer_out(fn, out, cview(tgt));
-    run_forward(tgt, memory, out, fo);
+    run_forward(cview(tgt), cview(memory), out, fo);
   }
 
   // What backward needs: the contexts of both attentions, the feed-forward block and the norms.
@@ -121,52 +121,7 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
       const X& tgt, const M& memory, const TransformerDecoderLayerForwardOptions& fo = {}) const {
     static_assert(rank_v<X> == 3 && rank_v<M> == 3,
                   "TransformerDecoderLayer takes [batch, L, d_model]");
-    check_call("tessera::nn::TransformerDecoderLayer::forward_train", cview(tgt), cview(memory),
-               fo);
-    const MultiheadAttentionForwardOptions sa{.key_padding_mask = fo.tgt_key_padding_mask,
-                                              .attn_mask = fo.tgt_mask,
-                                              .is_causal = fo.tgt_is_causal};
-    const MultiheadAttentionForwardOptions ca{.key_padding_mask = fo.memory_key_padding_mask,
-                                              .attn_mask = fo.memory_mask,
-                                              .is_causal = fo.memory_is_causal};
-    const auto mv = cview(memory);
-    Trained<Tensor<T, 3>, Context> r;
-    Context& c = r.context;
-    c.norm_first = options_.norm_first;
-    Tensor<T, 3> x(cview(tgt).shape(), uninitialized);
-    std::copy_n(cview(tgt).data(), x.size(), x.data());
-    if (options_.norm_first) {
-      // x1 = x + sa(n1(x)); x2 = x1 + ca(n2(x1), m); y = x2 + ff(n3(x2))
-      auto h1 = norm1.forward_train(x);
-      auto a = self_attn.forward_train(h1.output, h1.output, h1.output, sa);
-      detail::add_into(a.output, x);
-      auto h2 = norm2.forward_train(a.output);
-      auto b = multihead_attn.forward_train(h2.output, mv, mv, ca);
-      detail::add_into(b.output, a.output);
-      auto h3 = norm3.forward_train(b.output);
-      auto f = ff.forward_train(h3.output);
-      detail::add_into(f.output, b.output);
-      r.output = std::move(f.output);
-      c.norm1 = std::move(h1.context), c.self_attn = std::move(a.context);
-      c.norm2 = std::move(h2.context), c.multihead_attn = std::move(b.context);
-      c.norm3 = std::move(h3.context), c.ff = std::move(f.context);
-      return r;
-    }
-    // x1 = n1(x + sa(x)); x2 = n2(x1 + ca(x1, m)); y = n3(x2 + ff(x2))
-    auto a = self_attn.forward_train(x, x, x, sa);
-    detail::add_into(a.output, x);
-    auto x1 = norm1.forward_train(a.output);
-    auto b = multihead_attn.forward_train(x1.output, mv, mv, ca);
-    detail::add_into(b.output, x1.output);
-    auto x2 = norm2.forward_train(b.output);
-    auto f = ff.forward_train(x2.output);
-    detail::add_into(f.output, x2.output);
-    auto y = norm3.forward_train(f.output);
-    r.output = std::move(y.output);
-    c.self_attn = std::move(a.context), c.norm1 = std::move(x1.context);
-    c.multihead_attn = std::move(b.context), c.norm2 = std::move(x2.context);
-    c.ff = std::move(f.context), c.norm3 = std::move(y.context);
-    return r;
+    return forward_train_views(cview(tgt), cview(memory), fo);
   }
 
   // Given forward_train's context and dL/dy [batch, Lt, d_model]: adds every parameter's
@@ -175,39 +130,7 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
   TransformerDecoderGrads<T> backward(const Context& ctx, const G& grad_output) {
     static_assert(rank_v<G> == 3 && std::is_same_v<scalar_t<G>, T>,
                   "TransformerDecoderLayer::backward takes a [batch, Lt, d_model] gradient");
-    constexpr std::string_view fn = "tessera::nn::TransformerDecoderLayer::backward";
-    check_parameters(fn);
-    if (ctx.norm_first != options_.norm_first || ctx.norm1.input.dim(2) != options_.d_model)
-      detail::raise<ValueError>(fn,
-                                "argument 'ctx' does not come from this module's forward_train");
-    detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(),
-                              ctx.norm1.input.shape());
-    Tensor<T, 3> dy(cview(grad_output).shape(), uninitialized);
-    std::copy_n(cview(grad_output).data(), dy.size(), dy.data());
-    TransformerDecoderGrads<T> g;
-    // The cross-attention's gradient: into its query's path, and into memory (key + value).
-    const auto cross = [&](const Tensor<T, 3>& d) {
-      auto ca = multihead_attn.backward(ctx.multihead_attn, d);
-      g.memory = std::move(ca.key);
-      detail::add_into(g.memory, ca.value);
-      return std::move(ca.query);
-    };
-    if (options_.norm_first) {
-      detail::add_into(dy, norm3.backward(ctx.norm3, ff.backward(ctx.ff, dy)));  // dx2
-      detail::add_into(dy, norm2.backward(ctx.norm2, cross(dy)));                // dx1
-      detail::add_into(dy, norm1.backward(ctx.norm1, detail::self_attention_grad(
-                                                         self_attn.backward(ctx.self_attn, dy))));
-      g.tgt = std::move(dy);
-      return g;
-    }
-    Tensor<T, 3> dz = norm3.backward(ctx.norm3, dy);  // d(x2 + ff(x2))
-    detail::add_into(dz, ff.backward(ctx.ff, dz));    // dx2
-    Tensor<T, 3> dw = norm2.backward(ctx.norm2, dz);  // d(x1 + ca(x1))
-    detail::add_into(dw, cross(dw));                  // dx1
-    Tensor<T, 3> dx = norm1.backward(ctx.norm1, dw);  // d(x + sa(x))
-    detail::add_into(dx, detail::self_attention_grad(self_attn.backward(ctx.self_attn, dx)));
-    g.tgt = std::move(dx);
-    return g;
+    return backward_views(ctx, cview(grad_output));
   }
 
   // Prepares the cache for generation against `memory` [batch, Lm, d_model].
@@ -231,8 +154,9 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
     static_assert(rank_v<X> == 3, "TransformerDecoderLayer::step takes [batch, n, d_model]");
     check_step("tessera::nn::TransformerDecoderLayer::step", cview(tgt), cache,
                memory_key_padding_mask);
-    return transformer_output<T>(
-        tgt, [&](TensorMap<T, 3> out) { run_step(tgt, cache, out, memory_key_padding_mask); });
+    return transformer_output<T>(tgt, [&](TensorMap<T, 3> out) {
+      run_step(cview(tgt), cache, out, memory_key_padding_mask);
+    });
   }
   // The same into `out` (tgt's shape); out may be tgt, as in forward_into.
   template <TensorLike X>
@@ -242,7 +166,7 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
     constexpr std::string_view fn = "tessera::nn::TransformerDecoderLayer::step_into";
     check_step(fn, cview(tgt), cache, memory_key_padding_mask);
     check_transformer_out(fn, out, cview(tgt));
-    run_step(tgt, cache, out, memory_key_padding_mask);
+    run_step(cview(tgt), cache, out, memory_key_padding_mask);
   }
 
   // Throws ShapeError, naming `fn` and the parameter as `prefix` + its state-dict name
@@ -313,41 +237,16 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
   }
 
  private:
-  template <class X, class M>
-  void run_forward(const X& tgt, const M& memory, TensorMap<T, 3> out,
-                   const TransformerDecoderLayerForwardOptions& fo) const {
-    const MultiheadAttentionForwardOptions sa{.key_padding_mask = fo.tgt_key_padding_mask,
-                                              .attn_mask = fo.tgt_mask,
-                                              .is_causal = fo.tgt_is_causal};
-    const MultiheadAttentionForwardOptions ca{.key_padding_mask = fo.memory_key_padding_mask,
-                                              .attn_mask = fo.memory_mask,
-                                              .is_causal = fo.memory_is_causal};
-    run(
-        cview(tgt), out,
-        [&](const auto& h, const auto& dst, const auto& residual) {
-          self_attn.forward_into(h, h, h, dst, sa, residual);
-        },
-        [&](const auto& h, const auto& dst, const auto& residual) {
-          multihead_attn.forward_into(h, memory, memory, dst, ca, residual);
-        });
-  }
-  template <class X>
-  void run_step(const X& tgt, DecoderLayerCache<T>& cache, TensorMap<T, 3> out,
-                const std::optional<Mask>& memory_key_padding_mask) const {
-    const MultiheadAttentionForwardOptions sa{.is_causal = true};
-    const MultiheadAttentionForwardOptions ca{.key_padding_mask = memory_key_padding_mask,
-                                              .need_weights = cache.record_cross_attention};
-    run(
-        cview(tgt), out,
-        [&](const auto& h, const auto& dst, const auto& residual) {
-          self_attn.append_kv(cache.self_kv, h, h);
-          self_attn.attend_into(h, cache.self_kv, dst, sa, residual);
-        },
-        [&](const auto& h, const auto& dst, const auto& residual) {
-          auto w = multihead_attn.attend_into(h, cache.memory_kv, dst, ca, residual);
-          if (w.attn_weights) cache.cross_attention = std::move(*w.attn_weights);
-        });
-  }
+  // The entry points that take any TensorLike run these on views: members that are not
+  // templates, instantiated once per T (in tessera::compiled's library in the compiled mode).
+  TransformerDecoderGrads<T> backward_views(const Context& ctx, TensorMap<const T, 3> grad_output);
+  Trained<Tensor<T, 3>, Context> forward_train_views(
+      TensorMap<const T, 3> tgt, TensorMap<const T, 3> memory,
+      const TransformerDecoderLayerForwardOptions& fo) const;
+  void run_forward(TensorMap<const T, 3> tgt, TensorMap<const T, 3> memory, TensorMap<T, 3> out,
+                   const TransformerDecoderLayerForwardOptions& fo) const;
+  void run_step(TensorMap<const T, 3> tgt, DecoderLayerCache<T>& cache, TensorMap<T, 3> out,
+                const std::optional<Mask>& memory_key_padding_mask) const;
 
   // The three residual blocks around the given self- and cross-attention, in either norm order,
   // from tgt into out. block(h, dst, residual) writes attention(h) + residual into dst. tgt (and
@@ -379,6 +278,133 @@ class TransformerDecoderLayer : public Module<TransformerDecoderLayer<T>> {
 
   TransformerLayerOptions options_{};
 };
+
+template <class T>
+TransformerDecoderGrads<T> TransformerDecoderLayer<T>::backward_views(
+    const Context& ctx, TensorMap<const T, 3> grad_output) {
+  constexpr std::string_view fn = "tessera::nn::TransformerDecoderLayer::backward";
+  check_parameters(fn);
+  if (ctx.norm_first != options_.norm_first || ctx.norm1.input.dim(2) != options_.d_model)
+    detail::raise<ValueError>(fn, "argument 'ctx' does not come from this module's forward_train");
+  detail::check_shape_equal(fn, "grad_output", cview(grad_output).shape(), ctx.norm1.input.shape());
+  Tensor<T, 3> dy(cview(grad_output).shape(), uninitialized);
+  std::copy_n(cview(grad_output).data(), dy.size(), dy.data());
+  TransformerDecoderGrads<T> g;
+  // The cross-attention's gradient: into its query's path, and into memory (key + value).
+  const auto cross = [&](const Tensor<T, 3>& d) {
+    auto ca = multihead_attn.backward(ctx.multihead_attn, d);
+    g.memory = std::move(ca.key);
+    detail::add_into(g.memory, ca.value);
+    return std::move(ca.query);
+  };
+  if (options_.norm_first) {
+    detail::add_into(dy, norm3.backward(ctx.norm3, ff.backward(ctx.ff, dy)));  // dx2
+    detail::add_into(dy, norm2.backward(ctx.norm2, cross(dy)));                // dx1
+    detail::add_into(dy, norm1.backward(ctx.norm1, detail::self_attention_grad(
+                                                       self_attn.backward(ctx.self_attn, dy))));
+    g.tgt = std::move(dy);
+    return g;
+  }
+  Tensor<T, 3> dz = norm3.backward(ctx.norm3, dy);  // d(x2 + ff(x2))
+  detail::add_into(dz, ff.backward(ctx.ff, dz));    // dx2
+  Tensor<T, 3> dw = norm2.backward(ctx.norm2, dz);  // d(x1 + ca(x1))
+  detail::add_into(dw, cross(dw));                  // dx1
+  Tensor<T, 3> dx = norm1.backward(ctx.norm1, dw);  // d(x + sa(x))
+  detail::add_into(dx, detail::self_attention_grad(self_attn.backward(ctx.self_attn, dx)));
+  g.tgt = std::move(dx);
+  return g;
+}
+
+template <class T>
+Trained<Tensor<T, 3>, typename TransformerDecoderLayer<T>::Context>
+TransformerDecoderLayer<T>::forward_train_views(
+    TensorMap<const T, 3> tgt, TensorMap<const T, 3> memory,
+    const TransformerDecoderLayerForwardOptions& fo) const {
+  check_call("tessera::nn::TransformerDecoderLayer::forward_train", cview(tgt), cview(memory), fo);
+  const MultiheadAttentionForwardOptions sa{.key_padding_mask = fo.tgt_key_padding_mask,
+                                            .attn_mask = fo.tgt_mask,
+                                            .is_causal = fo.tgt_is_causal};
+  const MultiheadAttentionForwardOptions ca{.key_padding_mask = fo.memory_key_padding_mask,
+                                            .attn_mask = fo.memory_mask,
+                                            .is_causal = fo.memory_is_causal};
+  const auto mv = cview(memory);
+  Trained<Tensor<T, 3>, Context> r;
+  Context& c = r.context;
+  c.norm_first = options_.norm_first;
+  Tensor<T, 3> x(cview(tgt).shape(), uninitialized);
+  std::copy_n(cview(tgt).data(), x.size(), x.data());
+  if (options_.norm_first) {
+    // x1 = x + sa(n1(x)); x2 = x1 + ca(n2(x1), m); y = x2 + ff(n3(x2))
+    auto h1 = norm1.forward_train(x);
+    auto a = self_attn.forward_train(h1.output, h1.output, h1.output, sa);
+    detail::add_into(a.output, x);
+    auto h2 = norm2.forward_train(a.output);
+    auto b = multihead_attn.forward_train(h2.output, mv, mv, ca);
+    detail::add_into(b.output, a.output);
+    auto h3 = norm3.forward_train(b.output);
+    auto f = ff.forward_train(h3.output);
+    detail::add_into(f.output, b.output);
+    r.output = std::move(f.output);
+    c.norm1 = std::move(h1.context), c.self_attn = std::move(a.context);
+    c.norm2 = std::move(h2.context), c.multihead_attn = std::move(b.context);
+    c.norm3 = std::move(h3.context), c.ff = std::move(f.context);
+    return r;
+  }
+  // x1 = n1(x + sa(x)); x2 = n2(x1 + ca(x1, m)); y = n3(x2 + ff(x2))
+  auto a = self_attn.forward_train(x, x, x, sa);
+  detail::add_into(a.output, x);
+  auto x1 = norm1.forward_train(a.output);
+  auto b = multihead_attn.forward_train(x1.output, mv, mv, ca);
+  detail::add_into(b.output, x1.output);
+  auto x2 = norm2.forward_train(b.output);
+  auto f = ff.forward_train(x2.output);
+  detail::add_into(f.output, x2.output);
+  auto y = norm3.forward_train(f.output);
+  r.output = std::move(y.output);
+  c.self_attn = std::move(a.context), c.norm1 = std::move(x1.context);
+  c.multihead_attn = std::move(b.context), c.norm2 = std::move(x2.context);
+  c.ff = std::move(f.context), c.norm3 = std::move(y.context);
+  return r;
+}
+
+template <class T>
+void TransformerDecoderLayer<T>::run_step(
+    TensorMap<const T, 3> tgt, DecoderLayerCache<T>& cache, TensorMap<T, 3> out,
+    const std::optional<Mask>& memory_key_padding_mask) const {
+  const MultiheadAttentionForwardOptions sa{.is_causal = true};
+  const MultiheadAttentionForwardOptions ca{.key_padding_mask = memory_key_padding_mask,
+                                            .need_weights = cache.record_cross_attention};
+  run(
+      cview(tgt), out,
+      [&](const auto& h, const auto& dst, const auto& residual) {
+        self_attn.append_kv(cache.self_kv, h, h);
+        self_attn.attend_into(h, cache.self_kv, dst, sa, residual);
+      },
+      [&](const auto& h, const auto& dst, const auto& residual) {
+        auto w = multihead_attn.attend_into(h, cache.memory_kv, dst, ca, residual);
+        if (w.attn_weights) cache.cross_attention = std::move(*w.attn_weights);
+      });
+}
+
+template <class T>
+void TransformerDecoderLayer<T>::run_forward(
+    TensorMap<const T, 3> tgt, TensorMap<const T, 3> memory, TensorMap<T, 3> out,
+    const TransformerDecoderLayerForwardOptions& fo) const {
+  const MultiheadAttentionForwardOptions sa{.key_padding_mask = fo.tgt_key_padding_mask,
+                                            .attn_mask = fo.tgt_mask,
+                                            .is_causal = fo.tgt_is_causal};
+  const MultiheadAttentionForwardOptions ca{.key_padding_mask = fo.memory_key_padding_mask,
+                                            .attn_mask = fo.memory_mask,
+                                            .is_causal = fo.memory_is_causal};
+  run(
+      cview(tgt), out,
+      [&](const auto& h, const auto& dst, const auto& residual) {
+        self_attn.forward_into(h, h, h, dst, sa, residual);
+      },
+      [&](const auto& h, const auto& dst, const auto& residual) {
+        multihead_attn.forward_into(h, memory, memory, dst, ca, residual);
+      });
+}
 
 }  // namespace tessera::nn
 

@@ -233,6 +233,8 @@ class TransformerEncoderLayer : public Module<TransformerEncoderLayer<T>> {
   }
 
  private:
+  // The entry points that take any TensorLike run these on views: members that are not
+  // templates, instantiated once per T (in tessera::compiled's library in the compiled mode).
   Tensor<T, 3> backward_views(const Context& ctx, TensorMap<const T, 3> grad_output);
   Trained<Tensor<T, 3>, Context> forward_train_views(
       TensorMap<const T, 3> src, const TransformerEncoderLayerForwardOptions& fo) const;

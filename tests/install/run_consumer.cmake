@@ -30,12 +30,16 @@ if(MODE STREQUAL "find_package")
   if(NOT EXISTS ${prefix}/include/tessera/tessera.hpp)
     message(FATAL_ERROR "install did not place include/tessera/tessera.hpp under ${prefix}")
   endif()
+  # The consumer is compiled with the suite's CMAKE_CXX_FLAGS (CXX_FLAGS), as the installed
+  # library was: a sanitizer build's library needs its runtime.
   run(${CMAKE_COMMAND} -S ${consumer} -B ${WORK_DIR}/consumer-build -G ${GENERATOR}
-      -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_PREFIX_PATH=${prefix} -DCONSUMER_MODE=find_package)
+      -DCMAKE_CXX_COMPILER=${CXX} "-DCMAKE_CXX_FLAGS=${CXX_FLAGS}" -DCMAKE_PREFIX_PATH=${prefix}
+      -DCONSUMER_MODE=find_package)
 elseif(MODE STREQUAL "add_subdirectory")
+  # tessera as a subproject, with or without its compiled library as the suite's build.
   run(${CMAKE_COMMAND} -S ${consumer} -B ${WORK_DIR}/consumer-build -G ${GENERATOR}
-      -DCMAKE_CXX_COMPILER=${CXX} -DCONSUMER_MODE=add_subdirectory
-      -DTESSERA_SOURCE_DIR=${TESSERA_SOURCE_DIR})
+      -DCMAKE_CXX_COMPILER=${CXX} "-DCMAKE_CXX_FLAGS=${CXX_FLAGS}" -DCONSUMER_MODE=add_subdirectory
+      -DTESSERA_SOURCE_DIR=${TESSERA_SOURCE_DIR} -DTESSERA_BUILD_COMPILED=${EXPECT_COMPILED})
 else()
   message(FATAL_ERROR "MODE must be find_package or add_subdirectory, got '${MODE}'")
 endif()

@@ -1,7 +1,10 @@
 // A program that mixes the modes (mixed_modes.hpp): this translation unit is in the compiled
-// mode, header_only.cpp is not. Each keeps its own entry points (cpu_capability, the GEMM's
-// router, PackedMatrix's packing constructor), both compute right, and a matrix packed on one
-// side is read by the other only where their tiles agree (a ValueError otherwise). CTest runs it
+// mode, header_only.cpp is not. Each keeps its own mode-named entry points (cpu_capability,
+// kernel_float_lanes, gemm_tile, the softmax row and GEMM routers, PackedMatrix's packing
+// constructor), both compute right, and a matrix packed on one side is read by the other only
+// where their tiles agree (a ValueError otherwise). The public wrappers (tessera::softmax, ...),
+// parallel_for and the modules are not named after the mode, so a mixed program runs one copy of
+// each; this test calls the routers. CTest runs it
 // at the level the library picks and, as kernels.MixedModes.at_default, with the library forced to
 // the baseline, where a build for AVX2 or AVX-512 makes the two sides' levels differ.
 #include <gtest/gtest.h>
@@ -32,11 +35,12 @@ Report compiled_report() {
   r.capability = std::string(tessera::cpu_capability());
   r.float_lanes = tessera::kernel_float_lanes();
   r.tile_nr = tessera::gemm_tile<float>().nr;
+  // Row by row through the mode-named router: tessera::softmax itself, like the other public
+  // wrappers and parallel_for, is not named after the mode, so a mixed program keeps one copy.
   const auto a = input_a();
-  tessera::Tensor<float, 2> x(kM, kK);
-  std::copy(a.begin(), a.end(), x.data());
-  const auto s = tessera::softmax(x);
-  r.softmax.assign(s.data(), s.data() + s.size());
+  r.softmax.resize(a.size());
+  for (tessera::Index row = 0; row < kM; ++row)
+    tessera::detail::softmax_row(a.data() + row * kK, r.softmax.data() + row * kK, kK);
   const auto w = weight_w();
   r.product.resize(kM * kN);
   tessera::GemmProblem<float> p{.m = kM, .n = kN, .k = kK, .a = a.data(), .lda = kK};

@@ -31,7 +31,7 @@ struct Report {
   std::string capability;      // cpu_capability()
   int float_lanes = 0;         // kernel_float_lanes()
   tessera::Index tile_nr = 0;  // gemm_tile<float>().nr
-  std::vector<float> softmax;  // tessera::softmax over the rows of input_a() [kM, kK]
+  std::vector<float> softmax;  // softmax over the rows of input_a() [kM, kK]
   std::vector<float> product;  // input_a() times weight_w()^T, unpacked [kM, kN]
 };
 

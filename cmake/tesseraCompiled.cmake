@@ -79,6 +79,11 @@ if(TESSERA_WITH_NLOHMANN_JSON)
 endif()
 list(TRANSFORM tessera_instantiations PREPEND ${CMAKE_CURRENT_SOURCE_DIR}/src/instantiate_)
 list(TRANSFORM tessera_instantiations APPEND .cpp)
+# With nlohmann_json, the functions that read or write JSON (TESSERA_JSON_FUNCTION in
+# core/config.hpp), so that its consumers compile neither nlohmann-json's header nor its parsers.
+if(TESSERA_WITH_NLOHMANN_JSON)
+  list(APPEND tessera_instantiations ${CMAKE_CURRENT_SOURCE_DIR}/src/json_functions.cpp)
+endif()
 add_library(tessera_compiled STATIC ${CMAKE_CURRENT_SOURCE_DIR}/src/dispatch.cpp
                                     ${tessera_instantiations} ${tessera_level_objects})
 add_library(tessera::compiled ALIAS tessera_compiled)

@@ -37,6 +37,38 @@
   TESSERA_INSTANTIATE(__VA_ARGS__<float>) \
   TESSERA_INSTANTIATE(__VA_ARGS__<double>)
 
+// The entry points that differ between the modes are declared in an inline namespace named after
+// the mode, so that a program mixing header-only and compiled translation units holds both
+// versions side by side instead of one the linker picks for both (kernels/dispatch.hpp).
+#if defined(TESSERA_COMPILED)
+#define TESSERA_BEGIN_MODE_NAMESPACE inline namespace compiled_mode {
+#if defined(__GNUC__)
+#define TESSERA_MODE_TAG [[gnu::abi_tag("tessera_compiled")]]
+#endif
+#else
+#define TESSERA_BEGIN_MODE_NAMESPACE inline namespace header_only_mode {
+#endif
+#define TESSERA_END_MODE_NAMESPACE }
+#ifndef TESSERA_MODE_TAG
+#define TESSERA_MODE_TAG
+#endif
+
+// The functions that read or write JSON (the safetensors reader and writer, the Hugging Face
+// config.json readers) are declared TESSERA_JSON_FUNCTION in their headers, inside the mode's
+// namespace. Header-only, each such header then includes its `_impl.hpp` and every includer
+// compiles them inline. In the compiled mode the library holds them (src/json_functions.cpp
+// includes the `_impl.hpp` files) and a consumer's translation units see the declarations alone:
+// neither nlohmann-json's header nor its parsers' instantiations, which are most of what the
+// umbrella header costs beyond Eigen. A library built without nlohmann_json
+// (TESSERA_COMPILED_WITHOUT_MODELS) holds none of them, and its consumers compile them as
+// header-only does.
+#if defined(TESSERA_COMPILED) && !defined(TESSERA_COMPILED_WITHOUT_MODELS)
+#define TESSERA_JSON_FUNCTION
+#define TESSERA_JSON_IN_LIBRARY 1
+#else
+#define TESSERA_JSON_FUNCTION inline
+#endif
+
 namespace tessera {
 
 // Signed index type for sizes and offsets, the same as Eigen::Index.

@@ -38,19 +38,6 @@
     "tessera's compiled mode (TESSERA_COMPILED) cannot be used with _GLIBCXX_DEBUG: the library's containers have the release layout"
 #endif
 
-#if defined(TESSERA_COMPILED)
-#define TESSERA_BEGIN_MODE_NAMESPACE inline namespace compiled_mode {
-#if defined(__GNUC__)
-#define TESSERA_MODE_TAG [[gnu::abi_tag("tessera_compiled")]]
-#endif
-#else
-#define TESSERA_BEGIN_MODE_NAMESPACE inline namespace header_only_mode {
-#endif
-#define TESSERA_END_MODE_NAMESPACE }
-#ifndef TESSERA_MODE_TAG
-#define TESSERA_MODE_TAG
-#endif
-
 namespace tessera {
 
 enum class Activation;

@@ -22,7 +22,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
-#include <nlohmann/json.hpp>
+#include <nlohmann/json_fwd.hpp>
 #include <span>
 #include <sstream>
 #include <string>
@@ -310,57 +310,15 @@ namespace tessera::models {
 // max_position_embeddings, eos_token_id (2, the value of older configs, pools at the largest id
 // as OpenAI does; any other at the first occurrence of that id, as transformers does). Throws
 // ValueError naming the field for a value of the wrong type or an activation tessera lacks.
-inline CLIPOptions clip_options_from_hf_config(const nlohmann::json& config) {
-  const HfConfigReader cfg("tessera::models::clip_options_from_hf_config");
-  auto get = [&](const nlohmann::json& j, const char* section, const char* key, auto fallback) {
-    return cfg.get(j, section, key, fallback);
-  };
-  auto activation = [&](const std::string& name, const char* field) {
-    return cfg.activation(name, field);
-  };
-  const auto& v = HfConfigReader::section(config, "vision_config");
-  const auto& t = HfConfigReader::section(config, "text_config");
-  const Index projection = get(config, "", "projection_dim", Index{512});
-  CLIPOptions o;
-  o.vision = {
-      .image_size = get(v, "vision_config.", "image_size", Index{224}),
-      .patch_size = get(v, "vision_config.", "patch_size", Index{32}),
-      .in_channels = get(v, "vision_config.", "num_channels", Index{3}),
-      .width = get(v, "vision_config.", "hidden_size", Index{768}),
-      .layers = get(v, "vision_config.", "num_hidden_layers", Index{12}),
-      .heads = get(v, "vision_config.", "num_attention_heads", Index{12}),
-      .mlp_dim = get(v, "vision_config.", "intermediate_size", Index{3072}),
-      .activation = activation(get(v, "vision_config.", "hidden_act", std::string("quick_gelu")),
-                               "vision_config.hidden_act"),
-      .layer_norm_eps = get(v, "vision_config.", "layer_norm_eps", 1e-5),
-      .patch_bias = false,
-      .ln_pre = true,
-      .output_dim = projection};
-  const Index eos = get(t, "text_config.", "eos_token_id", Index{49407});
-  o.text = {
-      .vocab_size = get(t, "text_config.", "vocab_size", Index{49408}),
-      .context_length = get(t, "text_config.", "max_position_embeddings", Index{77}),
-      .width = get(t, "text_config.", "hidden_size", Index{512}),
-      .layers = get(t, "text_config.", "num_hidden_layers", Index{12}),
-      .heads = get(t, "text_config.", "num_attention_heads", Index{8}),
-      .mlp_dim = get(t, "text_config.", "intermediate_size", Index{2048}),
-      .activation = activation(get(t, "text_config.", "hidden_act", std::string("quick_gelu")),
-                               "text_config.hidden_act"),
-      .layer_norm_eps = get(t, "text_config.", "layer_norm_eps", 1e-5),
-      .causal = true,
-      .pooling = eos == 2 ? TextPooling::argmax : TextPooling::eos,
-      .eos_token_id = eos,
-      .output_dim = projection};
-  o.logit_scale = get(config, "", "logit_scale_init_value", 2.6592);
-  return o;
-}
+TESSERA_BEGIN_MODE_NAMESPACE
+TESSERA_JSON_FUNCTION CLIPOptions clip_options_from_hf_config(const nlohmann::json& config);
+TESSERA_END_MODE_NAMESPACE
 
 // clip_options_from_hf_config of a config.json file; IoError naming the path when it cannot be
 // read or parsed.
-inline CLIPOptions read_hf_clip_config(const std::filesystem::path& path) {
-  return clip_options_from_hf_config(
-      read_json_object("tessera::models::read_hf_clip_config", path));
-}
+TESSERA_BEGIN_MODE_NAMESPACE
+TESSERA_JSON_FUNCTION CLIPOptions read_hf_clip_config(const std::filesystem::path& path);
+TESSERA_END_MODE_NAMESPACE
 
 // A CLIP from a checkpoint's tensors in the OpenAI/open_clip or the Hugging Face layout
 // (detected from the keys), with the architecture of `config` (checked against the checkpoint's
@@ -414,6 +372,19 @@ VisionTransformer<T> load_clip_vision(io::StateDict dict, const VisionTransforme
       [&](ArchitectureCheck& check) { check.vision("", "", options); });
 }
 
+}  // namespace tessera::models
+
+namespace tessera::detail {
+TESSERA_BEGIN_MODE_NAMESPACE
+// The vision tower's options in the config.json at `path` (a CLIPVisionConfig or a CLIPConfig);
+// errors name `fn`.
+TESSERA_JSON_FUNCTION models::VisionTransformerOptions read_clip_vision_config(
+    std::string_view fn, const std::filesystem::path& path);
+TESSERA_END_MODE_NAMESPACE
+}  // namespace tessera::detail
+
+namespace tessera::models {
+
 // The same from a model folder's weights and the config.json beside them: a CLIPVisionConfig
 // (fields at the top level, as CLIPVisionModel saves it) or a CLIPConfig (its vision_config).
 // The tower ends in visual_projection (projection_dim outputs) when the checkpoint has it, else
@@ -422,14 +393,7 @@ template <class T>
 VisionTransformer<T> load_clip_vision(const std::filesystem::path& path) {
   constexpr std::string_view fn = "tessera::models::load_clip_vision";
   const auto config_path = config_beside(fn, path, clip_presets());
-  nlohmann::json config = read_json_object(fn, config_path);
-  if (!config.contains("vision_config")) {
-    nlohmann::json wrapped = nlohmann::json::object();
-    wrapped["vision_config"] = config;
-    if (config.contains("projection_dim")) wrapped["projection_dim"] = config["projection_dim"];
-    config = std::move(wrapped);
-  }
-  VisionTransformerOptions options = clip_options_from_hf_config(config).vision;
+  VisionTransformerOptions options = detail::read_clip_vision_config(fn, config_path);
   io::StateDict dict = io::load_safetensors(path);
   if (!dict.contains("visual_projection.weight")) options.output_dim = 0;
   return load_clip_vision<T>(std::move(dict), options, config_path.string());
@@ -441,4 +405,8 @@ VisionTransformer<T> load_clip_vision(const std::filesystem::path& path) {
 // models (no nlohmann_json).
 #ifndef TESSERA_COMPILED_WITHOUT_MODELS
 TESSERA_INSTANTIATE_FLOATING(class tessera::models::CLIP)
+#endif
+
+#ifndef TESSERA_JSON_IN_LIBRARY
+#include "tessera/models/clip_impl.hpp"
 #endif

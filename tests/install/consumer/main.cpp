@@ -4,6 +4,12 @@
 #include <string>
 #include <tessera/tessera.hpp>
 
+// In the compiled mode the readers of JSON are the library's (TESSERA_JSON_FUNCTION,
+// core/config.hpp): the umbrella header must not bring in nlohmann-json's header.
+#if defined(TESSERA_JSON_IN_LIBRARY) && defined(INCLUDE_NLOHMANN_JSON_HPP_)
+#error "the compiled mode's umbrella header included nlohmann/json.hpp"
+#endif
+
 int main() {
   tessera::Tensor<float, 2> logits{{1.0f, 2.0f, 3.0f}, {0.0f, 0.0f, 0.0f}};
   const auto p = tessera::softmax(logits);

@@ -10,6 +10,7 @@
     "src/json_functions.cpp needs nlohmann_json, which TESSERA_COMPILED_WITHOUT_MODELS says is absent"
 #endif
 
+#define TESSERA_BUILDING_JSON_FUNCTIONS
 #include "tessera/io/safetensors_impl.hpp"
 #include "tessera/models/clip_impl.hpp"
 #include "tessera/models/siglip_impl.hpp"

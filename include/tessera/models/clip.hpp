@@ -22,7 +22,6 @@
 #include <fstream>
 #include <functional>
 #include <map>
-#include <nlohmann/json_fwd.hpp>
 #include <span>
 #include <sstream>
 #include <string>
@@ -30,6 +29,14 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+// nlohmann::json is a parameter type here: declared by json_fwd.hpp where the definitions are the
+// library's (installs of nlohmann-json before 3.11 may lack that header), else defined.
+#if defined(TESSERA_JSON_IN_LIBRARY) && __has_include(<nlohmann/json_fwd.hpp>)
+#include <nlohmann/json_fwd.hpp>
+#else
+#include <nlohmann/json.hpp>
+#endif
 
 #include "tessera/contrastive/clip_loss.hpp"
 #include "tessera/contrastive/dual_encoder.hpp"

@@ -2,6 +2,15 @@
 // file header-only; in the compiled mode the library compiles it once (src/json_functions.cpp).
 #pragma once
 
+#include "tessera/core/config.hpp"
+
+// In the compiled mode these definitions are the library's alone: a consumer's copy would be a
+// second definition of the same (not inline) functions.
+#if defined(TESSERA_JSON_IN_LIBRARY) && !defined(TESSERA_BUILDING_JSON_FUNCTIONS)
+#error \
+    "tessera/models/siglip_impl.hpp is the library's in the compiled mode; include tessera/models/siglip.hpp"
+#endif
+
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>

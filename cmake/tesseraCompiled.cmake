@@ -84,8 +84,19 @@ list(TRANSFORM tessera_instantiations APPEND .cpp)
 if(TESSERA_WITH_NLOHMANN_JSON)
   list(APPEND tessera_instantiations ${CMAKE_CURRENT_SOURCE_DIR}/src/json_functions.cpp)
 endif()
-add_library(tessera_compiled STATIC ${CMAKE_CURRENT_SOURCE_DIR}/src/dispatch.cpp
-                                    ${tessera_instantiations} ${tessera_level_objects})
+# They are an object library of their own, so that a build compiles them beside the level objects
+# instead of after them (a target's own sources wait for the targets it depends on).
+add_library(tessera_compiled_objects OBJECT ${CMAKE_CURRENT_SOURCE_DIR}/src/dispatch.cpp
+                                            ${tessera_instantiations})
+set_target_properties(tessera_compiled_objects PROPERTIES POSITION_INDEPENDENT_CODE ON)
+target_link_libraries(tessera_compiled_objects PRIVATE tessera::tessera)
+target_compile_definitions(tessera_compiled_objects PRIVATE TESSERA_COMPILED ${tessera_level_definitions})
+if(NOT TESSERA_WITH_NLOHMANN_JSON)
+  target_compile_definitions(tessera_compiled_objects PRIVATE TESSERA_COMPILED_WITHOUT_MODELS)
+endif()
+target_compile_options(tessera_compiled_objects PRIVATE ${tessera_flags_default} $<$<CONFIG:>:-O2>)
+
+add_library(tessera_compiled STATIC $<TARGET_OBJECTS:tessera_compiled_objects> ${tessera_level_objects})
 add_library(tessera::compiled ALIAS tessera_compiled)
 if(tessera_isolate)
   set_source_files_properties(${tessera_level_objects} PROPERTIES EXTERNAL_OBJECT TRUE GENERATED TRUE)
@@ -93,8 +104,7 @@ endif()
 set_target_properties(tessera_compiled PROPERTIES EXPORT_NAME compiled OUTPUT_NAME tessera_compiled
                                                   POSITION_INDEPENDENT_CODE ON)
 target_link_libraries(tessera_compiled PUBLIC tessera::tessera)
-target_compile_definitions(tessera_compiled PUBLIC TESSERA_COMPILED PRIVATE ${tessera_level_definitions})
+target_compile_definitions(tessera_compiled PUBLIC TESSERA_COMPILED)
 if(NOT TESSERA_WITH_NLOHMANN_JSON)
   target_compile_definitions(tessera_compiled PUBLIC TESSERA_COMPILED_WITHOUT_MODELS)
 endif()
-target_compile_options(tessera_compiled PRIVATE ${tessera_flags_default} $<$<CONFIG:>:-O2>)

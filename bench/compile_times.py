@@ -4,7 +4,7 @@
 Times `g++ -std=c++20 -O2 -fopenmp -c` of three programs (the umbrella header and an empty main;
 a two-layer nn::TransformerEncoder<float> run on a tensor, through the umbrella and through its
 own header), header-only with -march=native, header-only with no -march flag, and in the compiled
-mode (TESSERA_COMPILED, as the CMake target tessera::compiled defines it: the consumer compiles
+mode (TESSERA_COMPILED and the Eigen alignment, as the CMake target tessera::compiled defines them: the consumer compiles
 declarations, not the kernels, modules or JSON readers). The rounds alternate the
 configurations so that a noisy machine spreads its noise over all of them; each cell is the
 median (range) of the rounds, in seconds of wall time.
@@ -44,7 +44,8 @@ PROGRAMS = {
 MODES = {
     "header-only -march=native": ["-march=native"],
     "header-only, no -march": [],
-    "compiled mode": ["-DTESSERA_COMPILED"],
+    "compiled mode": ["-DTESSERA_COMPILED", "-DEIGEN_MAX_ALIGN_BYTES=64",
+                      "-DEIGEN_MAX_STATIC_ALIGN_BYTES=64"],
 }
 
 

@@ -33,12 +33,20 @@ else()
 endif()
 message(STATUS "tessera: tessera::compiled holds the levels ${TESSERA_COMPILED_LEVELS}")
 
+# Eigen's heap alignment follows the flags (16 bytes, with plain malloc, at the baseline; 32 or 64
+# above it, through an offset block), so code built at different levels allocates and frees Eigen
+# objects differently. The library's objects and every consumer of tessera::compiled are given the
+# same limits, 64 bytes, so that an Eigen object or an inline Eigen function shared between the
+# library (the modules and losses, built at the baseline) and a consumer built with -march=native
+# is freed as it was allocated (core/tensor.hpp checks the consumer's).
+set(tessera_eigen_alignment EIGEN_MAX_ALIGN_BYTES=64 EIGEN_MAX_STATIC_ALIGN_BYTES=64)
+
 set(tessera_level_objects "")
 set(tessera_level_definitions "")
 foreach(level ${TESSERA_COMPILED_LEVELS})
   add_library(tessera_isa_${level} OBJECT ${CMAKE_CURRENT_SOURCE_DIR}/src/isa_kernels.cpp)
   target_link_libraries(tessera_isa_${level} PRIVATE tessera::tessera)
-  target_compile_definitions(tessera_isa_${level} PRIVATE TESSERA_ISA_LEVEL=${level})
+  target_compile_definitions(tessera_isa_${level} PRIVATE TESSERA_ISA_LEVEL=${level} ${tessera_eigen_alignment})
   target_compile_options(tessera_isa_${level} PRIVATE ${tessera_flags_${level}})
   set_target_properties(tessera_isa_${level} PROPERTIES POSITION_INDEPENDENT_CODE ON
                                                         INTERPROCEDURAL_OPTIMIZATION OFF)
@@ -90,7 +98,8 @@ add_library(tessera_compiled_objects OBJECT ${CMAKE_CURRENT_SOURCE_DIR}/src/disp
                                             ${tessera_instantiations})
 set_target_properties(tessera_compiled_objects PROPERTIES POSITION_INDEPENDENT_CODE ON)
 target_link_libraries(tessera_compiled_objects PRIVATE tessera::tessera)
-target_compile_definitions(tessera_compiled_objects PRIVATE TESSERA_COMPILED ${tessera_level_definitions})
+target_compile_definitions(tessera_compiled_objects PRIVATE TESSERA_COMPILED ${tessera_level_definitions}
+                                                          ${tessera_eigen_alignment})
 if(NOT TESSERA_WITH_NLOHMANN_JSON)
   target_compile_definitions(tessera_compiled_objects PRIVATE TESSERA_COMPILED_WITHOUT_MODELS)
 endif()
@@ -104,7 +113,7 @@ endif()
 set_target_properties(tessera_compiled PROPERTIES EXPORT_NAME compiled OUTPUT_NAME tessera_compiled
                                                   POSITION_INDEPENDENT_CODE ON)
 target_link_libraries(tessera_compiled PUBLIC tessera::tessera)
-target_compile_definitions(tessera_compiled PUBLIC TESSERA_COMPILED)
+target_compile_definitions(tessera_compiled PUBLIC TESSERA_COMPILED ${tessera_eigen_alignment})
 if(NOT TESSERA_WITH_NLOHMANN_JSON)
   target_compile_definitions(tessera_compiled PUBLIC TESSERA_COMPILED_WITHOUT_MODELS)
 endif()

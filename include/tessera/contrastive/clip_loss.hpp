@@ -232,16 +232,3 @@ ClipLossResult<scalar_t<A>> clip_loss(const A& a, const B& b,
 
 // The compiled mode's instantiations (core/config.hpp).
 TESSERA_INSTANTIATE_FLOATING(class tessera::contrastive::LogitScale)
-
-// The loss's two sweeps, compiled once in the compiled mode (their products run in the
-// dispatched GEMM; the element-wise parts at the library's baseline flags).
-#define TESSERA_CLIP_LOSS_INSTANTIATE(T)                                              \
-  TESSERA_INSTANTIATE(void tessera::contrastive::detail::clip_tiled<T>(               \
-      tessera::MatrixMap<const T>, tessera::MatrixMap<const T>, T, T, tessera::Index, \
-      tessera::contrastive::ClipLossResult<T>&))                                      \
-  TESSERA_INSTANTIATE(void tessera::contrastive::detail::clip_materialized<T>(        \
-      tessera::MatrixMap<const T>, tessera::MatrixMap<const T>, T, T,                 \
-      tessera::contrastive::ClipLossResult<T>&))
-TESSERA_CLIP_LOSS_INSTANTIATE(float)
-TESSERA_CLIP_LOSS_INSTANTIATE(double)
-#undef TESSERA_CLIP_LOSS_INSTANTIATE

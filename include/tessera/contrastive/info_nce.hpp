@@ -175,16 +175,3 @@ InfoNceLossResult<scalar_t<A>> info_nce_loss(const A& a, const B& b,
 }
 
 }  // namespace tessera::contrastive
-
-// The compiled mode's instantiations (core/config.hpp): the loss's sweeps, compiled once
-// (clip_loss.hpp says how).
-#define TESSERA_INFO_NCE_INSTANTIATE(T)                                               \
-  TESSERA_INSTANTIATE(void tessera::contrastive::detail::info_nce_tiled<T>(           \
-      tessera::MatrixMap<const T>, tessera::MatrixMap<const T>, T, T, tessera::Index, \
-      tessera::contrastive::InfoNceLossResult<T>&))                                   \
-  TESSERA_INSTANTIATE(void tessera::contrastive::detail::info_nce_materialized<T>(    \
-      tessera::MatrixMap<const T>, tessera::MatrixMap<const T>, T, T,                 \
-      tessera::contrastive::InfoNceLossResult<T>&))
-TESSERA_INFO_NCE_INSTANTIATE(float)
-TESSERA_INFO_NCE_INSTANTIATE(double)
-#undef TESSERA_INFO_NCE_INSTANTIATE

@@ -219,15 +219,3 @@ SigLipLossResult<scalar_t<A>> siglip_loss(const A& a, const B& b,
 
 // The compiled mode's instantiations (core/config.hpp).
 TESSERA_INSTANTIATE_FLOATING(class tessera::contrastive::LogitScaleBias)
-
-// The loss's sweeps, compiled once in the compiled mode (clip_loss.hpp says how).
-#define TESSERA_SIGLIP_LOSS_INSTANTIATE(T)                                               \
-  TESSERA_INSTANTIATE(void tessera::contrastive::detail::siglip_tiled<T>(                \
-      tessera::MatrixMap<const T>, tessera::MatrixMap<const T>, T, T, T, tessera::Index, \
-      tessera::contrastive::SigLipLossResult<T>&))                                       \
-  TESSERA_INSTANTIATE(void tessera::contrastive::detail::siglip_materialized<T>(         \
-      tessera::MatrixMap<const T>, tessera::MatrixMap<const T>, T, T, T,                 \
-      tessera::contrastive::SigLipLossResult<T>&))
-TESSERA_SIGLIP_LOSS_INSTANTIATE(float)
-TESSERA_SIGLIP_LOSS_INSTANTIATE(double)
-#undef TESSERA_SIGLIP_LOSS_INSTANTIATE

@@ -4,10 +4,10 @@
 Times `g++ -std=c++20 -O2 -fopenmp -c` of three programs (the umbrella header and an empty main;
 a two-layer nn::TransformerEncoder<float> run on a tensor, through the umbrella and through its
 own header), header-only with -march=native, header-only with no -march flag, and in the compiled
-mode (TESSERA_COMPILED and the Eigen alignment, as the CMake target tessera::compiled defines them: the consumer compiles
-declarations, not the kernels, modules or JSON readers). The rounds alternate the
-configurations so that a noisy machine spreads its noise over all of them; each cell is the
-median (range) of the rounds, in seconds of wall time.
+mode (TESSERA_COMPILED and Eigen's alignment, as the CMake target tessera::compiled defines
+them: the consumer compiles declarations, not the kernels, modules or JSON readers). The rounds
+alternate the configurations so that a noisy machine spreads its noise over all of them; each
+cell is the median (range) of the rounds, in seconds of wall time.
 
   /usr/bin/python3 bench/compile_times.py [--rounds 4] [--include DIR] [--label NAME] ...
 

@@ -37,8 +37,8 @@ message(STATUS "tessera: tessera::compiled holds the levels ${TESSERA_COMPILED_L
 # above it, through an offset block), so code built at different levels allocates and frees Eigen
 # objects differently. The library's objects and every consumer of tessera::compiled are given the
 # same limits, 64 bytes, so that an Eigen object or an inline Eigen function shared between the
-# library (the modules and losses, built at the baseline) and a consumer built with -march=native
-# is freed as it was allocated (core/tensor.hpp checks the consumer's).
+# library (the modules, built at the baseline) and a consumer built with -march=native
+# is freed as it was allocated (core/eigen.hpp checks the consumer's).
 set(tessera_eigen_alignment EIGEN_MAX_ALIGN_BYTES=64 EIGEN_MAX_STATIC_ALIGN_BYTES=64)
 
 set(tessera_level_objects "")
@@ -92,20 +92,30 @@ list(TRANSFORM tessera_instantiations APPEND .cpp)
 if(TESSERA_WITH_NLOHMANN_JSON)
   list(APPEND tessera_instantiations ${CMAKE_CURRENT_SOURCE_DIR}/src/json_functions.cpp)
 endif()
-# They are an object library of their own, so that a build compiles them beside the level objects
-# instead of after them (a target's own sources wait for the targets it depends on).
-add_library(tessera_compiled_objects OBJECT ${CMAKE_CURRENT_SOURCE_DIR}/src/dispatch.cpp
-                                            ${tessera_instantiations})
-set_target_properties(tessera_compiled_objects PROPERTIES POSITION_INDEPENDENT_CODE ON)
-target_link_libraries(tessera_compiled_objects PRIVATE tessera::tessera)
-target_compile_definitions(tessera_compiled_objects PRIVATE TESSERA_COMPILED ${tessera_level_definitions}
-                                                          ${tessera_eigen_alignment})
-if(NOT TESSERA_WITH_NLOHMANN_JSON)
-  target_compile_definitions(tessera_compiled_objects PRIVATE TESSERA_COMPILED_WITHOUT_MODELS)
+# Where there are level objects, the library's own sources are an object library of their own, so
+# that a build compiles them beside the level objects instead of after them (a target's own
+# sources wait for the targets it depends on). Elsewhere (other architectures, Apple, whose Xcode
+# generator does not build a library made of object files alone) they are the library's sources.
+set(tessera_own_sources ${CMAKE_CURRENT_SOURCE_DIR}/src/dispatch.cpp ${tessera_instantiations})
+if(tessera_isolate)
+  add_library(tessera_compiled_objects OBJECT ${tessera_own_sources})
+  add_library(tessera_compiled STATIC $<TARGET_OBJECTS:tessera_compiled_objects>
+                                      ${tessera_level_objects})
+  set(tessera_own_target tessera_compiled_objects)
+else()
+  add_library(tessera_compiled STATIC ${tessera_own_sources} ${tessera_level_objects})
+  set(tessera_own_target tessera_compiled)
 endif()
-target_compile_options(tessera_compiled_objects PRIVATE ${tessera_flags_default} $<$<CONFIG:>:-O2>)
+set_target_properties(${tessera_own_target} PROPERTIES POSITION_INDEPENDENT_CODE ON)
+target_link_libraries(${tessera_own_target} PRIVATE tessera::tessera)
+target_compile_definitions(${tessera_own_target} PRIVATE TESSERA_COMPILED
+                           ${tessera_level_definitions} ${tessera_eigen_alignment})
+if(NOT TESSERA_WITH_NLOHMANN_JSON)
+  target_compile_definitions(${tessera_own_target} PRIVATE TESSERA_COMPILED_WITHOUT_MODELS)
+endif()
+target_compile_options(${tessera_own_target} PRIVATE ${tessera_flags_default}
+                       $<$<CONFIG:>:-O2>)
 
-add_library(tessera_compiled STATIC $<TARGET_OBJECTS:tessera_compiled_objects> ${tessera_level_objects})
 add_library(tessera::compiled ALIAS tessera_compiled)
 if(tessera_isolate)
   set_source_files_properties(${tessera_level_objects} PROPERTIES EXTERNAL_OBJECT TRUE GENERATED TRUE)

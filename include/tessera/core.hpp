@@ -3,6 +3,7 @@
 #pragma once
 
 #include "tessera/core/config.hpp"
+#include "tessera/core/eigen.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/mask.hpp"
 #include "tessera/core/scratch.hpp"

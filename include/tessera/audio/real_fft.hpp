@@ -11,6 +11,7 @@
 #include <unsupported/Eigen/FFT>
 
 #include "tessera/core/config.hpp"
+#include "tessera/core/eigen.hpp"
 
 namespace tessera::audio::impl {
 

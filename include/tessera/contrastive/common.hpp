@@ -14,7 +14,6 @@
 // not depend on how many threads ran.
 #pragma once
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -23,6 +22,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "tessera/core/eigen.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/core/threading.hpp"

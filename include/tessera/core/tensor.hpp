@@ -11,7 +11,6 @@
 //   auto flat = x.reshape<2>({-1, 4});               // view of shape [6, 4]
 #pragma once
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -26,19 +25,8 @@
 #include <utility>
 
 #include "tessera/core/config.hpp"
+#include "tessera/core/eigen.hpp"
 #include "tessera/core/error.hpp"
-
-// The compiled mode's library and its consumers must agree on how Eigen allocates: by default
-// Eigen aligns heap blocks to the widest packet the flags give, with plain malloc at 16 bytes
-// (SSE2) and an offset block above that, so an Eigen object (or an inline Eigen function the
-// linker keeps one copy of) shared between the library's baseline code and a consumer built
-// with -mavx2 or -march=native would be freed the wrong way. tessera::compiled defines both
-// limits as 64 for the library and its consumers (cmake/tesseraCompiled.cmake).
-#if defined(TESSERA_COMPILED) && \
-    (EIGEN_DEFAULT_ALIGN_BYTES != 64 || EIGEN_MAX_STATIC_ALIGN_BYTES != 64)
-#error \
-    "tessera::compiled: Eigen must be configured with EIGEN_MAX_ALIGN_BYTES=64 and EIGEN_MAX_STATIC_ALIGN_BYTES=64, as the CMake target tessera::compiled defines them; a translation unit that defines other values, or includes Eigen before these are defined, cannot share Eigen objects with the library"
-#endif
 
 namespace tessera {
 
@@ -206,10 +194,8 @@ class TensorBase {
   // reference for rank 1). Always bounds checked: it is not meant for inner loops.
   decltype(auto) operator[](Index i) const& { return slice_impl(self().data(), i); }
   decltype(auto) operator[](Index i) & { return slice_impl(self().data(), i); }
-  void operator[](Index) && requires is_owning_tensor_v<Derived>
-  = delete;
-  void operator[](Index) const&& requires is_owning_tensor_v<Derived>
-  = delete;
+  void operator[](Index) && requires is_owning_tensor_v<Derived> = delete;
+  void operator[](Index) const&& requires is_owning_tensor_v<Derived> = delete;
 
   // A view with another shape of the same size. One dimension may be -1 (inferred).
   template <int NewRank>
@@ -221,11 +207,9 @@ class TensorBase {
     return reshape_impl<NewRank>(self().data(), new_shape);
   }
   template <int NewRank>
-      void reshape(Shape<NewRank>) && requires is_owning_tensor_v<Derived>
-  = delete;
+  void reshape(Shape<NewRank>) && requires is_owning_tensor_v<Derived> = delete;
   template <int NewRank>
-  void reshape(Shape<NewRank>) const&& requires is_owning_tensor_v<Derived>
-  = delete;
+  void reshape(Shape<NewRank>) const&& requires is_owning_tensor_v<Derived> = delete;
 
   // Views of the whole tensor.
   auto view() const& {
@@ -234,10 +218,8 @@ class TensorBase {
   auto view() & {
     return TensorMap<std::remove_pointer_t<decltype(self().data())>, Rank>(self().data(), shape_);
   }
-  void view() && requires is_owning_tensor_v<Derived>
-  = delete;
-  void view() const&& requires is_owning_tensor_v<Derived>
-  = delete;
+  void view() && requires is_owning_tensor_v<Derived> = delete;
+  void view() const&& requires is_owning_tensor_v<Derived> = delete;
 
   // Eigen interop, zero-copy. The matrix folds every dimension but the last into rows:
   // shape [a, b, c] is seen as an (a*b) x c row-major matrix; rank 1 as a 1 x n row, rank 0 as 1
@@ -246,23 +228,17 @@ class TensorBase {
   Index cols() const noexcept { return Rank == 0 ? 1 : shape_[Rank - 1]; }
   auto as_matrix() const& { return make_matrix(self().data()); }
   auto as_matrix() & { return make_matrix(self().data()); }
-  void as_matrix() && requires is_owning_tensor_v<Derived>
-  = delete;
-  void as_matrix() const&& requires is_owning_tensor_v<Derived>
-  = delete;
+  void as_matrix() && requires is_owning_tensor_v<Derived> = delete;
+  void as_matrix() const&& requires is_owning_tensor_v<Derived> = delete;
   auto as_array() const& { return make_array(self().data()); }
   auto as_array() & { return make_array(self().data()); }
-  void as_array() && requires is_owning_tensor_v<Derived>
-  = delete;
-  void as_array() const&& requires is_owning_tensor_v<Derived>
-  = delete;
+  void as_array() && requires is_owning_tensor_v<Derived> = delete;
+  void as_array() const&& requires is_owning_tensor_v<Derived> = delete;
   // Every element as one column vector (use `.array()` on it for coefficient-wise work).
   auto as_vector() const& { return make_vector(self().data()); }
   auto as_vector() & { return make_vector(self().data()); }
-  void as_vector() && requires is_owning_tensor_v<Derived>
-  = delete;
-  void as_vector() const&& requires is_owning_tensor_v<Derived>
-  = delete;
+  void as_vector() && requires is_owning_tensor_v<Derived> = delete;
+  void as_vector() const&& requires is_owning_tensor_v<Derived> = delete;
 
   // Fill helpers; only for mutable elements.
   Derived& setZero() { return setConstant(0); }
@@ -557,8 +533,8 @@ void cview(const Tensor<T, Rank>&&) = delete;
 // A writable view of a Tensor or a TensorMap over mutable elements (not of a temporary Tensor).
 template <class X>
 requires(TensorLike<std::remove_cvref_t<X>> &&
-         !(std::is_rvalue_reference_v<X&&> &&
-           detail::is_owning_tensor_v<std::remove_cvref_t<X>>)) auto mview(X&& x) {
+         !(std::is_rvalue_reference_v<X&&> && detail::is_owning_tensor_v<std::remove_cvref_t<X>>))
+auto mview(X&& x) {
   using E = std::remove_pointer_t<decltype(x.data())>;
   static_assert(!std::is_const_v<E>, "tessera: a writable tensor is needed here");
   return TensorMap<E, rank_v<X>>(x.data(), x.shape());

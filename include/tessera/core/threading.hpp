@@ -5,11 +5,11 @@
 // the same way whichever thread runs it, so results do not depend on the thread count.
 #pragma once
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <atomic>
 
 #include "tessera/core/config.hpp"
+#include "tessera/core/eigen.hpp"
 #include "tessera/core/error.hpp"
 
 #ifdef _OPENMP

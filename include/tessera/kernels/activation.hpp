@@ -12,12 +12,12 @@
 // tensor of the same shape (which may be x itself).
 #pragma once
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <string_view>
 #include <type_traits>
 #include <unsupported/Eigen/SpecialFunctions>
 
+#include "tessera/core/eigen.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/core/threading.hpp"

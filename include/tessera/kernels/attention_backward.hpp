@@ -35,7 +35,6 @@
 // thread count, so results are bit-identical for every thread count.
 #pragma once
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -44,6 +43,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "tessera/core/eigen.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/mask.hpp"
 #include "tessera/core/tensor.hpp"

@@ -35,13 +35,13 @@
 // at every thread count.
 #pragma once
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <cstring>
 #include <memory>
 #include <vector>
 
 #include "tessera/core/config.hpp"
+#include "tessera/core/eigen.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/core/threading.hpp"

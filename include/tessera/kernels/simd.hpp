@@ -3,11 +3,11 @@
 // whichever the consumer's compiler flags enable (Eigen picks the widest packet available).
 #pragma once
 
-#include <Eigen/Core>
 #include <limits>
 #include <type_traits>
 
 #include "tessera/core/config.hpp"
+#include "tessera/core/eigen.hpp"
 
 namespace tessera::simd {
 

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """The portable binaries against the -march builds (README, "The compiled mode").
 
-The attention, GEMM and transformer benchmarks built three ways run the same workloads:
+The attention, GEMM, transformer and CLIP-loss benchmarks built three ways run the same workloads:
   - header-only for this machine (a build with -march=native: build/bench/bench_*),
   - header-only for AVX2 + FMA (a build configured with -DTESSERA_MARCH=haswell),
   - portable: no instruction-set flag, linked with tessera::compiled (bench_*_portable), once at
@@ -13,8 +13,8 @@ is the median over the rounds of each round's ratio, with their range.
   /usr/bin/python3 bench/dispatch_table.py --native build --haswell build-avx2 [--rounds 2]
 
 Both build directories need the benchmarks built (cmake --build DIR --target bench_attention
-bench_gemm bench_transformer, and the _portable three in --native). --haswell may be left out
-(the AVX2 columns are then skipped), as on a CPU without AVX2.
+bench_gemm bench_transformer bench_losses, and the _portable four in --native). --haswell may be
+left out (the AVX2 columns are then skipped), as on a CPU without AVX2.
 """
 import argparse
 import json
@@ -34,6 +34,11 @@ WORKLOADS = [
     ("Linear 512 × 512 → 2048", "bench_gemm", "BM_Linear_Tessera/L:512/in:512/out:2048"),
     ("encoder layer B1 L4096", "bench_transformer", "BM_TransformerEncoderLayer/B:1/L:4096"),
     ("encoder layer B8 L512", "bench_transformer", "BM_TransformerEncoderLayer/B:8/L:512"),
+    # The loss's sweeps are dispatched as the kernels are (contrastive/dispatch.hpp).
+    ("CLIP loss N1024 D512, chunked", "bench_losses",
+     "BM_ClipLoss_Chunked/N:1024/threads:1/real_time"),
+    ("CLIP loss N1024 D512, materialised", "bench_losses",
+     "BM_ClipLoss_Materialized/N:1024/threads:1/real_time"),
 ]
 
 

@@ -1,7 +1,8 @@
 # tessera::compiled: the compiled mode (include/tessera/kernels/dispatch.hpp). A static library
-# holding the dispatched kernels once per instruction-set level, and the dispatcher that picks
-# one at run time. Linking it defines TESSERA_COMPILED for the consumer, whose translation units
-# then call into the library instead of compiling the kernels.
+# holding the dispatched kernels and the losses' computations (contrastive/dispatch.hpp) once per
+# instruction-set level, and the dispatcher that picks one at run time. Linking it defines
+# TESSERA_COMPILED for the consumer, whose translation units then call into the library instead
+# of compiling the kernels.
 #
 # Levels: on x86-64 ELF systems with GCC or Clang and binutils (objcopy, nm): default (the x86-64
 # baseline, SSE2), avx2 (AVX2 + FMA) and avx512 (AVX-512 F, CD, BW, DQ, VL); elsewhere one level,
@@ -9,14 +10,14 @@
 # optimisation (their symbols are renamed in the machine code), and at -O2 where no build type
 # gives an optimisation level.
 #
-# src/isa_kernels.cpp is compiled once per level. The inline and template functions it
-# instantiates (tessera's, Eigen's, the standard library's) would otherwise be merged across
-# levels and with the consumer's by the linker, which keeps one copy of each: an AVX-512 copy
-# could then run on a CPU without AVX-512, or a baseline copy inside the AVX-512 kernels. So each
-# level's object has every symbol it defines renamed with a suffix of its level
-# (cmake/tesseraIsolateObject.cmake), except its entry point, function-local static data (the
-# thread count, Eigen's settings, scratch buffers: state the levels and the consumer share) and
-# type_info.
+# src/isa_kernels.cpp and src/isa_losses.cpp are compiled once per level. The inline and
+# template functions they instantiate (tessera's, Eigen's, the standard library's) would
+# otherwise be merged across levels and with the consumer's by the linker, which keeps one copy
+# of each: an AVX-512 copy could then run on a CPU without AVX-512, or a baseline copy inside the
+# AVX-512 kernels. So each level's object has every symbol it defines renamed with a suffix of
+# its level (cmake/tesseraIsolateObject.cmake), except its entry point, function-local static
+# data (the thread count, Eigen's settings, scratch buffers: state the levels and the consumer
+# share) and type_info.
 set(TESSERA_COMPILED_LEVELS default)
 set(tessera_flags_default "")
 if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$" AND CMAKE_EXECUTABLE_FORMAT STREQUAL "ELF"
@@ -43,33 +44,41 @@ set(tessera_eigen_alignment EIGEN_MAX_ALIGN_BYTES=64 EIGEN_MAX_STATIC_ALIGN_BYTE
 
 set(tessera_level_objects "")
 set(tessera_level_definitions "")
+# Two objects per level: the kernels (src/isa_kernels.cpp, header-only code) and the losses'
+# computations (src/isa_losses.cpp, compiled-mode code whose products call the kernels).
 foreach(level ${TESSERA_COMPILED_LEVELS})
-  add_library(tessera_isa_${level} OBJECT ${CMAKE_CURRENT_SOURCE_DIR}/src/isa_kernels.cpp)
-  target_link_libraries(tessera_isa_${level} PRIVATE tessera::tessera)
-  target_compile_definitions(tessera_isa_${level} PRIVATE TESSERA_ISA_LEVEL=${level} ${tessera_eigen_alignment})
-  target_compile_options(tessera_isa_${level} PRIVATE ${tessera_flags_${level}})
-  set_target_properties(tessera_isa_${level} PROPERTIES POSITION_INDEPENDENT_CODE ON
-                                                        INTERPROCEDURAL_OPTIMIZATION OFF)
-  target_compile_options(tessera_isa_${level} PRIVATE $<$<CONFIG:>:-O2>)
-  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
-    target_compile_options(tessera_isa_${level} PRIVATE -Wno-ignored-attributes)
-  endif()
-  if(tessera_isolate)
-    target_compile_options(tessera_isa_${level} PRIVATE -fno-lto)
-    set(out ${CMAKE_CURRENT_BINARY_DIR}/tessera_isolated/$<CONFIG>/tessera_isa_${level}${CMAKE_CXX_OUTPUT_EXTENSION})
-    add_custom_command(OUTPUT ${out}
-      COMMAND ${CMAKE_COMMAND} -DNM=${CMAKE_NM} -DOBJCOPY=${CMAKE_OBJCOPY}
-              -DINPUT=$<TARGET_OBJECTS:tessera_isa_${level}> -DOUTPUT=${out}
-              -DKEEP=tessera_isa_kernels_${level} -DSUFFIX=.tessera_${level}
-              -P ${CMAKE_CURRENT_SOURCE_DIR}/cmake/tesseraIsolateObject.cmake
-      DEPENDS tessera_isa_${level} $<TARGET_OBJECTS:tessera_isa_${level}>
-              ${CMAKE_CURRENT_SOURCE_DIR}/cmake/tesseraIsolateObject.cmake
-      COMMENT "tessera: isolating the symbols of the ${level} kernels"
-      VERBATIM)
-    list(APPEND tessera_level_objects ${out})
-  else()
-    list(APPEND tessera_level_objects $<TARGET_OBJECTS:tessera_isa_${level}>)
-  endif()
+  foreach(part kernels losses)
+    set(target tessera_isa_${part}_${level})
+    add_library(${target} OBJECT ${CMAKE_CURRENT_SOURCE_DIR}/src/isa_${part}.cpp)
+    target_link_libraries(${target} PRIVATE tessera::tessera)
+    target_compile_definitions(${target} PRIVATE TESSERA_ISA_LEVEL=${level} ${tessera_eigen_alignment})
+    if(part STREQUAL "losses")
+      target_compile_definitions(${target} PRIVATE TESSERA_COMPILED)
+    endif()
+    target_compile_options(${target} PRIVATE ${tessera_flags_${level}})
+    set_target_properties(${target} PROPERTIES POSITION_INDEPENDENT_CODE ON
+                                               INTERPROCEDURAL_OPTIMIZATION OFF)
+    target_compile_options(${target} PRIVATE $<$<CONFIG:>:-O2>)
+    if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+      target_compile_options(${target} PRIVATE -Wno-ignored-attributes)
+    endif()
+    if(tessera_isolate)
+      target_compile_options(${target} PRIVATE -fno-lto)
+      set(out ${CMAKE_CURRENT_BINARY_DIR}/tessera_isolated/$<CONFIG>/${target}${CMAKE_CXX_OUTPUT_EXTENSION})
+      add_custom_command(OUTPUT ${out}
+        COMMAND ${CMAKE_COMMAND} -DNM=${CMAKE_NM} -DOBJCOPY=${CMAKE_OBJCOPY}
+                -DINPUT=$<TARGET_OBJECTS:${target}> -DOUTPUT=${out}
+                -DKEEP=tessera_isa_${part}_${level} -DSUFFIX=.tessera_${level}
+                -P ${CMAKE_CURRENT_SOURCE_DIR}/cmake/tesseraIsolateObject.cmake
+        DEPENDS ${target} $<TARGET_OBJECTS:${target}>
+                ${CMAKE_CURRENT_SOURCE_DIR}/cmake/tesseraIsolateObject.cmake
+        COMMENT "tessera: isolating the symbols of the ${level} ${part}"
+        VERBATIM)
+      list(APPEND tessera_level_objects ${out})
+    else()
+      list(APPEND tessera_level_objects $<TARGET_OBJECTS:${target}>)
+    endif()
+  endforeach()
   if(NOT level STREQUAL "default")
     string(TOUPPER ${level} upper)
     list(APPEND tessera_level_definitions TESSERA_HAVE_${upper})

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "tessera/contrastive/common.hpp"
+#include "tessera/contrastive/dispatch.hpp"
 #include "tessera/nn/module.hpp"
 
 namespace tessera::contrastive {
@@ -181,10 +182,18 @@ ClipLossResult<scalar_t<A>> clip_loss(const A& a, const B& b,
   out.grad_a = Tensor<T, 2>(av.shape());
   out.grad_b = Tensor<T, 2>(bv.shape());
   out.scale = s;
-  if (opts.materialized)
+  // In the compiled mode, the sweeps run at the kernels' level (contrastive/dispatch.hpp).
+  if constexpr (tessera::detail::kDispatched<T>) {
+    const auto& k = detail::loss_kernels<T>();
+    if (opts.materialized)
+      k.clip_materialized(av.as_matrix(), bv.as_matrix(), s, w, out);
+    else
+      k.clip_tiled(av.as_matrix(), bv.as_matrix(), s, w, opts.block_size, out);
+  } else if (opts.materialized) {
     detail::clip_materialized<T>(av.as_matrix(), bv.as_matrix(), s, w, out);
-  else
+  } else {
     detail::clip_tiled<T>(av.as_matrix(), bv.as_matrix(), s, w, opts.block_size, out);
+  }
   if (clamped) out.grad_logit_scale = T(0);
   return out;
 }

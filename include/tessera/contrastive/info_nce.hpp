@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "tessera/contrastive/common.hpp"
+#include "tessera/contrastive/dispatch.hpp"
 
 namespace tessera::contrastive {
 
@@ -167,10 +168,18 @@ InfoNceLossResult<scalar_t<A>> info_nce_loss(const A& a, const B& b,
   InfoNceLossResult<T> out;
   out.grad_a = Tensor<T, 2>(av.shape());
   out.grad_b = Tensor<T, 2>(bv.shape());
-  if (opts.materialized)
+  // In the compiled mode, the sweeps run at the kernels' level (contrastive/dispatch.hpp).
+  if constexpr (tessera::detail::kDispatched<T>) {
+    const auto& k = detail::loss_kernels<T>();
+    if (opts.materialized)
+      k.info_nce_materialized(av.as_matrix(), bv.as_matrix(), s, w, out);
+    else
+      k.info_nce_tiled(av.as_matrix(), bv.as_matrix(), s, w, opts.block_size, out);
+  } else if (opts.materialized) {
     detail::info_nce_materialized<T>(av.as_matrix(), bv.as_matrix(), s, w, out);
-  else
+  } else {
     detail::info_nce_tiled<T>(av.as_matrix(), bv.as_matrix(), s, w, opts.block_size, out);
+  }
   return out;
 }
 

@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "tessera/contrastive/common.hpp"
+#include "tessera/contrastive/dispatch.hpp"
 #include "tessera/kernels/softmax.hpp"
 
 namespace tessera::contrastive {
@@ -160,6 +161,47 @@ HardestNegatives<T> mine_hardest_negatives(MatrixMap<const T> X1, MatrixMap<cons
   return hn;
 }
 
+// The loss of checked inputs: x1 and x2 [N, D] as matrices and the labels as integers (0/1, or
+// class ids when mining).
+template <class T>
+PairLossResult<T> pair_loss_compute(MatrixMap<const T> M1, MatrixMap<const T> M2,
+                                    const std::vector<std::int64_t>& lab,
+                                    const PairLossOptions& opts) {
+  const PairTerms<T> terms{opts.form, static_cast<T>(opts.margin), static_cast<T>(opts.pos_margin)};
+  const bool mining = opts.mining == PairMining::hardest_negative;
+  const Index n = M1.rows();
+  const T w = opts.reduction == Reduction::mean ? T(1) / static_cast<T>(n) : T(1);
+  PairLossResult<T> out;
+  out.grad_x1 = Tensor<T, 2>(Shape<2>{n, M1.cols()});
+  out.grad_x2 = Tensor<T, 2>(Shape<2>{n, M2.cols()});
+  auto G1 = out.grad_x1.as_matrix();
+  auto G2 = out.grad_x2.as_matrix();
+
+  // The pairs (x1_i, x2_i): similar by label, or every one a positive when mining.
+  std::vector<double> per_row(static_cast<std::size_t>(n));
+  parallel_for(n, tessera::detail::row_grain(M1.cols()), [&](Index i0, Index i1) {
+    for (Index i = i0; i < i1; ++i)
+      per_row[static_cast<std::size_t>(i)] = static_cast<double>(
+          pair_term(M1.row(i), M2.row(i), mining || lab[static_cast<std::size_t>(i)] == 1, terms, w,
+                    G1.row(i), G2.row(i)));
+  });
+  if (mining) {
+    const auto hn = mine_hardest_negatives<T>(M1, M2, lab, opts.block_size, opts.materialized);
+    out.hardest_negative = Tensor<Index, 1>(Shape<1>{n});
+    // In anchor order: several anchors may share a hardest negative, whose gradient row they
+    // all add to.
+    for (Index i = 0; i < n; ++i) {
+      const Index j = hn.index[static_cast<std::size_t>(i)];
+      out.hardest_negative(i) = j;
+      if (j >= 0)
+        per_row[static_cast<std::size_t>(i)] += static_cast<double>(
+            pair_term(M1.row(i), M2.row(j), false, terms, w, G1.row(i), G2.row(j)));
+    }
+  }
+  out.loss = static_cast<T>(static_cast<double>(w) * ordered_sum(per_row));
+  return out;
+}
+
 }  // namespace detail
 
 // The pair loss of x1 and x2 [N, D] with labels [N] (any arithmetic type holding whole numbers;
@@ -198,41 +240,11 @@ PairLossResult<scalar_t<X1>> pair_loss(const X1& x1, const X2& x2, const L& labe
   const Index n = v1.dim(0);
   const auto lab = detail::integer_labels(fn, "labels", labels, n, /*binary=*/!mining);
 
-  const detail::PairTerms<T> terms{opts.form, static_cast<T>(opts.margin),
-                                   static_cast<T>(opts.pos_margin)};
-  const T w = opts.reduction == Reduction::mean ? T(1) / static_cast<T>(n) : T(1);
-  const auto M1 = v1.as_matrix();
-  const auto M2 = v2.as_matrix();
-  PairLossResult<T> out;
-  out.grad_x1 = Tensor<T, 2>(v1.shape());
-  out.grad_x2 = Tensor<T, 2>(v2.shape());
-  auto G1 = out.grad_x1.as_matrix();
-  auto G2 = out.grad_x2.as_matrix();
-
-  // The pairs (x1_i, x2_i): similar by label, or every one a positive when mining.
-  std::vector<double> per_row(static_cast<std::size_t>(n));
-  parallel_for(n, tessera::detail::row_grain(v1.dim(1)), [&](Index i0, Index i1) {
-    for (Index i = i0; i < i1; ++i)
-      per_row[static_cast<std::size_t>(i)] = static_cast<double>(
-          detail::pair_term(M1.row(i), M2.row(i), mining || lab[static_cast<std::size_t>(i)] == 1,
-                            terms, w, G1.row(i), G2.row(i)));
-  });
-  if (mining) {
-    const auto hn =
-        detail::mine_hardest_negatives<T>(M1, M2, lab, opts.block_size, opts.materialized);
-    out.hardest_negative = Tensor<Index, 1>(Shape<1>{n});
-    // In anchor order: several anchors may share a hardest negative, whose gradient row they
-    // all add to.
-    for (Index i = 0; i < n; ++i) {
-      const Index j = hn.index[static_cast<std::size_t>(i)];
-      out.hardest_negative(i) = j;
-      if (j >= 0)
-        per_row[static_cast<std::size_t>(i)] += static_cast<double>(
-            detail::pair_term(M1.row(i), M2.row(j), false, terms, w, G1.row(i), G2.row(j)));
-    }
-  }
-  out.loss = static_cast<T>(static_cast<double>(w) * detail::ordered_sum(per_row));
-  return out;
+  // In the compiled mode, the computation runs at the kernels' level (contrastive/dispatch.hpp).
+  if constexpr (tessera::detail::kDispatched<T>)
+    return detail::loss_kernels<T>().pair_loss_compute(v1.as_matrix(), v2.as_matrix(), lab, opts);
+  else
+    return detail::pair_loss_compute<T>(v1.as_matrix(), v2.as_matrix(), lab, opts);
 }
 
 }  // namespace tessera::contrastive

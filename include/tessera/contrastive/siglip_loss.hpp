@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "tessera/contrastive/common.hpp"
+#include "tessera/contrastive/dispatch.hpp"
 #include "tessera/nn/module.hpp"
 
 namespace tessera::contrastive {
@@ -161,10 +162,18 @@ SigLipLossResult<scalar_t<A>> siglip_loss(const A& a, const B& b,
   const T w = opts.reduction == Reduction::mean ? T(1) / static_cast<T>(av.dim(0)) : T(1);
   out.grad_a = Tensor<T, 2>(av.shape());
   out.grad_b = Tensor<T, 2>(bv.shape());
-  if (opts.materialized)
+  // In the compiled mode, the sweeps run at the kernels' level (contrastive/dispatch.hpp).
+  if constexpr (tessera::detail::kDispatched<T>) {
+    const auto& k = detail::loss_kernels<T>();
+    if (opts.materialized)
+      k.siglip_materialized(av.as_matrix(), bv.as_matrix(), s, logit_bias, w, out);
+    else
+      k.siglip_tiled(av.as_matrix(), bv.as_matrix(), s, logit_bias, w, opts.block_size, out);
+  } else if (opts.materialized) {
     detail::siglip_materialized<T>(av.as_matrix(), bv.as_matrix(), s, logit_bias, w, out);
-  else
+  } else {
     detail::siglip_tiled<T>(av.as_matrix(), bv.as_matrix(), s, logit_bias, w, opts.block_size, out);
+  }
   return out;
 }
 

@@ -105,7 +105,8 @@ endif()
 # that a build compiles them beside the level objects instead of after them (a target's own
 # sources wait for the targets it depends on). Elsewhere (other architectures, Apple, whose Xcode
 # generator does not build a library made of object files alone) they are the library's sources.
-set(tessera_own_sources ${CMAKE_CURRENT_SOURCE_DIR}/src/dispatch.cpp ${tessera_instantiations})
+set(tessera_own_sources ${CMAKE_CURRENT_SOURCE_DIR}/src/dispatch.cpp
+                        ${CMAKE_CURRENT_SOURCE_DIR}/src/dispatch_losses.cpp ${tessera_instantiations})
 if(tessera_isolate)
   add_library(tessera_compiled_objects OBJECT ${tessera_own_sources})
   add_library(tessera_compiled STATIC $<TARGET_OBJECTS:tessera_compiled_objects>

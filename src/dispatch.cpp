@@ -1,5 +1,5 @@
 // tessera's compiled library: chooses, once per process, the instruction-set level the dispatched
-// kernels run with (kernels/dispatch.hpp), and the losses with them (contrastive/dispatch.hpp).
+// kernels run with (kernels/dispatch.hpp).
 // CMake compiles this file for the baseline of the target and defines TESSERA_HAVE_AVX2 and
 // TESSERA_HAVE_AVX512 for the levels it built.
 #include <cctype>
@@ -7,7 +7,6 @@
 #include <string>
 #include <string_view>
 
-#include "tessera/contrastive/dispatch.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/kernels/dispatch.hpp"
 
@@ -15,18 +14,14 @@
 #error "src/dispatch.cpp is built with TESSERA_COMPILED"
 #endif
 
-using tessera::contrastive::detail::IsaLossKernels;
 using tessera::detail::IsaKernels;
 
 extern "C" const IsaKernels* tessera_isa_kernels_default();
-extern "C" const IsaLossKernels* tessera_isa_losses_default();
 #ifdef TESSERA_HAVE_AVX2
 extern "C" const IsaKernels* tessera_isa_kernels_avx2();
-extern "C" const IsaLossKernels* tessera_isa_losses_avx2();
 #endif
 #ifdef TESSERA_HAVE_AVX512
 extern "C" const IsaKernels* tessera_isa_kernels_avx512();
-extern "C" const IsaLossKernels* tessera_isa_losses_avx512();
 #endif
 
 namespace tessera::detail {
@@ -109,24 +104,3 @@ int kernel_float_lanes() { return detail::selected_kernels().float_lanes; }
 
 TESSERA_END_MODE_NAMESPACE
 }  // namespace tessera
-
-namespace tessera::contrastive::detail {
-
-const IsaLossKernels& loss_kernels_of(const tessera::detail::IsaKernels& kernels) {
-  const std::string_view level = kernels.name;
-#ifdef TESSERA_HAVE_AVX2
-  if (level == "avx2") return *tessera_isa_losses_avx2();
-#endif
-#ifdef TESSERA_HAVE_AVX512
-  if (level == "avx512") return *tessera_isa_losses_avx512();
-#endif
-  (void)level;  // "default", the only level left
-  return *tessera_isa_losses_default();
-}
-
-const IsaLossKernels& selected_loss_kernels() {
-  static const IsaLossKernels& k = loss_kernels_of(tessera::detail::selected_kernels());
-  return k;
-}
-
-}  // namespace tessera::contrastive::detail

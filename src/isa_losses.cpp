@@ -51,7 +51,7 @@ static_assert(tessera::detail::compiled_capability() == TESSERA_STRINGIFY(TESSER
 
 }  // namespace
 
-// The one symbol of this object that keeps its name: src/dispatch.cpp calls it.
+// The one symbol of this object that keeps its name: src/dispatch_losses.cpp calls it.
 extern "C" const tessera::contrastive::detail::IsaLossKernels* TESSERA_ENTRY(TESSERA_ISA_LEVEL)() {
   return &kLosses;
 }

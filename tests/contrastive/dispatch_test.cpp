@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "tessera/contrastive/info_nce.hpp"
 #include "tessera/contrastive/pair_loss.hpp"
 #include "tessera/contrastive/siglip_loss.hpp"
+#include "tessera/core/error.hpp"
 #include "tessera/kernels/dispatch.hpp"
 
 namespace contrastive_dispatch_test {
@@ -29,6 +31,34 @@ TEST(ContrastiveDispatch, LossesRunAtTheKernelsLevel) {
   EXPECT_EQ(std::string_view(tc::detail::selected_loss_kernels().name), tessera::cpu_capability());
   EXPECT_EQ(&tc::detail::loss_kernels<float>(), &tc::detail::selected_loss_kernels().f32);
   EXPECT_EQ(&tc::detail::loss_kernels<double>(), &tc::detail::selected_loss_kernels().f64);
+}
+
+// The levels this CPU supports that the library holds (a build without symbol isolation holds
+// only the default level: cmake/tesseraCompiled.cmake).
+std::vector<const tc::detail::IsaLossKernels*> held_levels() {
+  std::vector<const tc::detail::IsaLossKernels*> held;
+  for (const char* level : {"default", "avx2", "avx512"}) {
+    if (!tessera::detail::cpu_supports(level)) continue;
+    try {
+      held.push_back(&tc::detail::loss_kernels_of(tessera::detail::choose_kernels(level)));
+    } catch (const tessera::ValueError&) {  // the library does not hold this level
+    }
+  }
+  return held;
+}
+
+// Each level is its own copy of the computations (the symbols of each level's object are renamed
+// so that the linker cannot merge them): distinct entry points.
+TEST(ContrastiveDispatch, EveryLevelHasItsOwnCopy) {
+  const auto held = held_levels();
+  ASSERT_GE(held.size(), 1u);
+  for (std::size_t i = 0; i < held.size(); ++i)
+    for (std::size_t j = i + 1; j < held.size(); ++j) {
+      SCOPED_TRACE(std::string(held[i]->name) + " and " + held[j]->name);
+      EXPECT_NE(held[i]->f32.clip_tiled, held[j]->f32.clip_tiled);
+      EXPECT_NE(held[i]->f64.siglip_tiled, held[j]->f64.siglip_tiled);
+      EXPECT_NE(held[i]->f64.pair_loss_compute, held[j]->f64.pair_loss_compute);
+    }
 }
 
 // Each level's computations, called through its table in one process, against the default
@@ -48,12 +78,9 @@ TEST(ContrastiveDispatch, EveryLevelComputesTheSameLosses) {
   double clip0 = NAN, siglip0 = NAN, nce0 = NAN, pair0 = NAN;
   Tensor<double, 2> grad0;
   int levels = 0;
-  for (const char* level : {"default", "avx2", "avx512"}) {
-    if (!tessera::detail::cpu_supports(level)) continue;
-    SCOPED_TRACE(level);
-    const auto& isa = tc::detail::loss_kernels_of(tessera::detail::choose_kernels(level));
-    EXPECT_EQ(std::string_view(isa.name), level);
-    const auto& t = isa.f64;
+  for (const auto* isa : held_levels()) {
+    SCOPED_TRACE(isa->name);
+    const auto& t = isa->f64;
     tc::ClipLossResult<double> clip, clip_m;
     clip.grad_a = Tensor<double, 2>(n, d), clip.grad_b = Tensor<double, 2>(n, d);
     clip_m.grad_a = Tensor<double, 2>(n, d), clip_m.grad_b = Tensor<double, 2>(n, d);

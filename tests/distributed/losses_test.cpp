@@ -1,7 +1,8 @@
 // The distributed contrastive losses against the single-process losses on the concatenated batch:
 // every rank's loss, scalar gradients and its own rows' gradients (double <= 1e-10, float <=
-// 1e-5, relative), with shards of different sizes, tiles smaller than a shard and a single tile,
-// both reductions; and the errors every rank raises alike.
+// 1e-5, relative; at large scales both float paths against the loss in double, <= 1e-4), with
+// shards of different sizes, tiles smaller than a shard and a single tile, both reductions; and
+// the errors every rank raises alike.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -100,8 +101,8 @@ TYPED_TEST(DistributedLoss, SigLipEqualsTheSingleProcessLossOnTheConcatenatedBat
 // nearly equal numbers: it stays accurate only if every logit is recomputed exactly as its
 // logsumexp saw it. Shards of 1, 8, 15, ... rows and D = 16 take different product paths.
 // Both the distributed and the single-process gradients are held to the same computation in
-// double on the same inputs: in float, at scale 100 (|grad| up to 36 here) each path's entries
-// are off by up to 2.1e-5 (relative to max(1, |entry|); measured, both paths, every level), and
+// double on the same inputs: in float, the CLIP gradients at scale 100 (|grad| up to 36 here) are
+// off by up to 2.1e-5 (relative to max(1, |entry|); measured, both paths, every level), and
 // the two paths round differently in the compiled mode (the library's loss runs at the kernels'
 // level, the distributed sweeps in the caller), so the float tolerance is 1e-4 here; a logit
 // recomputed one ulp of the scale away from what its logsumexp saw errs by 3e-4 to 1.3e-3.

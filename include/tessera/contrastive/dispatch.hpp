@@ -64,12 +64,13 @@ struct IsaLossKernels {
 #if defined(TESSERA_COMPILED)
 // The losses of the level of `kernels` (one of tessera::detail::choose_kernels' answers).
 const IsaLossKernels& loss_kernels_of(const tessera::detail::IsaKernels& kernels);
-// The losses of the level tessera::detail::selected_kernels() chose (src/dispatch.cpp); throws as
-// it does.
+// The losses of the level tessera::detail::selected_kernels() chose (src/dispatch_losses.cpp);
+// throws as it does.
 const IsaLossKernels& selected_loss_kernels();
 
 template <class T>
 const LossKernelTable<T>& loss_kernels() {
+  static_assert(tessera::detail::kDispatched<T>, "the library holds float and double losses");
   if constexpr (std::is_same_v<T, float>)
     return selected_loss_kernels().f32;
   else

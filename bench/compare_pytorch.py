@@ -50,8 +50,15 @@ import subprocess
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
+# One thread for PyTorch's BLAS as well as its own pool: torch.set_num_threads(1) does not reach
+# Debian's pthread OpenBLAS, which otherwise ran this process's products on every core (a 1024^3
+# product at 340 GFLOPS on two cores of a Zen 5, against 208 on one). Read when the library
+# loads, so it is set before torch is imported; the multi-thread runs set it in their children.
+# (Not OMP_NUM_THREADS: the tessera binaries started from here would inherit it.)
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 E, HEADS, FF = 512, 8, 2048
 HEAD_DIM = E // HEADS

@@ -274,6 +274,39 @@ TYPED_TEST(AttentionKernelTest, FusedEqualsReference) {
       tessera::ValueError, "fused path cannot return the attention weights");
 }
 
+// On a causal diagonal a group of rows forms only the packets of keys its last row sees. A NaN in
+// a query row stays in that row, a NaN key reaches exactly the rows at and below it, and every
+// other row keeps the reference's values (rows 0-19 of the first block see 1-20 keys: partial
+// tiles of one and two packets).
+TYPED_TEST(AttentionKernelTest, CausalDiagonalKeepsNaNInTheRowsThatSeeIt) {
+  using T = TypeParam;
+  const T tol = std::is_same_v<T, float> ? T(2e-6) : T(1e-13);
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  const Index L = 130, D = 64;
+  Tensor<T, 4> q(1, 2, L, D), k(1, 2, L, D), v(1, 2, L, D);
+  q.setRandom(5);
+  k.setRandom(6);
+  v.setRandom(7);
+  q(0, 0, 2, 5) = nan;
+  k(0, 1, 70, 3) = nan;
+  const auto ref = tessera::scaled_dot_product_attention(
+      q, k, v, {.causal = true, .impl = AttentionImpl::reference});
+  const auto fused = tessera::scaled_dot_product_attention(
+      q, k, v, {.causal = true, .impl = AttentionImpl::fused});
+  for (Index h = 0; h < 2; ++h)
+    for (Index i = 0; i < L; ++i) {
+      const bool nan_row = (h == 0 && i == 2) || (h == 1 && i >= 70);
+      for (Index c = 0; c < D; ++c) {
+        if (nan_row) {
+          EXPECT_TRUE(std::isnan(fused(0, h, i, c))) << "head " << h << " row " << i;
+        } else {
+          ASSERT_FALSE(std::isnan(fused(0, h, i, c))) << "head " << h << " row " << i;
+          EXPECT_NEAR(fused(0, h, i, c), ref(0, h, i, c), tol) << "head " << h << " row " << i;
+        }
+      }
+    }
+}
+
 TYPED_TEST(AttentionKernelTest, EmptyKeysAndQueries) {
   using T = TypeParam;
   Tensor<T, 4> q(1, 1, 3, 4), k(1, 1, 0, 4), v(1, 1, 0, 2);

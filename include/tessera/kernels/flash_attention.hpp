@@ -299,17 +299,17 @@ EIGEN_STRONG_INLINE void score_tile_to(const T* const* q, const T* kt, Index d, 
 // nothing else is visible. simd::max may drop a NaN (it keeps its first argument); a NaN beside a
 // visible score is then caught by exp(NaN - m), which makes the row's sum NaN. Only when the
 // maximum found is -inf, every other score masked, is the row scanned: rarely, and cheaply.
-template <class T>
+template <class T, int NP = FlashTile<T>::kKeyPackets>
 EIGEN_ALWAYS_INLINE T tile_row_max(const simd::Packet<T>* v) {
   using Tile = FlashTile<T>;
   simd::Packet<T> mx = v[0];
 #pragma GCC unroll 16
-  for (int c = 1; c < Tile::kKeyPackets; ++c) mx = simd::max(mx, v[c]);
+  for (int c = 1; c < NP; ++c) mx = simd::max(mx, v[c]);
   const T m = simd::reduce_max(mx);
   if (m == -std::numeric_limits<T>::infinity()) {
     alignas(64) T row[Tile::kKeys];
-    for (int c = 0; c < Tile::kKeyPackets; ++c) simd::store(row + c * Tile::W, v[c]);
-    for (Index j = 0; j < Tile::kKeys; ++j)
+    for (int c = 0; c < NP; ++c) simd::store(row + c * Tile::W, v[c]);
+    for (Index j = 0; j < NP * Tile::W; ++j)
       if (std::isnan(row[j])) return row[j];
   }
   return m;
@@ -346,9 +346,9 @@ struct SoftmaxStep {
   }
 
   // s = exp(score - m_new) for every row at once (zeros for a row that sees nothing), summing
-  // each row: R x kKeyPackets independent exps in flight, their constants loaded once.
-  // score(r, c) gives packet c of row r's scores.
-  template <class Score>
+  // each row: R x NP independent exps in flight, their constants loaded once. score(r, c) gives
+  // packet c of row r's scores; with NP < kKeyPackets the rest of each row of s is left as it is.
+  template <int NP = FlashTile<T>::kKeyPackets, class Score>
   EIGEN_ALWAYS_INLINE void exponentiate(const Score& score, T* s) {
     using P = simd::Packet<T>;
     using Tile = FlashTile<T>;
@@ -362,7 +362,7 @@ struct SoftmaxStep {
       const P pm = simd::set1<T>(m_new[r]);
       P sum = simd::set1<T>(0);
 #pragma GCC unroll 16
-      for (int c = 0; c < Tile::kKeyPackets; ++c) {
+      for (int c = 0; c < NP; ++c) {
         const P e = flash_exp<T>(simd::sub(score(r, c), pm));
         simd::store(srow + c * Tile::W, e);
         sum = simd::add(sum, e);
@@ -385,8 +385,10 @@ struct SoftmaxStep {
 // A whole online-softmax step on a score tile that nothing but (optionally) a causal horizon
 // hides keys of, without the scores leaving registers (or L1, where the tile is formed in
 // blocks): score product, row maxima, probabilities into s, running state updated. Returns how
-// many of the tile's keys P V needs (those some row sees; 0 when none does).
-template <class T, int R>
+// many of the tile's keys P V needs (those some row sees; 0 when none does). With the tile in
+// registers, NP < kKeyPackets forms only its first NP packets of keys: a causal horizon that
+// hides the rest from every row (the first NP W keys of s are then written, the rest left).
+template <class T, int R, int NP = FlashTile<T>::kKeyPackets>
 EIGEN_ALWAYS_INLINE Index fused_tile(const T* const* q, const T* kt, Index d, T scale,
                                      const Index* visible, T* m, T* l, T* acc, Index acc_row,
                                      T* s) {
@@ -395,16 +397,17 @@ EIGEN_ALWAYS_INLINE Index fused_tile(const T* const* q, const T* kt, Index d, T 
   T tile_max[R];
   SoftmaxStep<T, R> step;
   if constexpr (Tile::kScoresInRegisters) {
-    ScoreTile<T, R> t;
-    score_product<T, R>(q, kt, d, scale, visible, t);
+    ScoreTile<T, R, NP> t;
+    score_product<T, R, NP>(q, kt, d, scale, visible, t);
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) tile_max[r] = tile_row_max<T>(t.v[r]);
+    for (int r = 0; r < R; ++r) tile_max[r] = tile_row_max<T, NP>(t.v[r]);
     if (!step.begin(tile_max, m)) {
       std::fill(s, s + R * Tile::kKeys, T(0));
       return 0;
     }
-    step.exponentiate([&](int r, int c) { return t.v[r][c]; }, s);
+    step.template exponentiate<NP>([&](int r, int c) { return t.v[r][c]; }, s);
   } else {
+    static_assert(NP == Tile::kKeyPackets, "a partial tile needs the tile in registers");
     score_tile_to<T, R>(q, kt, d, scale, visible, s);
     for (int r = 0; r < R; ++r) {
       P row[Tile::kKeyPackets];
@@ -422,6 +425,19 @@ EIGEN_ALWAYS_INLINE Index fused_tile(const T* const* q, const T* kt, Index d, T 
   }
   step.finish(m, l, acc, acc_row);
   return visible ? visible[R - 1] : Tile::kKeys;
+}
+
+// fused_tile on the first np packets of keys (1 <= np <= kKeyPackets), np known at run time.
+template <class T, int R, int NP = 1>
+EIGEN_ALWAYS_INLINE Index fused_tile_upto(Index np, const T* const* q, const T* kt, Index d,
+                                          T scale, const Index* visible, T* m, T* l, T* acc,
+                                          Index acc_row, T* s) {
+  if constexpr (NP < FlashTile<T>::kKeyPackets) {
+    if (np <= NP) return fused_tile<T, R, NP>(q, kt, d, scale, visible, m, l, acc, acc_row, s);
+    return fused_tile_upto<T, R, NP + 1>(np, q, kt, d, scale, visible, m, l, acc, acc_row, s);
+  } else {
+    return fused_tile<T, R>(q, kt, d, scale, visible, m, l, acc, acc_row, s);
+  }
 }
 
 // O[r][cols] += sum_{j < keys} P[r][j] * V[j][cols] for a slab of NP packets of columns from
@@ -569,6 +585,13 @@ struct PackedStep {
     const Index valid = std::min(Tile::kKeys, ph.key_end - j0);
     Index visible[R];
     const TileKind kind = classify_tile<T, R>(p, i0, j0, valid, visible);
+    if constexpr (Tile::kScoresInRegisters && R == Tile::kRows) {
+      // On a causal diagonal, a group of rows near the top of the tile sees only its first few
+      // packets of keys: form those alone (at L = 256, 4 of 10 tiles lie on the diagonal).
+      if (kind == TileKind::horizon)
+        return fused_tile_upto<T, R>((visible[R - 1] + Tile::W - 1) / Tile::W, q, kt, p.d, p.scale,
+                                     visible, m, l, acc, ph.dv_pad, s);
+    }
     if (kind != TileKind::general)
       return fused_tile<T, R>(q, kt, p.d, p.scale, kind == TileKind::horizon ? visible : nullptr, m,
                               l, acc, ph.dv_pad, s);

@@ -41,6 +41,13 @@ Xeon, for instance, chose "Prescott" (SSE3) with OPENBLAS_CORETYPE unset and rea
 1024^3 product; with OPENBLAS_CORETYPE=SKYLAKEX (AVX-512) it reached 86. Set it to the newest core
 your OpenBLAS knows that the CPU supports, and report it with the figures. The script prints the
 BLAS it finds and OPENBLAS_CORETYPE.
+
+PyTorch allocates every intermediate afresh. Where a page fault is slow (a virtual machine: about
+10 us a page on the Zen 5 of README's tables, where PyTorch's attention then ran 6-12x slower),
+run the script under an allocator that keeps freed pages, for PyTorch's sake:
+
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \
+    MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 /usr/bin/python3 bench/compare_pytorch.py
 """
 import argparse
 import json

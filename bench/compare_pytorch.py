@@ -43,7 +43,7 @@ your OpenBLAS knows that the CPU supports, and report it with the figures. The s
 BLAS it finds and OPENBLAS_CORETYPE.
 
 PyTorch allocates every intermediate afresh. Where a page fault is slow (a virtual machine: about
-10 us a page on the Zen 5 of README's tables, where PyTorch's attention then ran 6-12x slower),
+10 us a page on the Zen 5 of README's tables, where PyTorch's attention then ran 6-14x slower),
 run the script under an allocator that keeps freed pages, for PyTorch's sake:
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \

@@ -18,6 +18,7 @@ namespace {
 using tessera::Index;
 using tessera::Tensor;
 using tessera_bench::random_tensor;
+using tessera_bench::zero_tensor;
 using tessera_bench::reference_head;
 using tessera_bench::RowMatrix;
 using tessera_bench::set_gflops;
@@ -44,7 +45,7 @@ void sdpa_bench(benchmark::State& state, tessera::AttentionImpl impl) {
   const auto q = random_tensor<float, 4>({B, H, L, D}, 1);
   const auto k = random_tensor<float, 4>({B, H, L, D}, 2);
   const auto v = random_tensor<float, 4>({B, H, L, D}, 3);
-  Tensor<float, 4> out({B, H, L, D}, tessera::uninitialized);
+  auto out = zero_tensor<float, 4>({B, H, L, D});
   for (auto _ : state) {
     tessera::scaled_dot_product_attention_into(q, k, v, out, {.causal = causal, .impl = impl});
     benchmark::DoNotOptimize(out.data());
@@ -65,7 +66,7 @@ void BM_SDPA_Reference(benchmark::State& state) {
   const auto q = random_tensor<float, 4>({B, H, L, D}, 1);
   const auto k = random_tensor<float, 4>({B, H, L, D}, 2);
   const auto v = random_tensor<float, 4>({B, H, L, D}, 3);
-  Tensor<float, 4> out({B, H, L, D}, tessera::uninitialized);
+  auto out = zero_tensor<float, 4>({B, H, L, D});
   RowMatrix S(L, L);
   for (auto _ : state) {
     for (Index b = 0; b < B; ++b)
@@ -100,7 +101,7 @@ void BM_SDPA_Fused_Threads(benchmark::State& state) {
   const auto q = random_tensor<float, 4>({B, H, L, D}, 1);
   const auto k = random_tensor<float, 4>({B, H, L, D}, 2);
   const auto v = random_tensor<float, 4>({B, H, L, D}, 3);
-  Tensor<float, 4> out({B, H, L, D}, tessera::uninitialized);
+  auto out = zero_tensor<float, 4>({B, H, L, D});
   for (auto _ : state) {
     tessera::scaled_dot_product_attention_into(q, k, v, out, {.causal = causal});
     benchmark::DoNotOptimize(out.data());
@@ -129,7 +130,7 @@ void BM_SDPA_Decode(benchmark::State& state) {
   const auto q = random_tensor<float, 4>({1, H, 1, D}, 1);
   const auto k = random_tensor<float, 4>({1, H, Lk, D}, 2);
   const auto v = random_tensor<float, 4>({1, H, Lk, D}, 3);
-  Tensor<float, 4> out({1, H, 1, D}, tessera::uninitialized);
+  auto out = zero_tensor<float, 4>({1, H, 1, D});
   for (auto _ : state) {
     tessera::scaled_dot_product_attention_into(q, k, v, out);
     benchmark::DoNotOptimize(out.data());

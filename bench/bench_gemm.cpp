@@ -26,6 +26,7 @@ namespace {
 using tessera::Index;
 using tessera::Tensor;
 using tessera_bench::random_tensor;
+using tessera_bench::zero_tensor;
 using tessera_bench::set_gflops;
 using tessera_bench::single_thread;
 
@@ -41,7 +42,7 @@ void BM_Square_Tessera(benchmark::State& state) {
   const Index n = state.range(0);
   const auto a = random_tensor<float, 2>({n, n}, 1);
   const auto b = random_tensor<float, 2>({n, n}, 2);
-  Tensor<float, 2> c({n, n}, tessera::uninitialized);
+  auto c = zero_tensor<float, 2>({n, n});
   for (auto _ : state) {
     tessera::matmul_into(a, b, c);
     benchmark::DoNotOptimize(c.data());
@@ -55,7 +56,7 @@ void BM_Square_Eigen(benchmark::State& state) {
   const Index n = state.range(0);
   const auto a = random_tensor<float, 2>({n, n}, 1);
   const auto b = random_tensor<float, 2>({n, n}, 2);
-  Tensor<float, 2> c({n, n}, tessera::uninitialized);
+  auto c = zero_tensor<float, 2>({n, n});
   auto C = c.as_matrix();
   for (auto _ : state) {
     C.noalias() = a.as_matrix() * b.as_matrix();
@@ -71,7 +72,7 @@ void BM_Square_Naive(benchmark::State& state) {
   const Index n = state.range(0);
   const auto a = random_tensor<float, 2>({n, n}, 1);
   const auto b = random_tensor<float, 2>({n, n}, 2);
-  Tensor<float, 2> c({n, n}, tessera::uninitialized);
+  auto c = zero_tensor<float, 2>({n, n});
   for (auto _ : state) {
     float* cp = c.data();
     for (Index i = 0; i < n; ++i) {
@@ -95,7 +96,7 @@ void BM_Square_OpenBLAS(benchmark::State& state) {
   const Index n = state.range(0);
   const auto a = random_tensor<float, 2>({n, n}, 1);
   const auto b = random_tensor<float, 2>({n, n}, 2);
-  Tensor<float, 2> c({n, n}, tessera::uninitialized);
+  auto c = zero_tensor<float, 2>({n, n});
   const int ni = static_cast<int>(n);
   for (auto _ : state) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ni, ni, ni, 1.0f, a.data(), ni, b.data(),
@@ -113,7 +114,7 @@ struct LinearData {
   LinearData(Index L, Index in, Index out)
       : x(random_tensor<float, 2>({L, in}, 3)),
         w(random_tensor<float, 2>({out, in}, 4, -0.1, 0.1)),
-        y({L, out}, tessera::uninitialized) {}
+        y(tessera::Shape<2>{L, out}) {}
   Tensor<float, 2> x, w, y;
 };
 

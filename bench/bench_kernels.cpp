@@ -69,7 +69,7 @@ void BM_Softmax_Tessera(benchmark::State& state) {
   single_thread();
   const Index rows = state.range(0), n = state.range(1);
   const auto x = random_tensor<T, 2>({rows, n}, 11, -4, 4);
-  Tensor<T, 2> y({rows, n}, tessera::uninitialized);
+  auto y = zero_tensor<T, 2>({rows, n});
   for (auto _ : state) {
     tessera::softmax_into(x, y);
     keep(y);
@@ -83,7 +83,7 @@ void BM_Softmax_Eigen(benchmark::State& state) {
   single_thread();
   const Index rows = state.range(0), n = state.range(1);
   const auto x = random_tensor<T, 2>({rows, n}, 11, -4, 4);
-  Tensor<T, 2> y({rows, n}, tessera::uninitialized);
+  auto y = zero_tensor<T, 2>({rows, n});
   for (auto _ : state) {
     for (Index r = 0; r < rows; ++r) {
       Eigen::Map<const RowArray<T>> xr(x.data() + r * n, n);
@@ -101,7 +101,7 @@ void BM_Softmax_Scalar(benchmark::State& state) {
   single_thread();
   const Index rows = state.range(0), n = state.range(1);
   const auto x = random_tensor<T, 2>({rows, n}, 11, -4, 4);
-  Tensor<T, 2> y({rows, n}, tessera::uninitialized);
+  auto y = zero_tensor<T, 2>({rows, n});
   for (auto _ : state) {
     for (Index r = 0; r < rows; ++r) softmax_row_scalar(x.data() + r * n, y.data() + r * n, n);
     keep(y);
@@ -114,7 +114,7 @@ void BM_LogSoftmax_Tessera(benchmark::State& state) {
   single_thread();
   const Index rows = state.range(0), n = state.range(1);
   const auto x = random_tensor<T, 2>({rows, n}, 12, -4, 4);
-  Tensor<T, 2> y({rows, n}, tessera::uninitialized);
+  auto y = zero_tensor<T, 2>({rows, n});
   for (auto _ : state) {
     tessera::log_softmax_into(x, y);
     keep(y);
@@ -127,7 +127,7 @@ void BM_LogSoftmax_Scalar(benchmark::State& state) {
   single_thread();
   const Index rows = state.range(0), n = state.range(1);
   const auto x = random_tensor<T, 2>({rows, n}, 12, -4, 4);
-  Tensor<T, 2> y({rows, n}, tessera::uninitialized);
+  auto y = zero_tensor<T, 2>({rows, n});
   for (auto _ : state) {
     for (Index r = 0; r < rows; ++r) {
       const T* xr = x.data() + r * n;
@@ -147,7 +147,7 @@ void BM_LogSoftmax_Scalar(benchmark::State& state) {
 // Key-padding style mask: a bool [1, n] "allowed" mask broadcast over every row, the last
 // eighth of the columns masked out.
 Tensor<bool, 2> padding_mask(Index n) {
-  Tensor<bool, 2> m({1, n}, tessera::uninitialized);
+  auto m = zero_tensor<bool, 2>({1, n});
   for (Index j = 0; j < n; ++j) m.data()[j] = j < n - n / 8;
   return m;
 }
@@ -158,7 +158,7 @@ void BM_SoftmaxMasked_Tessera(benchmark::State& state) {
   const Index rows = state.range(0), n = state.range(1);
   const auto x = random_tensor<T, 2>({rows, n}, 13, -4, 4);
   const auto mask = padding_mask(n);
-  Tensor<T, 2> y({rows, n}, tessera::uninitialized);
+  auto y = zero_tensor<T, 2>({rows, n});
   const tessera::SoftmaxOptions opts{tessera::Mask::allowed(mask)};
   for (auto _ : state) {
     tessera::softmax_into(x, y, opts);
@@ -174,7 +174,7 @@ void BM_SoftmaxMasked_Scalar(benchmark::State& state) {
   const Index rows = state.range(0), n = state.range(1);
   const auto x = random_tensor<T, 2>({rows, n}, 13, -4, 4);
   const auto mask = padding_mask(n);
-  Tensor<T, 2> y({rows, n}, tessera::uninitialized);
+  auto y = zero_tensor<T, 2>({rows, n});
   const bool* m = mask.data();
   for (auto _ : state) {
     for (Index r = 0; r < rows; ++r) {
@@ -198,7 +198,7 @@ struct NormData {
       : x(random_tensor<T, 2>({rows, n}, 21, -2, 3)),
         w(random_tensor<T, 1>({n}, 22, 0.5, 1.5)),
         b(random_tensor<T, 1>({n}, 23, -0.5, 0.5)),
-        y({rows, n}, tessera::uninitialized) {}
+        y(tessera::Shape<2>{rows, n}) {}
   Tensor<T, 2> x;
   Tensor<T, 1> w, b;
   Tensor<T, 2> y;
@@ -338,7 +338,7 @@ void BM_Act_Tessera(benchmark::State& state, tessera::Activation act) {
   single_thread();
   const Index rows = state.range(0), n = state.range(1);
   const auto x = random_tensor<float, 2>({rows, n}, 31, -5, 5);
-  Tensor<float, 2> y({rows, n}, tessera::uninitialized);
+  auto y = zero_tensor<float, 2>({rows, n});
   for (auto _ : state) {
     tessera::activate_into(act, x, y);
     keep(y);
@@ -351,7 +351,7 @@ void BM_Act_Scalar(benchmark::State& state, F f) {
   single_thread();
   const Index rows = state.range(0), n = state.range(1);
   const auto x = random_tensor<float, 2>({rows, n}, 31, -5, 5);
-  Tensor<float, 2> y({rows, n}, tessera::uninitialized);
+  auto y = zero_tensor<float, 2>({rows, n});
   const Index size = rows * n;
   for (auto _ : state) {
     const float* xp = x.data();
@@ -368,7 +368,7 @@ void BM_L2Normalize_Tessera(benchmark::State& state) {
   single_thread();
   const Index rows = state.range(0), n = state.range(1);
   const auto x = random_tensor<float, 2>({rows, n}, 41);
-  Tensor<float, 2> y({rows, n}, tessera::uninitialized);
+  auto y = zero_tensor<float, 2>({rows, n});
   for (auto _ : state) {
     tessera::l2_normalize_into(x, y);
     keep(y);
@@ -380,7 +380,7 @@ void BM_L2Normalize_Scalar(benchmark::State& state) {
   single_thread();
   const Index rows = state.range(0), n = state.range(1);
   const auto x = random_tensor<float, 2>({rows, n}, 41);
-  Tensor<float, 2> y({rows, n}, tessera::uninitialized);
+  auto y = zero_tensor<float, 2>({rows, n});
   for (auto _ : state) {
     for (Index r = 0; r < rows; ++r) {
       const float* xr = x.data() + r * n;
@@ -409,7 +409,7 @@ struct LinearData {
       : x(random_tensor<float, 2>({L, in}, 51)),
         w(random_tensor<float, 2>({out, in}, 52, -0.1, 0.1)),
         b(random_tensor<float, 1>({out}, 53)),
-        y({L, out}, tessera::uninitialized) {}
+        y(tessera::Shape<2>{L, out}) {}
   Tensor<float, 2> x, w;
   Tensor<float, 1> b;
   Tensor<float, 2> y;
@@ -477,7 +477,7 @@ void BM_Matmul_Tessera(benchmark::State& state) {
   const Index M = state.range(0), K = state.range(1), N = state.range(2);
   const auto a = random_tensor<float, 2>({M, K}, 61);
   const auto b = random_tensor<float, 2>({K, N}, 62);
-  Tensor<float, 2> c({M, N}, tessera::uninitialized);
+  auto c = zero_tensor<float, 2>({M, N});
   for (auto _ : state) {
     tessera::matmul_into(a, b, c);
     keep(c);
@@ -490,7 +490,7 @@ void BM_Matmul_Eigen(benchmark::State& state) {
   const Index M = state.range(0), K = state.range(1), N = state.range(2);
   const auto a = random_tensor<float, 2>({M, K}, 61);
   const auto b = random_tensor<float, 2>({K, N}, 62);
-  Tensor<float, 2> c({M, N}, tessera::uninitialized);
+  auto c = zero_tensor<float, 2>({M, N});
   const auto A = a.as_matrix();
   const auto B = b.as_matrix();
   auto C = c.as_matrix();
@@ -507,7 +507,7 @@ void BM_Matmul_Naive(benchmark::State& state) {
   const Index M = state.range(0), K = state.range(1), N = state.range(2);
   const auto a = random_tensor<float, 2>({M, K}, 61);
   const auto b = random_tensor<float, 2>({K, N}, 62);
-  Tensor<float, 2> c({M, N}, tessera::uninitialized);
+  auto c = zero_tensor<float, 2>({M, N});
   const float* A = a.data();
   const float* B = b.data();
   float* C = c.data();
@@ -536,7 +536,7 @@ void BM_BatchedMatmul_Tessera(benchmark::State& state) {
   const Index B = state.range(0), M = state.range(1), K = state.range(2), N = state.range(3);
   const auto a = random_tensor<float, 3>({B, M, K}, 71);
   const auto b = random_tensor<float, 3>({B, K, N}, 72);
-  Tensor<float, 3> c({B, M, N}, tessera::uninitialized);
+  auto c = zero_tensor<float, 3>({B, M, N});
   for (auto _ : state) {
     tessera::matmul_into(a, b, c);
     benchmark::DoNotOptimize(c.data());
@@ -550,7 +550,7 @@ void BM_BatchedMatmul_Eigen(benchmark::State& state) {
   const Index B = state.range(0), M = state.range(1), K = state.range(2), N = state.range(3);
   const auto a = random_tensor<float, 3>({B, M, K}, 71);
   const auto b = random_tensor<float, 3>({B, K, N}, 72);
-  Tensor<float, 3> c({B, M, N}, tessera::uninitialized);
+  auto c = zero_tensor<float, 3>({B, M, N});
   for (auto _ : state) {
     for (Index i = 0; i < B; ++i) {
       tessera::MatrixMap<const float> Ai(a.data() + i * M * K, M, K);

@@ -95,7 +95,7 @@ void BM_Ggml_FlashAttnExt(benchmark::State& state) {
   std::vector<std::uint8_t> work(plan.work_size + 64);
   plan.work_data = work.data() + (64 - reinterpret_cast<std::uintptr_t>(work.data()) % 64) % 64;
   // One call before the clock starts, for the reason of zero_tensor (bench_common.hpp): the
-  // context, over 32 MiB at L = 4096, is mapped afresh for every batch, and the first timed call
+  // context, about 64 MiB at L = 4096, is mapped afresh for every batch, and the first timed call
   // would fault in its output's pages.
   if (ggml_graph_compute(graph, &plan) != GGML_STATUS_SUCCESS) {
     state.SkipWithError("ggml_graph_compute failed");

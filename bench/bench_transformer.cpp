@@ -44,7 +44,7 @@ void layer_bench(benchmark::State& state, bool prepack, int threads) {
       {.d_model = kEmbed, .nhead = kHeads, .dim_feedforward = kFeedForward, .seed = 1});
   if (prepack) layer.prepack();
   const auto x = random_tensor<float, 3>({B, L, kEmbed}, 2);
-  // One call before the clock: the thread's scratch arena grows to the layer's high-water mark
+  // Two calls before the clock: the thread's scratch arena grows to the layer's high-water mark
   // over the first two calls (one block per buffer, then one block of the total), whose pages
   // fault in then. At L = 4096 one call fills the benchmark's minimum time, so a timed first call
   // put the layer at 129 GFLOPS for 173 on a Zen 5 VM (10 us a page fault).
@@ -73,6 +73,7 @@ void BM_TransformerEncoderLayer_Reference(benchmark::State& state) {
   const auto x = random_tensor<float, 3>({B, L, kEmbed}, 2);
   const auto& mha = layer.self_attn;
   RowMatrix qkv(L, 3 * E), heads(L, E), y(L, E), h(L, kFeedForward), S(L, L);
+  for (RowMatrix* m : {&qkv, &heads, &y, &h, &S}) m->setZero();  // pages touched before the clock
   auto norm = [](RowMatrix& m, const auto& w, const auto& b) {
     for (Index i = 0; i < m.rows(); ++i) {
       auto r = m.row(i).array();

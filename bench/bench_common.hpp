@@ -43,12 +43,6 @@ inline void set_gflops(benchmark::State& state, double flops) {
   state.counters["GFLOPS"] = benchmark::Counter(it * flops * 1e-9, benchmark::Counter::kIsRate);
 }
 
-// Outputs written in a timed loop are allocated zero-filled (tessera::Tensor's default), not
-// tessera::uninitialized: Google Benchmark calls a benchmark afresh for every batch of
-// iterations, and a buffer of 32 MiB or more is mapped afresh by glibc each time (its mmap
-// threshold stops growing there), so an untouched output had its page faults timed in the
-// batch's first call. On a VM where a fault costs 10 us that put a 4096 x 2048 product at 147
-// GFLOPS instead of 192 (6 iterations of 45 ms, plus 81 ms of faults).
 template <class T, int Rank>
 tessera::Tensor<T, Rank> random_tensor(const tessera::Shape<Rank>& shape, std::uint64_t seed,
                                        double lo = -1.0, double hi = 1.0) {
@@ -57,7 +51,12 @@ tessera::Tensor<T, Rank> random_tensor(const tessera::Shape<Rank>& shape, std::u
   return t;
 }
 
-// An output buffer for a timed loop, its pages touched (see above).
+// An output buffer for a timed loop, allocated zero-filled (tessera::Tensor's default) rather
+// than tessera::uninitialized so that its pages are touched before the clock. Google Benchmark
+// calls a benchmark afresh for every batch of iterations, and glibc maps a buffer of 32 MiB or
+// more afresh each time (its mmap threshold stops growing there), so an untouched output had
+// its page faults timed in the batch's first call: on a VM where a fault costs 10 us, that put
+// a 4096 x 2048 product at 147 GFLOPS instead of 192 (6 iterations of 45 ms, plus 81 ms).
 template <class T, int Rank>
 tessera::Tensor<T, Rank> zero_tensor(const tessera::Shape<Rank>& shape) {
   return tessera::Tensor<T, Rank>(shape);

@@ -89,7 +89,7 @@ void BM_Ggml_FlashAttnExt(benchmark::State& state) {
   // The work buffer is ours (its size depends on the build's SIMD width), planned once, and
   // aligned to 64 bytes. ggml's CPU backend takes it from new[], which for a large buffer gives an
   // address 16 bytes past a page boundary; flash_attn_ext's tiles in it then straddle cache lines,
-  // and on a Zen 5 core ran 61 GFLOPS instead of 87-90 (L 1024 and 4096, D 64). ggml is measured
+  // and on a Zen 5 core ran 61 GFLOPS instead of 86-89 (L 1024 and 4096, D 64). ggml is measured
   // at its better figure.
   ggml_cplan plan = ggml_graph_plan(graph, 1, nullptr);
   std::vector<std::uint8_t> work(plan.work_size + 64);

@@ -44,12 +44,7 @@ void layer_bench(benchmark::State& state, bool prepack, int threads) {
       {.d_model = kEmbed, .nhead = kHeads, .dim_feedforward = kFeedForward, .seed = 1});
   if (prepack) layer.prepack();
   const auto x = random_tensor<float, 3>({B, L, kEmbed}, 2);
-  // Two calls before the clock: the thread's scratch arena grows to the layer's high-water mark
-  // over the first two calls (one block per buffer, then one block of the total), whose pages
-  // fault in then. At L = 4096 one call fills the benchmark's minimum time, so a timed first call
-  // put the layer at 129 GFLOPS for 173 on a Zen 5 VM (10 us a page fault).
-  (void)layer.forward(x);
-  (void)layer.forward(x);
+  tessera_bench::warm_up([&] { return layer.forward(x); });
   for (auto _ : state) {
     auto y = layer.forward(x);
     benchmark::DoNotOptimize(y.data());
